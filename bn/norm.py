@@ -369,7 +369,7 @@ def batch_norm(
       what = f"a ghost batch of {ghost_batch_size}" if ghost_batch_size is not None else "a training batch of one example"
       raise ValueError(
           f"cannot estimate a variance from {what} (1 value per feature); use a batch (or ghost batch) of at least 2, "
-          "or train=False / population=True to normalize with the running statistics."
+          "or train=False to normalize with the running statistics."
       )
 
   mean_b, var_b, count_b = _moments(xs, reduce_axes, mask_s, local_axis, axis_index_groups, variance)
@@ -445,10 +445,11 @@ def _per_example_norm(x, params, groups, epsilon, dtype):
   mean = jnp.mean(xg, axes, keepdims=True)
   var = jnp.mean(lax.square(xg - mean), axes, keepdims=True)
   y = ((xg - mean) * lax.rsqrt(var + epsilon)).reshape(x.shape)
+  bshape = (1,) * (x.ndim - 1) + (c,)  # explicit: no implicit rank promotion
   if params.scale is not None:
-    y = y * params.scale
+    y = y * params.scale.reshape(bshape)
   if params.bias is not None:
-    y = y + params.bias
+    y = y + params.bias.reshape(bshape)
   return y.astype(out_dtype)
 
 
