@@ -1,0 +1,163 @@
+"""Experiment configs: ml_collections files with a ``get_config()``, overridable from the command line.
+
+``--config.optimizer.lr=0.1`` sets a nested key; the value is parsed as a
+Python literal (numbers, booleans ``true/false/True/False``, tuples/lists,
+``None``) and checked against the type of the value it replaces. A
+config file may take an argument: ``--config path.py:ARG`` calls
+``get_config("ARG")``.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config file or override that cannot be used; the message says how to fix it."""
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  path, _, arg = spec.partition(":")
+  p = Path(path)
+  if not p.is_file():
+    raise ConfigError(f"config file {path!r} does not exist; configs live in experiments/configs/ (e.g. experiments/configs/ioffe_mlp.py).")
+  module_spec = importlib.util.spec_from_file_location(f"bn_config_{p.stem}", p)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config().")
+  cfg = module.get_config(arg) if arg else module.get_config()
+  return cfg
+
+
+def _parse_value(raw: str) -> Any:
+  low = raw.strip()
+  if low in ("true", "True"):
+    return True
+  if low in ("false", "False"):
+    return False
+  if low in ("none", "None", "null"):
+    return None
+  try:
+    return ast.literal_eval(low)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def _coerce(key: str, old: Any, new: Any, raw: str) -> Any:
+  if isinstance(old, str):
+    return raw  # strings are taken verbatim ("none" stays the string "none")
+  if old is None or new is None:
+    return new
+  if isinstance(old, bool):
+    if isinstance(new, bool):
+      return new
+  elif isinstance(old, int) and isinstance(new, int) and not isinstance(new, bool):
+    return new
+  elif isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
+    return float(new)
+  elif isinstance(old, str) and isinstance(new, str):
+    return new
+  elif isinstance(old, (tuple, list)):
+    if isinstance(new, (int, float, str)) and not isinstance(new, bool):
+      new = (new,)
+    if isinstance(new, (tuple, list)):
+      return tuple(new)
+  raise ConfigError(f"--config.{key}={new!r}: expected a value of type {type(old).__name__} (it was {old!r}).")
+
+
+def all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out += all_keys(v, f"{prefix}{k}.")
+    else:
+      out.append(prefix + k)
+  return out
+
+
+def override(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
+  """Set ``cfg.<key>`` from the string ``raw``; unknown keys and bad types raise ConfigError."""
+  parts = key.split(".")
+  node = cfg
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      close = difflib.get_close_matches(key, all_keys(cfg), n=3)
+      hint = f" Did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
+      raise ConfigError(f"unknown config key --config.{key}.{hint}")
+    if i < len(parts) - 1:
+      node = node[part]
+  old = node[parts[-1]]
+  if isinstance(old, ml_collections.ConfigDict):
+    raise ConfigError(f"--config.{key} is a group of settings; set one of its keys, e.g. --config.{all_keys(old, key + '.')[0]}=...")
+  with node.unlocked():
+    node[parts[-1]] = _coerce(key, old, _parse_value(raw), raw)
+
+
+def load(spec: str, overrides: list[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  cfg = load_file(spec)
+  for key, raw in overrides:
+    override(cfg, key, raw)
+  return cfg
+
+
+def to_dict(cfg) -> dict:
+  """A JSON-safe plain dict (tuples become lists)."""
+  return json.loads(cfg.to_json()) if isinstance(cfg, ml_collections.ConfigDict) else json.loads(json.dumps(cfg))
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Separates ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) from the other arguments."""
+  rest, overrides = [], []
+  i = 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config."):
+      body = a[len("--config."):]
+      if "=" in body:
+        k, v = body.split("=", 1)
+      elif i + 1 < len(argv):
+        k, v = body, argv[i + 1]
+        i += 1
+      else:
+        raise ConfigError(f"{a} needs a value: {a}=VALUE")
+      overrides.append((k, v))
+    else:
+      rest.append(a)
+    i += 1
+  return rest, overrides
+
+
+def base() -> ml_collections.ConfigDict:
+  """The schema of every experiment config, with defaults. Config files start from it."""
+  c = ml_collections.ConfigDict()
+  c.name = "experiment"
+  c.seeds = (0,)
+  c.data = ml_collections.ConfigDict(dict(
+      name="fashion_mnist", source="auto", data_dir="", val_size=0, split_seed=0,
+      train_eval_size=10000,  # fixed train subset evaluated in eval mode (the gap's train side)
+      synthetic_shape=(8, 8, 1), synthetic_classes=10, synthetic_sizes=(2048, 512),  # source="synthetic" only
+  ))
+  c.model = ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100, 100), act="sigmoid", init_std=0.1))
+  c.norm = ml_collections.ConfigDict(dict(
+      kind="batch", position="pre", momentum=0.99, epsilon=1e-5, variance="two_pass",
+      ghost_batch_size=0, num_groups=8, r_max=3.0, d_max=5.0, renorm_warmup=5000,
+      noise=ml_collections.ConfigDict(dict(layer_mean=(-0.5, 0.5), layer_scale=(1.0, 1.25), unit_mean_halfwidth=0.1, unit_scale_std=0.1)),
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, schedule="constant", warmup=0, decay_steps=(),
+  ))
+  c.sweep = ml_collections.ConfigDict(dict(lr=(), weight_decay=()))  # vmapped with the seeds
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, batch_size=60, eval_every=100, checkpoint_every=1000, sampling="epoch", augment=False,
+      target_accuracy=0.8, eval_chunk=1000,
+  ))
+  c.probes = ml_collections.ConfigDict(dict(every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0), layers=()))
+  return c

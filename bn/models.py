@@ -1,0 +1,277 @@
+"""Flax Linen models with a ``norm=`` switch: MLP (Ioffe & Szegedy), small CNN, VGG, ResNet-20.
+
+Every model:
+
+* takes ``(x, train: bool, renorm=None)`` -- ``renorm`` is an optional
+  ``(r_max, d_max)`` pair of arrays for Batch Renorm schedules;
+* groups its parameters by layer at the top level (``layer0``, ``layer1``, ...,
+  ``head``) so probes can split gradients and updates by layer;
+* sows the input of every nonlinearity as ``intermediates/<layer>/preact``
+  (read it with ``mutable=['intermediates']``).
+
+The normalizer is described by a hashable :class:`NormSpec`; its ``kind`` is one
+of :data:`NORM_KINDS`, and ``position`` puts it before (``"pre"``, Ioffe's
+choice) or after (``"post"``) the nonlinearity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import bn
+from bn import linen as bn_linen
+
+NORM_KINDS = ("batch", "ghost", "renorm", "noisy", "population", "group", "layer", "none")
+ACTIVATIONS: dict[str, Callable] = {
+    "sigmoid": nn.sigmoid,
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": nn.gelu,
+    "linear": lambda x: x,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+  """Which normalizer, where, and its options (hashable: a Linen attribute)."""
+
+  kind: str = "batch"
+  position: str = "pre"  # "pre": dense -> norm -> act (Ioffe); "post": dense -> act -> norm
+  momentum: float | None = 0.99
+  epsilon: float = 1e-5
+  ghost_batch_size: int | None = None  # kind="ghost"
+  num_groups: int = 8  # kind="group" (clipped to the channel count)
+  r_max: float = 3.0  # kind="renorm" (defaults; a schedule overrides per step)
+  d_max: float = 5.0
+  noise: bn.Noise = bn.Noise()  # kind="noisy"
+  use_fast_variance: bool = False
+
+  def __post_init__(self):
+    if self.kind not in NORM_KINDS:
+      raise ValueError(f"norm kind {self.kind!r} is not one of {NORM_KINDS}.")
+    if self.position not in ("pre", "post"):
+      raise ValueError(f"norm position {self.position!r} must be 'pre' or 'post'.")
+    if self.kind == "ghost" and not self.ghost_batch_size:
+      raise ValueError("norm kind 'ghost' needs ghost_batch_size (e.g. --config.norm.ghost_batch_size=16).")
+
+
+def activation(name: str) -> Callable:
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.") from None
+
+
+class PerExampleNorm(nn.Module):
+  """``bn.layer_norm`` / ``bn.group_norm`` with Linen parameters (no state)."""
+
+  kind: str
+  num_groups: int = 8
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    params = bn.BNParams(self.param("scale", nn.initializers.ones, (c,)), self.param("bias", nn.initializers.zeros, (c,)))
+    if self.kind == "layer":
+      return bn.layer_norm(x, params, None, epsilon=self.epsilon)[0]
+    groups = _divisor_at_most(c, self.num_groups)
+    return bn.group_norm(x, params, None, num_groups=groups, epsilon=self.epsilon)[0]
+
+
+def _divisor_at_most(c: int, g: int) -> int:
+  g = max(1, min(g, c))
+  while c % g:
+    g -= 1
+  return g
+
+
+class Norm(nn.Module):
+  """The normalizer chosen by ``spec``; identity for ``kind="none"``."""
+
+  spec: NormSpec
+
+  @nn.compact
+  def __call__(self, x, train: bool, renorm=None):
+    s = self.spec
+    if s.kind == "none":
+      return x
+    if s.kind in ("layer", "group"):
+      return PerExampleNorm(s.kind, s.num_groups, s.epsilon, name="norm")(x)
+    layer = bn_linen.BatchNorm(
+        momentum=s.momentum,
+        epsilon=s.epsilon,
+        use_fast_variance=s.use_fast_variance,
+        ghost_batch_size=s.ghost_batch_size if s.kind == "ghost" else None,
+        r_max=s.r_max if s.kind == "renorm" else None,
+        d_max=s.d_max if s.kind == "renorm" else None,
+        noise=s.noise if s.kind == "noisy" else None,
+        population=s.kind == "population",
+        name="bn",
+    )
+    return layer(x, use_running_average=not train, renorm=renorm if s.kind == "renorm" else None)
+
+
+class Block(nn.Module):
+  """One layer: linear map, normalizer, nonlinearity (order set by ``norm.position``).
+
+  ``conv=None`` gives a Dense layer; otherwise a 3x3 (or ``conv``-sized) convolution."""
+
+  features: int
+  norm: NormSpec
+  act: str = "relu"
+  conv: tuple[int, int] | None = None
+  strides: int = 1
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x, train: bool, renorm=None):
+    bias = self.norm.kind == "none" or self.norm.position == "post"
+    if self.conv is None:
+      x = nn.Dense(self.features, use_bias=bias, kernel_init=self.kernel_init, name="linear")(x)
+    else:
+      x = nn.Conv(self.features, self.conv, strides=self.strides, padding="SAME", use_bias=bias, kernel_init=self.kernel_init, name="linear")(x)
+    if self.norm.position == "pre":
+      x = Norm(self.norm, name="norm")(x, train, renorm)
+    self.sow("intermediates", "preact", x)
+    x = activation(self.act)(x)
+    if self.norm.position == "post":
+      x = Norm(self.norm, name="norm")(x, train, renorm)
+    return x
+
+
+class MLP(nn.Module):
+  """Fully connected net; the default is Ioffe & Szegedy's Fig. 1 setup
+  (3 x 100 sigmoid units, BN before the sigmoid, small Gaussian init)."""
+
+  widths: Sequence[int] = (100, 100, 100)
+  num_classes: int = 10
+  act: str = "sigmoid"
+  norm: NormSpec = NormSpec()
+  init_std: float | None = None  # None: LeCun normal; a float: N(0, init_std^2) ("small Gaussian")
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, renorm=None):
+    x = x.reshape((x.shape[0], -1))
+    init = nn.initializers.lecun_normal() if self.init_std is None else nn.initializers.normal(self.init_std)
+    for i, w in enumerate(self.widths):
+      x = Block(w, self.norm, self.act, kernel_init=init, name=f"layer{i}")(x, train, renorm)
+    return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
+
+
+class CNN(nn.Module):
+  """Small CNN: conv blocks with 2x2 max-pooling after each stage, global average pool, linear head."""
+
+  widths: Sequence[int] = (32, 64, 128)
+  num_classes: int = 10
+  act: str = "relu"
+  norm: NormSpec = NormSpec()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, renorm=None):
+    for i, w in enumerate(self.widths):
+      x = Block(w, self.norm, self.act, conv=(3, 3), name=f"layer{i}")(x, train, renorm)
+      if x.shape[1] > 1:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class VGG(nn.Module):
+  """VGG-style net for 32x32 inputs: stages of conv blocks, max-pool between stages
+  (Santurkar et al. trained a VGG on CIFAR-10). ``stages`` lists widths per stage."""
+
+  stages: Sequence[Sequence[int]] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
+  num_classes: int = 10
+  act: str = "relu"
+  norm: NormSpec = NormSpec()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, renorm=None):
+    i = 0
+    for stage in self.stages:
+      for w in stage:
+        x = Block(w, self.norm, self.act, conv=(3, 3), name=f"layer{i}")(x, train, renorm)
+        i += 1
+      if x.shape[1] > 1:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class ResidualBlock(nn.Module):
+  """Basic ResNet block (two 3x3 convs) with a 1x1 projection when the shape changes."""
+
+  features: int
+  strides: int
+  norm: NormSpec
+
+  @nn.compact
+  def __call__(self, x, train: bool, renorm=None):
+    y = Block(self.features, self.norm, "relu", conv=(3, 3), strides=self.strides, name="conv0")(x, train, renorm)
+    bias = self.norm.kind == "none"
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv1")(y)
+    y = Norm(self.norm, name="norm1")(y, train, renorm)
+    if x.shape != y.shape:
+      x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=bias, name="proj")(x)
+      x = Norm(self.norm, name="proj_norm")(x, train, renorm)
+    y = y + x
+    self.sow("intermediates", "preact", y)
+    return nn.relu(y)
+
+
+class ResNet20(nn.Module):
+  """ResNet-20 for CIFAR (He et al. 2016): 3 stages x 3 blocks, widths 16/32/64."""
+
+  num_classes: int = 10
+  widths: Sequence[int] = (16, 32, 64)
+  blocks_per_stage: int = 3
+  norm: NormSpec = NormSpec(position="pre")
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, renorm=None):
+    x = Block(self.widths[0], self.norm, "relu", conv=(3, 3), name="layer0")(x, train, renorm)
+    i = 1
+    for s, w in enumerate(self.widths):
+      for b in range(self.blocks_per_stage):
+        x = ResidualBlock(w, 2 if (s > 0 and b == 0) else 1, self.norm, name=f"layer{i}")(x, train, renorm)
+        i += 1
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+MODELS = {"mlp": MLP, "cnn": CNN, "vgg": VGG, "resnet20": ResNet20}
+
+
+def create(name: str, *, norm: NormSpec, num_classes: int, **kwargs) -> nn.Module:
+  """Model by name (``mlp``, ``cnn``, ``vgg``, ``resnet20``) with keyword options."""
+  try:
+    cls = MODELS[name]
+  except KeyError:
+    raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.") from None
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = set(kwargs) - fields
+  if unknown:
+    raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; it takes {sorted(fields - {'norm', 'num_classes'})}.")
+  kwargs = {k: tuple(map(tuple, v)) if k == "stages" else (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+  return cls(norm=norm, num_classes=num_classes, **kwargs)
+
+
+def layer_names(params) -> tuple[str, ...]:
+  """Top-level layer names in forward order (``layer0``, ``layer1``, ..., ``head``)."""
+  names = [k for k in params if k.startswith("layer")]
+  names.sort(key=lambda k: int(k[len("layer"):]))
+  return tuple(names) + (("head",) if "head" in params else ())
+
+
+def preacts(intermediates) -> dict[str, jax.Array]:
+  """``{layer: input of its nonlinearity}`` from a sown ``intermediates`` collection."""
+  out = {}
+  for name in layer_names(intermediates):
+    out[name] = intermediates[name]["preact"][0]
+  return out
