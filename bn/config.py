@@ -51,8 +51,8 @@ def _parse_value(raw: str) -> Any:
     return raw
 
 
-def _coerce(key: str, old: Any, new: Any, raw: str) -> Any:
-  if isinstance(old, str):
+def _coerce(key: str, old: Any, new: Any, raw: Any) -> Any:
+  if isinstance(old, str) and isinstance(raw, str):
     return raw  # strings are taken verbatim ("none" stays the string "none")
   if old is None or new is None:
     return new
@@ -85,6 +85,11 @@ def all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 def override(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
   """Set ``cfg.<key>`` from the string ``raw``; unknown keys and bad types raise ConfigError."""
+  assign(cfg, key, _parse_value(raw), raw)
+
+
+def assign(cfg: ml_collections.ConfigDict, key: str, value: Any, raw: str | None = None) -> None:
+  """Set the dotted ``key`` to a Python ``value`` (type-checked like an override)."""
   parts = key.split(".")
   node = cfg
   for i, part in enumerate(parts):
@@ -98,7 +103,7 @@ def override(cfg: ml_collections.ConfigDict, key: str, raw: str) -> None:
   if isinstance(old, ml_collections.ConfigDict):
     raise ConfigError(f"--config.{key} is a group of settings; set one of its keys, e.g. --config.{all_keys(old, key + '.')[0]}=...")
   with node.unlocked():
-    node[parts[-1]] = _coerce(key, old, _parse_value(raw), raw)
+    node[parts[-1]] = _coerce(key, old, value, value if raw is None else raw)
 
 
 def load(spec: str, overrides: list[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
@@ -142,6 +147,7 @@ def base() -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.data = ml_collections.ConfigDict(dict(
       name="fashion_mnist", source="auto", data_dir="", val_size=0, split_seed=0,
+      train_size=0,  # >0: train on a fixed random subset of this many examples (to study overfitting quickly)
       train_eval_size=10000,  # fixed train subset evaluated in eval mode (the gap's train side)
       synthetic_shape=(8, 8, 1), synthetic_classes=10, synthetic_sizes=(2048, 512),  # source="synthetic" only
   ))

@@ -44,7 +44,7 @@ class NormSpec:
   position: str = "pre"  # "pre": dense -> norm -> act (Ioffe); "post": dense -> act -> norm
   momentum: float | None = 0.99
   epsilon: float = 1e-5
-  ghost_batch_size: int | None = None  # kind="ghost"
+  ghost_batch_size: int | None = None  # kind="ghost" (required); also honoured by batch/renorm/noisy/population
   num_groups: int = 8  # kind="group" (clipped to the channel count)
   r_max: float = 3.0  # kind="renorm" (defaults; a schedule overrides per step)
   d_max: float = 5.0
@@ -107,7 +107,7 @@ class Norm(nn.Module):
         momentum=s.momentum,
         epsilon=s.epsilon,
         use_fast_variance=s.use_fast_variance,
-        ghost_batch_size=s.ghost_batch_size if s.kind == "ghost" else None,
+        ghost_batch_size=s.ghost_batch_size,  # any batch-statistics kind may use ghost batches (e.g. renorm)
         r_max=s.r_max if s.kind == "renorm" else None,
         d_max=s.d_max if s.kind == "renorm" else None,
         noise=s.noise if s.kind == "noisy" else None,

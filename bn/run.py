@@ -15,6 +15,7 @@ workdir resumes from the last checkpoint; a finished workdir is not run again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 import time
@@ -68,12 +69,19 @@ def run_table(c) -> list[dict]:
   ]
 
 
-def load_data(c) -> bn_data.Dataset:
+def load_data(c, dataset: bn_data.Dataset | None = None) -> bn_data.Dataset:
+  """The config's dataset (or ``dataset`` if given), cut to ``data.train_size`` examples when > 0."""
   d = c.data
-  return bn_data.load(
-      d.name, source=d.source, data_dir=d.data_dir or None, val_size=d.val_size, seed=d.split_seed,
-      synthetic_shape=tuple(d.synthetic_shape), synthetic_classes=d.synthetic_classes, synthetic_sizes=tuple(d.synthetic_sizes),
-  )
+  if dataset is None:
+    dataset = bn_data.load(
+        d.name, source=d.source, data_dir=d.data_dir or None, val_size=d.val_size, seed=d.split_seed,
+        synthetic_shape=tuple(d.synthetic_shape), synthetic_classes=d.synthetic_classes, synthetic_sizes=tuple(d.synthetic_sizes),
+    )
+  n = len(dataset.train.y)
+  if 0 < d.train_size < n:
+    idx = np.sort(np.random.default_rng(d.split_seed + 2).permutation(n)[: d.train_size])
+    dataset = dataclasses.replace(dataset, train=bn_data.Split(dataset.train.x[idx], dataset.train.y[idx]))
+  return dataset
 
 
 def _eval_subset(split, size: int, seed: int):
@@ -213,7 +221,7 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
   else:
     artifacts.write_json(cfg_file, {"config": cfg_dict, "runs": runs})
 
-  dataset = dataset or load_data(c)
+  dataset = load_data(c, dataset)
   trainer = Trainer(c, dataset)
   state = trainer.init()
   mgr = _checkpointer(workdir)
