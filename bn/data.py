@@ -1,0 +1,512 @@
+"""Datasets as host NumPy arrays: local IDX files, TFDS array_record data sources, synthetic.
+
+    ds = bn.data.load("fashion_mnist", val_size=5000)
+    ds.train.x   # uint8 (N, H, W, C)
+    ds.train.y   # int32 (N,)
+    ds.val, ds.test, ds.num_classes, ds.shape, ds.source, ds.location
+
+Sources (``source="auto"`` tries them in this order):
+
+* ``"idx"``: MNIST-format IDX files (``train-images-idx3-ubyte[.gz]``,
+  ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``) for ``mnist`` and
+  ``fashion_mnist``. Searched in ``data_dir``, then ``$BN_IDX_DIR`` (each also
+  with ``NAME/`` appended, first), then the Debian/Ubuntu package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, the embedded
+  default). Headers and file lengths are checked.
+* ``"tfds"``: a dataset prepared in array_record format under ``data_dir`` (TFDS's
+  default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` when None), read with
+  ``tfds.data_source`` -- no TensorFlow needed to read, only to prepare.
+* ``"synthetic"``: learnable class templates plus Gaussian noise, any image shape
+  and class count, deterministic from ``seed``. The name ``"synthetic"`` always
+  selects it; a catalog name with ``source="synthetic"`` gives a stand-in of
+  that dataset's shape and class count.
+
+Everything here is host-side; the device-side pipeline (standardization,
+sampler, augmentation) is :mod:`bn.pipeline`. ``bn data list | info | prepare``
+is :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import gzip
+import importlib.util
+import math
+import os
+import socket
+import struct
+import sys
+import tempfile
+import zlib
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+SOURCES = ("auto", "idx", "tfds", "synthetic")
+
+# name: (image shape, number of classes)
+CATALOG = {
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "svhn_cropped": ((32, 32, 3), 10),
+}
+IDX_DATASETS = ("mnist", "fashion_mnist")
+SYSTEM_IDX_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+IDX_PREFIX = {"train": "train", "test": "t10k"}  # split -> file-name prefix
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(RuntimeError):
+  """A dataset is missing, truncated or corrupt; the message says which file and how to get it."""
+
+
+class Split(NamedTuple):
+  """One split: images ``x`` uint8 (N, H, W, C) and labels ``y`` int32 (N,). A pytree."""
+
+  x: np.ndarray
+  y: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A loaded dataset. ``val`` is carved from the original train split (None when ``val_size=0``).
+
+  ``source`` is ``"idx" | "tfds" | "synthetic"``; ``location`` the directory read
+  (or the synthetic recipe)."""
+
+  name: str
+  source: str
+  location: str
+  num_classes: int
+  train: Split
+  test: Split
+  val: Split | None = None
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """Image shape (H, W, C)."""
+    return tuple(self.train.x.shape[1:])
+
+
+def how_to_get(name: str) -> str:
+  """One paragraph on how to obtain ``name`` on this machine."""
+  tfds_way = (f"`bn data prepare {name}` (TFDS download + conversion; needs `pip install tensorflow` "
+              "and internet), then load it with the same data_dir")
+  if name == "fashion_mnist":
+    return ("Get it with `apt-get install dataset-fashion-mnist` (IDX files in /usr/share/datasets/fashion-mnist), "
+            f"or {tfds_way}, or put the four IDX files (train-images-idx3-ubyte.gz, ...) in a directory "
+            "passed as data_dir= / --data-dir or $BN_IDX_DIR.")
+  if name == "mnist":
+    return (f"Get it with {tfds_way}, or put the four MNIST IDX files (train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory "
+            "passed as data_dir= / --data-dir or $BN_IDX_DIR.")
+  return f"Get it with {tfds_way}."
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def _read_bytes(path: str, name: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    raise DataError(f"{path}: file not found. {how_to_get(name)}") from None
+  if raw[:2] != b"\x1f\x8b":
+    return raw
+  try:
+    return gzip.decompress(raw)
+  except (EOFError, OSError, zlib.error) as e:
+    raise DataError(f"{path}: truncated or corrupt gzip file ({e}). {how_to_get(name)}") from None
+
+
+def read_idx(path: str, name: str = "this dataset") -> np.ndarray:
+  """Reads one IDX file, gzipped or raw, into an array of the header's shape and dtype.
+
+  The header is ``00 00 TYPE NDIM`` then NDIM big-endian uint32 dims; the data
+  must be exactly ``prod(dims)`` items long. Raises :class:`DataError` naming
+  ``path`` (and how to get ``name``) if the file is missing, truncated or corrupt."""
+  raw = _read_bytes(path, name)
+  if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+    raise DataError(f"{path}: not an IDX file (magic number {raw[:4].hex()!r}; expected 0000 08 0N for uint8 "
+                    f"data of N dims). {how_to_get(name)}")
+  ndim, header = raw[3], 4 + 4 * raw[3]
+  if len(raw) < header:
+    raise DataError(f"{path}: truncated IDX header. {how_to_get(name)}")
+  dims = struct.unpack(f">{ndim}I", raw[4:header])
+  dtype = np.dtype(_IDX_DTYPES[raw[2]])
+  count = math.prod(dims)
+  expected = header + count * dtype.itemsize
+  if len(raw) != expected:
+    raise DataError(f"{path}: {'truncated' if len(raw) < expected else 'trailing bytes'}: the header promises "
+                    f"{'x'.join(map(str, dims))} items ({expected} bytes uncompressed) but the file holds "
+                    f"{len(raw)}. {how_to_get(name)}")
+  return np.frombuffer(raw, dtype, count, offset=header).reshape(dims)
+
+
+def idx_files(directory: str, split: str) -> tuple[str, str]:
+  """Paths of ``split``'s (images, labels) files in ``directory``: the standard names,
+  gzipped or raw (``train-images.idx3-ubyte`` spelling accepted); the ``.gz`` name when none exists."""
+  def find(kind: str, ndim: int) -> str:
+    stem = f"{IDX_PREFIX[split]}-{kind}"
+    for base in (f"{stem}-idx{ndim}-ubyte", f"{stem}.idx{ndim}-ubyte"):
+      for path in (os.path.join(directory, base + ".gz"), os.path.join(directory, base)):
+        if os.path.exists(path):
+          return path
+    return os.path.join(directory, f"{stem}-idx{ndim}-ubyte.gz")
+  return find("images", 3), find("labels", 1)
+
+
+def idx_dirs(name: str, data_dir: str | None = None) -> list[str]:
+  """Directories searched for ``name``'s IDX files, in order."""
+  dirs = []
+  for base in (data_dir, os.environ.get("BN_IDX_DIR")):
+    if base:
+      dirs += [os.path.join(base, name), base]
+  if name in SYSTEM_IDX_DIRS:
+    dirs.append(SYSTEM_IDX_DIRS[name])
+  return dirs
+
+
+def find_idx(name: str, data_dir: str | None = None) -> str | None:
+  """The first directory of :func:`idx_dirs` holding any of ``name``'s IDX files, or None."""
+  if name not in IDX_DATASETS:
+    return None
+  for d in idx_dirs(name, data_dir):
+    if any(os.path.exists(p) for s in IDX_PREFIX for p in idx_files(d, s)):
+      return d
+  return None
+
+
+def read_idx_split(directory: str, split: str, name: str, num_classes: int = 10) -> Split:
+  """Reads and cross-checks one split: images (N, H, W) uint8 and labels (N,) in [0, num_classes)."""
+  images_path, labels_path = idx_files(directory, split)
+  images, labels = read_idx(images_path, name), read_idx(labels_path, name)
+  if images.ndim != 3 or images.dtype != np.uint8:
+    raise DataError(f"{images_path}: expected uint8 images with 3 dims (magic 0x00000803), got {images.dtype} "
+                    f"{images.shape}. {how_to_get(name)}")
+  if labels.ndim != 1 or labels.dtype != np.uint8:
+    raise DataError(f"{labels_path}: expected uint8 labels with 1 dim (magic 0x00000801), got {labels.dtype} "
+                    f"{labels.shape}. {how_to_get(name)}")
+  if len(images) != len(labels):
+    raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels. "
+                    f"{how_to_get(name)}")
+  if labels.size and labels.max() >= num_classes:
+    raise DataError(f"{labels_path}: label {labels.max()} is not below {num_classes}. {how_to_get(name)}")
+  return Split(images[..., None], labels.astype(np.int32))
+
+
+def load_idx(name: str, directory: str) -> Dataset:
+  """``name`` (mnist or fashion_mnist) from the IDX files in ``directory``."""
+  num_classes = CATALOG.get(name, (None, 10))[1]
+  train, test = (read_idx_split(directory, s, name, num_classes) for s in ("train", "test"))
+  return Dataset(name, "idx", directory, num_classes, train, test)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def tfds_default_dir() -> str:
+  """TFDS's default data directory: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+  return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def find_tfds(name: str, data_dir: str | None = None) -> str | None:
+  """The newest version directory of ``name`` prepared as array_record under ``data_dir``, or None."""
+  def version(d):
+    return tuple(int(p) if p.isdigit() else -1 for p in os.path.basename(d).split("."))
+  infos = glob.glob(os.path.join(data_dir or tfds_default_dir(), name, "*", "dataset_info.json"))
+  for d in sorted((os.path.dirname(i) for i in infos), key=version, reverse=True):
+    if glob.glob(os.path.join(d, f"{name}-train.array_record*")):
+      return d
+  return None
+
+
+def _batched_get(source):
+  """``keys -> records`` reading a batch at a time when the source supports ``__getitems__``.
+
+  tfds 4.9.10's ``mock_data`` installs an unbound ``__getitems__`` (TypeError when
+  called); then, and for sources without it (lists), records are read one by one."""
+  try:
+    source.__getitems__([0])
+    return source.__getitems__
+  except (TypeError, AttributeError):
+    return lambda keys: [source[k] for k in keys]
+
+
+def read_source(source: Sequence, *, image_key: str = "image", label_key: str = "label",
+                chunk: int = 4096) -> Split:
+  """All records of a random-access source of ``{image: (H, W, C) uint8, label: int}`` dicts."""
+  n = len(source)
+  if n == 0:
+    raise DataError(f"{source!r} has no records.")
+  first = source[0]
+  x = np.empty((n, *np.shape(first[image_key])), np.uint8)
+  y = np.empty((n,), np.int32)
+  get = _batched_get(source)
+  for start in range(0, n, chunk):
+    records = get(list(range(start, min(n, start + chunk))))
+    x[start:start + len(records)] = np.stack([r[image_key] for r in records])
+    y[start:start + len(records)] = [r[label_key] for r in records]
+  return Split(x, y)
+
+
+def _write_npz(path: str, split: Split):
+  """Writes ``split`` to ``path`` atomically (temp file in the same directory + os.replace)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, x=split.x, y=split.y)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _read_cached(path: str, read) -> Split:
+  if os.path.exists(path):
+    with np.load(path) as z:
+      return Split(z["x"], z["y"])
+  split = read()
+  _write_npz(path, split)
+  return split
+
+
+def load_tfds(name: str, data_dir: str | None = None, *, cache_dir: str | None = None) -> Dataset:
+  """``name``'s train and test splits via ``tfds.data_source`` (array_record; no TensorFlow needed).
+
+  With ``cache_dir`` (or ``$BN_CACHE_DIR``) the decoded arrays are kept there as
+  ``NAME-VERSION-SPLIT.npz``, written atomically."""
+  import tensorflow_datasets as tfds  # slow import; only this path needs it
+
+  cache_dir = cache_dir or os.environ.get("BN_CACHE_DIR")
+  where = data_dir or tfds_default_dir()
+  splits = {}
+  for split in ("train", "test"):
+    try:
+      source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # TFDS raises assorted types (NotImplementedError, DatasetNotFoundError, ...)
+      raise DataError(f"{name}: no {split} split prepared as array_record under {where} "
+                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {how_to_get(name)}") from e
+    info = source.dataset_info
+    read = lambda: read_source(source)  # noqa: E731
+    if cache_dir:
+      splits[split] = _read_cached(os.path.join(cache_dir, f"{name}-{info.version}-{split}.npz"), read)
+    else:
+      splits[split] = read()
+  num_classes = int(info.features["label"].num_classes)
+  return Dataset(name, "tfds", os.path.join(where, name, str(info.version)), num_classes,
+                 splits["train"], splits["test"])
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def synthetic(shape: Sequence[int] = (28, 28, 1), num_classes: int = 10, *, num_train: int = 6000,
+              num_test: int = 1000, seed: int = 0, noise: float = 64.0, name: str = "synthetic") -> Dataset:
+  """A learnable stand-in dataset: ``x = clip(template[y] + noise * N(0, 1))`` as uint8.
+
+  Each class template is uniform in [0, 255] on a 4x-coarser grid, upsampled by
+  repetition (so it has spatial structure for convolutions). Labels are balanced
+  (``i % num_classes``, shuffled). Everything is deterministic from ``seed``."""
+  h, w, c = shape
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(0, 255, (num_classes, -(-h // 4), -(-w // 4), c)).astype(np.float32)
+  templates = coarse.repeat(4, axis=1).repeat(4, axis=2)[:, :h, :w]
+
+  def sample(n):
+    y = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+    x = templates[y] + np.float32(noise) * rng.standard_normal((n, h, w, c), np.float32)
+    return Split(np.clip(np.rint(x), 0, 255).astype(np.uint8), y)
+
+  train, test = sample(num_train), sample(num_test)
+  recipe = f"synthetic(shape={tuple(shape)}, num_classes={num_classes}, seed={seed}, noise={noise})"
+  return Dataset(name, "synthetic", recipe, num_classes, train, test)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def split_val(ds: Dataset, val_size: int, seed: int = 0) -> Dataset:
+  """Moves ``val_size`` examples, chosen by ``seed``, from train to ``val``; both keep the original order."""
+  if val_size == 0:
+    return ds
+  n = len(ds.train.y)
+  if not 0 < val_size < n:
+    raise ValueError(f"val_size={val_size} must be in [0, {n}) for {ds.name}'s {n} training examples.")
+  perm = np.random.default_rng(seed).permutation(n)
+  val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+  take = lambda idx: Split(ds.train.x[idx], ds.train.y[idx])  # noqa: E731
+  return dataclasses.replace(ds, train=take(train_idx), val=take(val_idx))
+
+
+def resolve_source(name: str, source: str = "auto", data_dir: str | None = None) -> str:
+  """The source ``load`` would use: idx if its files are found, else tfds if prepared, else an error."""
+  if source not in SOURCES:
+    raise ValueError(f"source={source!r} is not one of {SOURCES}.")
+  if source != "auto":
+    return source
+  if name == "synthetic":
+    return "synthetic"
+  if find_idx(name, data_dir):
+    return "idx"
+  if find_tfds(name, data_dir):
+    return "tfds"
+  searched = idx_dirs(name, data_dir) if name in IDX_DATASETS else []
+  searched.append(os.path.join(data_dir or tfds_default_dir(), name))
+  raise DataError(f"{name}: not found (looked in {', '.join(searched)}). {how_to_get(name)}")
+
+
+def load(name: str = "fashion_mnist", *, source: str = "auto", data_dir: str | None = None, val_size: int = 0,
+         seed: int = 0, cache_dir: str | None = None, synthetic_shape: Sequence[int] | None = None,
+         synthetic_classes: int | None = None, synthetic_sizes: tuple[int, int] = (6000, 1000),
+         synthetic_noise: float = 64.0) -> Dataset:
+  """Loads ``name`` from ``source`` (see the module docstring) and carves a validation split.
+
+  ``seed`` chooses the ``val_size`` validation examples (and the synthetic data);
+  the synthetic shape/classes default to the catalog entry of ``name``, else
+  (28, 28, 1) and 10. Raises :class:`DataError` with instructions when the data
+  is missing or damaged."""
+  source = resolve_source(name, source, data_dir)
+  if source == "synthetic":
+    shape, classes = CATALOG.get(name, ((28, 28, 1), 10))
+    ds = synthetic(synthetic_shape or shape, synthetic_classes or classes, num_train=synthetic_sizes[0],
+                   num_test=synthetic_sizes[1], seed=seed, noise=synthetic_noise, name=name)
+  elif source == "idx":
+    directory = find_idx(name, data_dir)
+    if directory is None:
+      where = ", ".join(idx_dirs(name, data_dir)) or "(no directory given: pass data_dir= or set $BN_IDX_DIR)"
+      raise DataError(f"{name}: no IDX files in {where}. {how_to_get(name)}")
+    ds = load_idx(name, directory)
+  else:
+    ds = load_tfds(name, data_dir, cache_dir=cache_dir)
+  return split_val(ds, val_size, seed)
+
+
+def class_counts(split: Split, num_classes: int) -> np.ndarray:
+  """Examples per class, int64 (num_classes,)."""
+  return np.bincount(split.y, minlength=num_classes)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _has_tensorflow() -> bool:
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+def _is_network_error(e: BaseException) -> bool:
+  while e is not None:
+    if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)) or (
+        "ConnectionError" in type(e).__name__ or "Failed to resolve" in str(e)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def prepare(name: str, data_dir: str | None = None) -> str:
+  """Downloads and converts ``name`` to array_record with TFDS; returns the data directory.
+
+  Raises :class:`DataError` when TensorFlow is missing or the download fails."""
+  no_tf = (f"cannot prepare {name}: TensorFlow is not installed, and TFDS needs it to download and convert "
+           f"{name}. Install it with `pip install tensorflow` (the download also needs internet), then re-run.")
+  if name == "fashion_mnist":
+    no_tf += " Offline alternative: `apt-get install dataset-fashion-mnist` (read directly as IDX files)."
+  if not _has_tensorflow():
+    raise DataError(no_tf)
+  import tensorflow_datasets as tfds
+
+  where = data_dir or tfds_default_dir()
+  try:
+    tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
+  except ImportError as e:
+    raise DataError(f"{no_tf} ({e})") from None
+  except Exception as e:  # report, don't dump a traceback
+    if _is_network_error(e):
+      raise DataError(f"cannot prepare {name}: no network: the download failed ({type(e).__name__}: {e}). "
+                      "Preparing needs internet access; run it on a connected machine and copy "
+                      f"{os.path.join(where, name)} here.") from None
+    raise DataError(f"cannot prepare {name}: {type(e).__name__}: {e}") from None
+  return where
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="bn data", description="List, inspect and prepare datasets.",
+      epilog="Sources: idx (MNIST-format files; $BN_IDX_DIR, /usr/share/datasets/fashion-mnist), "
+             "tfds (array_record under $TFDS_DATA_DIR or ~/tensorflow_datasets), synthetic (generated).")
+  sub = p.add_subparsers(dest="command", required=True)
+  ls = sub.add_parser("list", help="which datasets are available, from which source and where")
+  ls.add_argument("--data-dir", help="also look here (IDX files or a TFDS data dir)")
+  info = sub.add_parser("info", help="split sizes, image shape, dtype, class balance of one dataset")
+  info.add_argument("name", help=f"one of {', '.join(CATALOG)}, or synthetic")
+  info.add_argument("--source", default="auto", choices=SOURCES, help="where to read it from (default: auto)")
+  info.add_argument("--data-dir", help="directory with IDX files, or a TFDS data dir")
+  info.add_argument("--val-size", type=int, default=0, help="examples to move from train to val")
+  info.add_argument("--seed", type=int, default=0, help="seed for the val split and synthetic data")
+  prep = sub.add_parser("prepare", help="download + convert with TFDS (needs TensorFlow and internet)")
+  prep.add_argument("name", help=f"a TFDS name, e.g. {', '.join(CATALOG)}")
+  prep.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  return p
+
+
+def _cmd_list(data_dir: str | None) -> int:
+  print(f"{'dataset':<14} {'shape':<9} {'classes':>7}  source")
+  for name, (shape, classes) in CATALOG.items():
+    found = [("idx", find_idx(name, data_dir)), ("tfds", find_tfds(name, data_dir))]
+    found = [(s, d) for s, d in found if d]
+    head = f"{name:<14} {'x'.join(map(str, shape)):<9} {classes:>7}  "
+    for i, (s, d) in enumerate(found):
+      print((head if i == 0 else " " * len(head)) + f"{s:<5} {d}")
+    if not found:
+      print(head + "missing")
+      print(" " * len(head) + how_to_get(name))
+  print(f"{'synthetic':<14} {'any':<9} {'any':>7}  generated: `bn data info NAME --source synthetic`")
+  return 0
+
+
+def _cmd_info(args) -> int:
+  from bn.pipeline import channel_stats  # imports JAX; only `info` needs it
+
+  ds = load(args.name, source=args.source, data_dir=args.data_dir, val_size=args.val_size, seed=args.seed)
+  x = ds.train.x
+  print(f"{ds.name}: source {ds.source}, {ds.location}")
+  print(f"image shape {'x'.join(map(str, ds.shape))} ({x.dtype}), labels {ds.train.y.dtype}, "
+        f"{ds.num_classes} classes")
+  stats = channel_stats(x)
+  print("train pixels in [0, 1], per channel: mean " + " ".join(f"{m:.4f}" for m in stats.mean)
+        + ", std " + " ".join(f"{s:.4f}" for s in stats.std))
+  print(f"{'split':<6} {'examples':>8}  class counts")
+  for split_name, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
+    if split is None:
+      continue
+    counts = class_counts(split, ds.num_classes)
+    shown = (" ".join(map(str, counts)) if len(counts) <= 20
+             else f"min {counts.min()}, max {counts.max()} over {len(counts)} classes")
+    print(f"{split_name:<6} {len(split.y):>8}  {shown}")
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  """``bn data list | info NAME | prepare NAME``; returns the exit code (errors go to stderr, no traceback)."""
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # --help or a usage error
+    return int(e.code or 0)
+  try:
+    if args.command == "list":
+      return _cmd_list(args.data_dir)
+    if args.command == "info":
+      return _cmd_info(args)
+    where = prepare(args.name, args.data_dir)
+    print(f"prepared {args.name} under {where}; read it with `bn data info {args.name} --source tfds"
+          + (f" --data-dir {args.data_dir}`" if args.data_dir else "`"))
+    return 0
+  except (DataError, ValueError) as e:
+    print(f"bn data: {e}", file=sys.stderr)
+    return 1

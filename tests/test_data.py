@@ -1,0 +1,400 @@
+"""Tests for bn.data (loading, CLI) and bn.pipeline (standardization, sampler, augmentation).
+
+References are independent of the code under test: bytes written here by hand
+(IDX files), per-record reads of the TFDS source, NumPy statistics, brute force.
+"""
+
+import gzip
+import os
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bn import data, pipeline
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+HAVE_FMNIST = all(
+    os.path.exists(os.path.join(FMNIST, f"{p}-{k}-ubyte.gz"))
+    for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch, tmp_path):
+  """No stray BN_IDX_DIR / cache; an empty TFDS data dir."""
+  monkeypatch.delenv("BN_IDX_DIR", raising=False)
+  monkeypatch.delenv("BN_CACHE_DIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_empty"))
+
+
+# ----------------------------------------------------------------------------- IDX fixtures
+
+
+def idx_bytes(arr: np.ndarray, type_code: int = 0x08) -> bytes:
+  return bytes([0, 0, type_code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+def write_idx_set(directory, *, gz: bool, n_train=50, n_test=20, h=5, w=4, seed=0):
+  """Four IDX files with known content (non-square images catch H/W swaps)."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  arrays = {}
+  for prefix, n in (("train", n_train), ("t10k", n_test)):
+    x = rng.integers(0, 256, (n, h, w), dtype=np.uint8)
+    y = rng.integers(0, 10, (n,), dtype=np.uint8)
+    arrays[prefix] = (x, y)
+    for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+      name = os.path.join(directory, f"{prefix}-{kind}-ubyte" + (".gz" if gz else ""))
+      raw = idx_bytes(arr)
+      with open(name, "wb") as f:
+        f.write(gzip.compress(raw) if gz else raw)
+  return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_roundtrip(tmp_path, gz):
+  arrays = write_idx_set(tmp_path, gz=gz)
+  ds = data.load("mnist", source="idx", data_dir=str(tmp_path))
+  assert (ds.source, ds.location, ds.num_classes, ds.shape) == ("idx", str(tmp_path), 10, (5, 4, 1))
+  for split, prefix in ((ds.train, "train"), (ds.test, "t10k")):
+    x, y = arrays[prefix]
+    assert split.x.dtype == np.uint8 and split.y.dtype == np.int32
+    np.testing.assert_array_equal(split.x, x[..., None])
+    np.testing.assert_array_equal(split.y, y)
+
+
+def test_idx_auto_finds_name_subdir_and_env(tmp_path, monkeypatch):
+  write_idx_set(tmp_path / "fashion_mnist", gz=True)
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
+  assert data.resolve_source("fashion_mnist", "auto", str(tmp_path)) == "idx"
+  assert data.load("fashion_mnist", data_dir=str(tmp_path)).location == str(tmp_path / "fashion_mnist")
+  monkeypatch.setenv("BN_IDX_DIR", str(tmp_path))
+  assert data.load("fashion_mnist").source == "idx"
+  assert data.find_idx("cifar10", str(tmp_path)) is None  # IDX only for mnist-like sets
+
+
+def test_idx_truncated_names_file(tmp_path):
+  write_idx_set(tmp_path, gz=False)
+  path = tmp_path / "train-images-idx3-ubyte"
+  path.write_bytes(path.read_bytes()[:-7])
+  with pytest.raises(data.DataError, match="truncated") as e:
+    data.load("fashion_mnist", source="idx", data_dir=str(tmp_path))
+  assert str(path) in str(e.value) and "apt-get install dataset-fashion-mnist" in str(e.value)
+
+
+def test_idx_truncated_gzip_names_file(tmp_path):
+  write_idx_set(tmp_path, gz=True)
+  path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+  path.write_bytes(path.read_bytes()[:-12])
+  with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz") as e:
+    data.load("mnist", source="idx", data_dir=str(tmp_path))
+  assert "bn data prepare mnist" in str(e.value)
+
+
+@pytest.mark.parametrize("header", [b"\x12\x34\x08\x03", b"\x00\x00\x0c\x03", b"\x00\x00\x08\x02"])
+def test_idx_wrong_magic_names_file(tmp_path, header):
+  write_idx_set(tmp_path, gz=False)
+  path = tmp_path / "train-images-idx3-ubyte"
+  raw = path.read_bytes()
+  path.write_bytes(header + raw[4:])
+  with pytest.raises(data.DataError) as e:
+    data.load("mnist", source="idx", data_dir=str(tmp_path))
+  assert str(path) in str(e.value)
+
+
+def test_idx_missing_file_and_label_mismatch(tmp_path):
+  write_idx_set(tmp_path, gz=True)
+  (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+  with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz: file not found"):
+    data.load("fashion_mnist", source="idx", data_dir=str(tmp_path))
+  (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+  with pytest.raises(data.DataError, match="20 images but .* has 3 labels"):
+    data.load("fashion_mnist", source="idx", data_dir=str(tmp_path))
+
+
+def test_read_idx_other_dtypes(tmp_path):
+  arr = np.arange(12, dtype=">i4").reshape(3, 4)
+  (tmp_path / "a.idx").write_bytes(idx_bytes(arr, 0x0C))
+  np.testing.assert_array_equal(data.read_idx(str(tmp_path / "a.idx")), arr)
+
+
+def test_missing_dataset_message(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
+  with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):
+    data.load("fashion_mnist", data_dir=str(tmp_path))
+  with pytest.raises(data.DataError, match="bn data prepare cifar10"):
+    data.load("cifar10", source="tfds", data_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- real Fashion-MNIST
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist():
+  ds = data.load("fashion_mnist")
+  assert (ds.source, ds.location) == ("idx", FMNIST)
+  assert ds.train.x.shape == (60000, 28, 28, 1) and ds.test.x.shape == (10000, 28, 28, 1)
+  assert ds.train.x.dtype == np.uint8 and ds.num_classes == 10
+  np.testing.assert_array_equal(data.class_counts(ds.train, 10), np.full(10, 6000))
+  np.testing.assert_array_equal(data.class_counts(ds.test, 10), np.full(10, 1000))
+  stats = pipeline.channel_stats(ds.train.x)
+  rows = ds.train.x.reshape(60, -1).astype(np.float64) / 255  # float64 sums in 60 chunks
+  s1, s2 = sum(r.sum() for r in rows), sum(r @ r for r in rows)
+  mean = s1 / ds.train.x.size
+  np.testing.assert_allclose(stats.mean, [mean], rtol=1e-6)
+  np.testing.assert_allclose(stats.std, [np.sqrt(s2 / ds.train.x.size - mean**2)], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def test_tfds_mock_data_source():
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load("mnist", source="tfds")
+    source = tfds.data_source("mnist", split="train")
+    ref = [source[i] for i in range(len(source))]  # record-by-record reference
+    cifar = data.load("cifar100", source="tfds")
+  assert (ds.source, ds.num_classes, ds.shape) == ("tfds", 10, (28, 28, 1))
+  assert ds.train.x.dtype == np.uint8 and ds.train.y.dtype == np.int32
+  np.testing.assert_array_equal(ds.train.x, np.stack([r["image"] for r in ref]))
+  np.testing.assert_array_equal(ds.train.y, [r["label"] for r in ref])
+  assert (cifar.num_classes, cifar.shape, len(cifar.test.y)) == (100, (32, 32, 3), 12)
+
+
+def test_read_source_batched_and_list():
+  records = [{"image": np.full((2, 3, 1), i, np.uint8), "label": i % 3} for i in range(10)]
+
+  class Batched(list):
+    def __getitems__(self, keys):
+      return [self[k] for k in keys]
+
+  for src in (records, Batched(records)):
+    split = data.read_source(src, chunk=4)
+    np.testing.assert_array_equal(split.x[:, 0, 0, 0], np.arange(10))
+    np.testing.assert_array_equal(split.y, np.arange(10) % 3)
+
+
+def test_tfds_cache_is_atomic_and_reused(tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  with tfds.testing.mock_data(num_examples=8):
+    first = data.load("mnist", source="tfds", cache_dir=str(cache))
+    assert sorted(os.listdir(cache)) == ["mnist-3.0.1-test.npz", "mnist-3.0.1-train.npz"]  # no temp files
+    monkeypatch.setattr(data, "read_source", lambda *a, **k: pytest.fail("cache not used"))
+    second = data.load("mnist", source="tfds", cache_dir=str(cache))
+  np.testing.assert_array_equal(first.train.x, second.train.x)
+
+
+def test_find_tfds_prepared_layout(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
+  version = tmp_path / "mnist" / "3.0.1"
+  version.mkdir(parents=True)
+  (version / "dataset_info.json").write_text("{}")
+  assert data.find_tfds("mnist", str(tmp_path)) is None  # no array_record files: not usable
+  (version / "mnist-train.array_record-00000-of-00001").write_bytes(b"")
+  assert data.find_tfds("mnist", str(tmp_path)) == str(version)
+  assert data.resolve_source("mnist", "auto", str(tmp_path)) == "tfds"
+
+
+# ----------------------------------------------------------------------------- synthetic, val split
+
+
+def test_synthetic_deterministic_and_learnable():
+  a = data.load("synthetic", synthetic_shape=(8, 6, 2), synthetic_classes=3, synthetic_sizes=(300, 90), seed=1)
+  b = data.load("synthetic", synthetic_shape=(8, 6, 2), synthetic_classes=3, synthetic_sizes=(300, 90), seed=1)
+  c = data.load("synthetic", synthetic_shape=(8, 6, 2), synthetic_classes=3, synthetic_sizes=(300, 90), seed=2)
+  assert a.source == "synthetic" and a.shape == (8, 6, 2) and a.train.x.dtype == np.uint8
+  np.testing.assert_array_equal(a.train.x, b.train.x)
+  assert not np.array_equal(a.train.x, c.train.x)
+  np.testing.assert_array_equal(data.class_counts(a.train, 3), [100, 100, 100])
+  ds = data.load("cifar10", source="synthetic", synthetic_sizes=(2000, 500))
+  assert (ds.shape, ds.num_classes) == ((32, 32, 3), 10)
+  # nearest class mean, fit on train, scores far above chance (0.1) on test
+  xtr, xte = (s.x.reshape(len(s.x), -1).astype(np.float64) for s in (ds.train, ds.test))
+  means = np.stack([xtr[ds.train.y == k].mean(0) for k in range(10)])
+  pred = np.argmin(((xte[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+  assert (pred == ds.test.y).mean() > 0.9
+
+
+def test_val_split_disjoint_and_deterministic():
+  n = 100
+  base = data.Dataset("ids", "synthetic", "", n, data.Split(np.zeros((n, 1, 1, 1), np.uint8), np.arange(n)),
+                      data.Split(np.zeros((1, 1, 1, 1), np.uint8), np.zeros(1, np.int32)))
+  a, b, c = data.split_val(base, 30, 0), data.split_val(base, 30, 0), data.split_val(base, 30, 1)
+  assert len(a.val.y) == 30 and len(a.train.y) == 70
+  assert not set(a.val.y) & set(a.train.y) and set(a.val.y) | set(a.train.y) == set(range(n))
+  np.testing.assert_array_equal(a.val.y, b.val.y)
+  assert not np.array_equal(a.val.y, c.val.y)
+  with pytest.raises(ValueError, match="val_size"):
+    data.split_val(base, n, 0)
+  ds = data.load("synthetic", val_size=500, synthetic_sizes=(2000, 10))
+  assert (len(ds.train.y), len(ds.val.y)) == (1500, 500)
+
+
+# ----------------------------------------------------------------------------- standardization
+
+
+def test_channel_stats_and_standardize():
+  x = np.random.default_rng(0).integers(0, 256, (50, 4, 3, 3), dtype=np.uint8)
+  x[..., 1] //= 4
+  stats = pipeline.channel_stats(x)
+  ref = x.astype(np.float64) / 255
+  np.testing.assert_allclose(stats.mean, ref.mean((0, 1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(stats.std, ref.std((0, 1, 2)), rtol=1e-6)
+  y = jax.jit(pipeline.standardize)(x, stats)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(y).mean((0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(y).std((0, 1, 2)), 1, atol=1e-5)
+  split = data.Split(x, np.arange(50, dtype=np.int32))
+  raw, std = pipeline.to_device(split), pipeline.to_device(split, stats)
+  assert raw.x.dtype == jnp.uint8 and isinstance(raw.x, jax.Array)
+  np.testing.assert_allclose(std.x, (ref - ref.mean((0, 1, 2))) / ref.std((0, 1, 2)), atol=1e-5)
+
+
+def test_eval_batches():
+  idx, mask = pipeline.eval_batches(10, 4)
+  assert idx.shape == mask.shape == (3, 4) and idx.dtype == np.int32
+  np.testing.assert_array_equal(idx[mask], np.arange(10))
+  assert mask.sum() == 10 and not mask[-1, -2:].any()
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def run_sampler(key, n, batch_size, steps, mode="epoch"):
+  def step(state, _):
+    idx, state = pipeline.sampler_next(state, batch_size)
+    return state, idx
+  _, idx = jax.lax.scan(step, pipeline.sampler_init(key, n, mode), None, length=steps)
+  return idx.reshape(-1)
+
+
+@pytest.mark.parametrize("n,batch_size,typed_key", [(10, 3, False), (12, 4, True), (7, 7, False)])
+def test_sampler_epochs_visit_each_index_once(n, batch_size, typed_key):
+  steps = 6 * n // batch_size
+  key = jax.random.key(0) if typed_key else jax.random.PRNGKey(0)
+  stream = np.asarray(jax.jit(run_sampler, static_argnums=(1, 2, 3))(key, n, batch_size, steps))
+  epochs = stream[: len(stream) // n * n].reshape(-1, n)
+  assert len(epochs) >= 5
+  for e in epochs:
+    np.testing.assert_array_equal(np.sort(e), np.arange(n))
+  assert len({tuple(e) for e in epochs}) > 1  # reshuffled
+
+
+def test_sampler_with_replacement():
+  stream = np.asarray(jax.jit(run_sampler, static_argnums=(1, 2, 3, 4))(
+      jax.random.key(3), 7, 5, 400, "replacement"))
+  assert stream.dtype == np.int32 and stream.min() >= 0 and stream.max() < 7
+  counts = np.bincount(stream, minlength=7)
+  assert np.all(np.abs(counts - 2000 / 7) < 0.25 * 2000 / 7)
+
+
+def test_sampler_vmap_over_seeds():
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  single = jax.jit(lambda k: run_sampler(k, 20, 8, 10))
+  run = jax.jit(jax.vmap(single))
+  out = np.asarray(run(keys))
+  np.testing.assert_array_equal(out, np.asarray(run(keys)))  # same keys, same order
+  assert len({tuple(r) for r in out}) == 4  # different keys, different orders
+  np.testing.assert_array_equal(out[2], single(keys[2]))
+  # The reshuffle stays a real branch under vmap (no sort on every step) when the
+  # state is made inside the vmapped function, or vmapped with pos/epoch/n unbatched.
+  assert "cond[" in str(jax.make_jaxpr(jax.vmap(lambda k: run_sampler(k, 20, 8, 10)))(keys))
+  states = jax.vmap(lambda k: pipeline.sampler_init(k, 20))(keys)
+  states = states._replace(pos=states.pos[0], epoch=states.epoch[0], n=states.n[0])
+  step = jax.vmap(pipeline.sampler_next, in_axes=(pipeline.SamplerState(0, 0, None, None, None), None))
+  assert "cond[" in str(jax.make_jaxpr(step, static_argnums=1)(states, 8))
+
+
+def test_sampler_rejects_bad_args():
+  with pytest.raises(ValueError, match="mode"):
+    pipeline.sampler_init(jax.random.PRNGKey(0), 10, "bogus")
+  with pytest.raises(ValueError, match="batch_size"):
+    pipeline.sampler_next(pipeline.sampler_init(jax.random.PRNGKey(0), 10), 11)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_random_flip_is_identity_or_mirror():
+  x = np.random.default_rng(0).integers(0, 256, (64, 6, 5, 3), dtype=np.uint8)
+  y = np.asarray(jax.jit(pipeline.random_flip)(jax.random.PRNGKey(0), x))
+  same = [np.array_equal(y[i], x[i]) for i in range(64)]
+  mirrored = [np.array_equal(y[i], x[i, :, ::-1]) for i in range(64)]
+  assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+
+
+def test_random_crop_is_a_window_of_the_padded_image():
+  x = np.random.default_rng(1).integers(1, 256, (32, 6, 5, 2), dtype=np.uint8)
+  y = np.asarray(jax.jit(pipeline.random_crop, static_argnums=2)(jax.random.PRNGKey(2), x, 2))
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  offsets = set()
+  for i in range(32):
+    hits = [(a, b) for a in range(5) for b in range(5) if np.array_equal(y[i], padded[i, a:a + 6, b:b + 5])]
+    assert hits, f"example {i} is not a crop of its padded image"
+    offsets.add(hits[0])
+  assert len(offsets) > 5
+
+
+def test_augment_shapes_dtypes_determinism():
+  key, augment = jax.random.PRNGKey(0), jax.jit(pipeline.augment, static_argnames=("flip", "padding"))
+  for x in (jnp.ones((8, 12, 12, 3), jnp.uint8), jnp.arange(8 * 12 * 12 * 3, dtype=jnp.float32).reshape(8, 12, 12, 3)):
+    y = augment(key, x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+  np.testing.assert_array_equal(augment(key, x), y)
+  assert not np.array_equal(augment(jax.random.PRNGKey(1), x), y)
+  np.testing.assert_array_equal(augment(key, x, flip=False, padding=0), x)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_list(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
+  write_idx_set(tmp_path / "fashion_mnist", gz=True)
+  assert data.main(["list", "--data-dir", str(tmp_path)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  fashion = next(l for l in lines if l.startswith("fashion_mnist"))
+  assert "idx" in fashion and str(tmp_path / "fashion_mnist") in fashion
+  cifar = lines.index(next(l for l in lines if l.startswith("cifar10 ")))
+  assert "missing" in lines[cifar] and "bn data prepare cifar10" in lines[cifar + 1]
+  assert any(l.startswith("synthetic") for l in lines)
+
+
+def test_cli_info_generated(tmp_path, capsys):
+  write_idx_set(tmp_path, gz=True)
+  assert data.main(["info", "mnist", "--data-dir", str(tmp_path), "--val-size", "10"]) == 0
+  out = capsys.readouterr().out
+  assert "source idx" in out and "5x4x1" in out and "uint8" in out
+  assert "train        40" in out and "val          10" in out and "test         20" in out
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_cli_info_fashion_mnist(capsys):
+  assert data.main(["info", "fashion_mnist"]) == 0
+  out = capsys.readouterr().out
+  assert "28x28x1" in out and "uint8" in out and "10 classes" in out
+  assert "train     60000  " + " ".join(["6000"] * 10) in out
+  assert "test      10000  " + " ".join(["1000"] * 10) in out
+
+
+def test_cli_prepare_without_tensorflow(capsys, monkeypatch):
+  monkeypatch.setattr(data, "_has_tensorflow", lambda: False)
+  assert data.main(["prepare", "mnist"]) != 0
+  err = capsys.readouterr().err
+  assert "TensorFlow is not installed" in err and "pip install tensorflow" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(data._has_tensorflow(), reason="TensorFlow is installed here")
+def test_cli_prepare_real_environment(capsys):
+  assert data.main(["prepare", "mnist"]) == 1
+  assert "pip install tensorflow" in capsys.readouterr().err
+
+
+def test_cli_errors(tmp_path, capsys):
+  assert data.main(["info", "cifar10", "--data-dir", str(tmp_path)]) == 1
+  assert "bn data prepare cifar10" in capsys.readouterr().err
+  assert data.main(["bogus"]) == 2
+  assert data.main(["--help"]) == 0
