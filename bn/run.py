@@ -205,9 +205,14 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
   """Trains ``c`` into ``workdir`` (resuming if it holds a checkpoint) and returns the summary.
 
   ``stop_after`` stops (after checkpointing) once that many steps are done -- for tests of resume."""
+  from bn import parallel  # lazily: bn.parallel builds on this module
+
+  parallel.initialize(c)  # many hosts: join the JAX distributed runtime before any computation
+  writer = parallel.is_writer()  # only process 0 writes artifacts
+  plan = parallel.plan(c)  # None: one device (the default); checked before anything is written
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  cfg_dict = bn_config.to_dict(c)
+  cfg_dict = parallel.recorded_config(bn_config.to_dict(c))
   runs = run_table(c)
   cfg_file = workdir / "config.json"
   if cfg_file.exists():
@@ -218,11 +223,11 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
       )
     if (workdir / "summary.json").exists():
       return artifacts.read_json(workdir / "summary.json")
-  else:
+  elif writer:
     artifacts.write_json(cfg_file, {"config": cfg_dict, "runs": runs})
 
   dataset = load_data(c, dataset)
-  trainer = Trainer(c, dataset)
+  trainer = Trainer(c, dataset) if plan is None else parallel.Trainer(c, dataset, plan)
   state = trainer.init()
   mgr = _checkpointer(workdir)
   step, restored = _restore(mgr, state)
@@ -234,7 +239,7 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
   steps_done = int(np.asarray(state.step)[0])
   total, every = c.train.steps, c.train.eval_every
   ckpt_every = max(c.train.checkpoint_every // every, 1) * every
-  bar = Progress(total, desc or c.name, initial=steps_done, enabled=progress)
+  bar = Progress(total, desc or c.name, initial=steps_done, enabled=progress and writer)
   prober = None
   if c.probes.every > 0:
     from bn import run_probes
@@ -254,10 +259,12 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
       lr_mult = float(trainer.task.schedule(steps_done - 1))
       new = _rows(runs, steps_done, wall, lr_mult, jax.device_get(batch), jax.device_get(tr), jax.device_get(te), np.asarray(state.diverged_step))
       rows += new
-      artifacts.write_jsonl(workdir / "metrics.jsonl", rows)
+      if writer:
+        artifacts.write_jsonl(workdir / "metrics.jsonl", rows)
       if prober is not None and (steps_done % c.probes.every == 0 or steps_done == total):
         prober.measure(state, steps_done)
-      if steps_done % ckpt_every == 0 or steps_done == total or (stop_after is not None and steps_done >= stop_after):
+      # No checkpoint at the end: a finished workdir is marked by summary.json and never resumed.
+      if (steps_done % ckpt_every == 0 and steps_done < total) or (stop_after is not None and steps_done >= stop_after):
         _save(mgr, steps_done, state)
       accs = [r["test_accuracy"] for r in new if not r["diverged"]]
       bar.update(n, loss=float(np.nanmean([r["batch_loss"] or np.nan for r in new])), test_acc=float(np.mean(accs)) if accs else float("nan"))
@@ -267,7 +274,8 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
     bar.close()
     mgr.close()
   summary = _summary(c, runs, rows, state, wall, trainer.compile_time, steps_done)
-  artifacts.write_json(workdir / "summary.json", summary)
+  if writer:
+    artifacts.write_json(workdir / "summary.json", summary)
   return summary
 
 

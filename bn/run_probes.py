@@ -44,19 +44,18 @@ def _bn_leaves(tree, prefix=()):
   return []
 
 
-def probe_one(task: train.Task, scales, state: train.TrainState, x, y, prev_units, has_prev: bool):
+def probe_one(task: train.Task, scales, state: train.TrainState, x, y, prev_units):
   """All probes for one run on the probe batch ``(x, y)``; pure, vmap over runs."""
   params, batch_stats = state.params, state.batch_stats
-  key = jax.random.fold_in(state.key, -1)
+  key = jax.random.fold_in(state.key, 2**31 - 1)  # a fixed noise key for every probe evaluation
   renorm = train.model_renorm(task, state.step)
   variables = {"params": params, "batch_stats": batch_stats}
   logits, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"], rngs={"noise": key})
   acts = models.preacts(mut["intermediates"])
   stats = probes.activation_stats(acts)
 
-  out = {"act": stats.layers, "unit0": {k: u.percentiles[:, 0] for k, u in stats.units.items()}}
-  if has_prev:
-    out["shift"] = probes.distribution_shift(prev_units, stats.units).layers
+  out = {"act": stats.layers, "unit0": {k: u.percentiles[:, 0] for k, u in stats.units.items()},
+         "shift": probes.distribution_shift(prev_units, stats.units).layers}
   gaps = {}
   for path in _bn_leaves(batch_stats):
     used = _tree_get(mut["bn_stats"], path)
@@ -101,17 +100,22 @@ class Prober:
     self.x = trainer.train_x[idx]
     self.y = trainer.train_y[idx]
     self.runs = trainer.runs
+    self.task = trainer.task
     self.layers = None
     scales = tuple(float(s) for s in c.probes.landscape_scales)
-    self.fn = {
-        flag: jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, scales, has_prev=flag), in_axes=(train.STATE_AXES, None, None, 0)))
-        for flag in (False, True)
-    }
+    # One compiled program; at the first point the shift is computed against placeholder
+    # statistics and dropped.
+    self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, scales), in_axes=(train.STATE_AXES, None, None, 0)))
     self.prev = None  # per-run unit stats of the previous probe point (recomputed after a resume)
+
+  def _placeholder(self, state):
+    return _ones_like_units(self, state)
 
   def measure(self, state, step: int) -> None:
     has_prev = self.prev is not None
-    out, units = self.fn[has_prev](state, self.x, self.y, self.prev)
+    out, units = self.fn(state, self.x, self.y, self.prev if has_prev else self._placeholder(state))
+    if not has_prev:
+      out.pop("shift")
     self.prev = units
     out = jax.device_get(out)
     layers = models.layer_names(jax.tree.map(lambda t: t[0], state.params))
@@ -120,11 +124,28 @@ class Prober:
       row = {"step": step, "run": r["run"], "seed": r["seed"], "lr": r["lr"], "layers": list(layers)}
       row.update(_to_json(pick, layers))
       self.rows.append(row)
-    artifacts.write_jsonl(self.path, self.rows)
+    if jax.process_index() == 0:  # many hosts: process 0 writes
+      artifacts.write_jsonl(self.path, self.rows)
 
   def prime(self, state) -> None:
     """After a resume: recompute the previous point's statistics so the next shift matches an uninterrupted run."""
-    _, self.prev = self.fn[False](state, self.x, self.y, None)
+    _, self.prev = self.fn(state, self.x, self.y, self._placeholder(state))
+
+
+def _ones_like_units(prober, state):
+  """Unit statistics of the right structure, found by tracing the model once (no compile)."""
+  def units(st, x, y):
+    acts = models.preacts(prober_model_apply(prober.task, st, x))
+    return probes.activation_stats(acts).units
+
+  return jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), jax.eval_shape(jax.vmap(units, in_axes=(train.STATE_AXES, None, None)), state, prober.x, prober.y))
+
+
+def prober_model_apply(task, state, x):
+  _, mut = task.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
+                            renorm=train.model_renorm(task, state.step), mutable=["batch_stats", "intermediates"],
+                            rngs={"noise": jax.random.fold_in(state.key, 2**31 - 1)})
+  return mut["intermediates"]
 
 
 def _to_json(o, layers):
