@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?= -m "not slow"
+OUT    ?= reproduce
+MODE   ?= quick
 
-.PHONY: install data test test-slow clean
+.PHONY: install data test test-slow reproduce clean
 
 install: $(STAMP)
 
@@ -29,6 +31,10 @@ data:
 
 test: install data
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The main job: the claims ledger (C1-C6) and its report in $(OUT)/report.md. Re-running resumes.
+reproduce: install data
+	$(BIN)/bn reproduce --$(MODE) --out $(OUT)
 
 test-slow: install data
 	$(BIN)/python -m pytest -q -m slow
