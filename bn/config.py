@@ -166,4 +166,11 @@ def base() -> ml_collections.ConfigDict:
       target_accuracy=0.8, eval_chunk=1000,
   ))
   c.probes = ml_collections.ConfigDict(dict(every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0), layers=()))
+  c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see bn/parallel.py and docs/scale-out.md
+      devices="1",  # "1" (no mesh), "all", or a count N: the global batch is split over a 'data' mesh axis
+      bn_stats="sync",  # "sync": global batch statistics; "local": per-device statistics (ghost BN, ghost = shard)
+      coordinator="", num_processes=0, process_id=-1,  # many hosts; empty: env BN_*/JAX_* (COORDINATOR[_ADDRESS], NUM_PROCESSES, PROCESS_ID)
+      cluster_detect=False,  # jax.distributed.initialize() auto-detection (TPU pod slice, SLURM, Open MPI)
+      init_timeout=300,  # seconds to wait for every process to reach the coordinator
+  ))
   return c

@@ -50,6 +50,8 @@ class NormSpec:
   d_max: float = 5.0
   noise: bn.Noise = bn.Noise()  # kind="noisy"
   use_fast_variance: bool = False
+  axis_name: str | None = None  # data-parallel mesh axis (set by bn.parallel); None on one device
+  per_device: bool = False  # with axis_name: each device normalizes with its own shard (ghost BN, ghost = shard)
 
   def __post_init__(self):
     if self.kind not in NORM_KINDS:
@@ -103,11 +105,15 @@ class Norm(nn.Module):
       return x
     if s.kind in ("layer", "group"):
       return PerExampleNorm(s.kind, s.num_groups, s.epsilon, name="norm")(x)
+    ghost = s.ghost_batch_size
+    if s.per_device and s.axis_name is not None and ghost is None:
+      ghost = x.shape[0]  # the device's whole shard is one ghost batch: per-device statistics
     layer = bn_linen.BatchNorm(
         momentum=s.momentum,
         epsilon=s.epsilon,
         use_fast_variance=s.use_fast_variance,
-        ghost_batch_size=s.ghost_batch_size,  # any batch-statistics kind may use ghost batches (e.g. renorm)
+        axis_name=s.axis_name,
+        ghost_batch_size=ghost,  # any batch-statistics kind may use ghost batches (e.g. renorm)
         r_max=s.r_max if s.kind == "renorm" else None,
         d_max=s.d_max if s.kind == "renorm" else None,
         noise=s.noise if s.kind == "noisy" else None,

@@ -114,6 +114,7 @@ class Task(NamedTuple):
   sampling: str  # "epoch" | "replacement"
   augment: bool
   renorm: tuple[float, float, int] | None  # (r_max, d_max, warmup) for kind="renorm"
+  axis_name: str | None = None  # data-parallel mesh axis (bn.parallel): each device takes its slice of the batch; loss and metrics are averaged over it
 
 
 def init_state(task: Task, seed, lr, weight_decay, sample_x, num_train: int) -> TrainState:
@@ -146,11 +147,25 @@ def loss_and_updates(task: Task, params, batch_stats, x, y, key, step):
       {"params": params, "batch_stats": batch_stats}, x, train=True, renorm=model_renorm(task, step),
       mutable=["batch_stats"], rngs={"noise": key},
   )
-  return cross_entropy(logits, y), (mutated.get("batch_stats", batch_stats), logits)
+  return _device_mean(cross_entropy(logits, y), task.axis_name), (mutated.get("batch_stats", batch_stats), logits)
+
+
+def _device_mean(x, axis_name):
+  """Mean over the data-parallel axis (equal per-device batches); identity on one device."""
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _device_slice(idx, key, axis_name):
+  """This device's contiguous slice of the global batch indices and its own augmentation key."""
+  if axis_name is None:
+    return idx, key
+  i, b = jax.lax.axis_index(axis_name), idx.shape[0] // jax.lax.axis_size(axis_name)
+  return jax.lax.dynamic_slice_in_dim(idx, i * b, b), jax.random.fold_in(key, i)
 
 
 def get_batch(task: Task, state: TrainState, images, labels, key):
   idx, sampler = pipeline.sampler_next(state.sampler, task.batch_size)
+  idx, key = _device_slice(idx, key, task.axis_name)
   x = images[idx]
   if task.augment:
     x = pipeline.augment(key, x)
@@ -181,7 +196,7 @@ def train_step(task: Task, state: TrainState, images, labels) -> tuple[TrainStat
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, sampler=sampler,
       diverged_step=jnp.where(alive & ~ok, state.step, state.diverged_step),
   )
-  acc = jnp.mean(jnp.argmax(logits, -1) == y)
+  acc = _device_mean(jnp.mean(jnp.argmax(logits, -1) == y), task.axis_name)
   nan = jnp.full((), jnp.nan)
   return new, StepMetrics(jnp.where(alive, loss, nan), jnp.where(alive, acc, nan))
 

@@ -1,0 +1,255 @@
+"""Data-parallel training (bn.parallel) against one-device training on the same global batch.
+
+On the 8 virtual CPU devices of conftest.py: synchronized BN statistics give the
+parameters and running statistics of one-device training; per-device statistics
+give one-device Ghost BN with ghost size = global batch / 8. Two processes on
+127.0.0.1 (gloo, one CPU device each) give the one-process metrics, and their
+checkpoint restores in one process. Bad set-ups fail fast with clear messages.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from bn import config as bn_config, data as bn_data, parallel, pipeline, run, train
+
+D = 8
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(jax.device_count() < D, reason="needs 8 (virtual) devices, see conftest.py")
+
+TINY = """
+from bn.config import base
+
+
+def get_config():
+  c = base()
+  c.name = "tiny_parallel"
+  c.data.update(name="synthetic", source="synthetic", synthetic_shape=(4, 4, 1), synthetic_classes=4,
+                synthetic_sizes=(256, 61), train_eval_size=100)
+  c.model.update(widths=(16, 16))
+  c.train.update(steps=4, batch_size=16, eval_every=2, checkpoint_every=2, eval_chunk=32)
+  return c
+"""
+
+
+def close(a, b, rtol=2e-5, atol=2e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def tiny_config(tmp_path, **overrides):
+  path = tmp_path / "tiny.py"
+  path.write_text(TINY)
+  c = bn_config.load(str(path))
+  for k, v in overrides.items():
+    bn_config.assign(c, k, v)
+  return c, path
+
+
+SEEDS, LRS, WDS = [0, 1], [0.5, 0.2], [0.0, 1e-3]  # two runs in the vmap, different hyper-parameters
+
+
+def mesh_plan(bn_stats="sync"):
+  return parallel.Plan(Mesh(np.asarray(jax.devices()[:D]), (parallel.AXIS,)), bn_stats)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """Three steps of two vmapped runs (global batch 32, momentum SGD) from the same initial
+  state: on one device (plain BN and Ghost BN with ghost 32 / 8 = 4) and on 8 devices (sync, local)."""
+  tmp = tmp_path_factory.mktemp("cfg")
+  c, _ = tiny_config(tmp, **{"train.batch_size": 32, "optimizer.name": "momentum"})
+  ghost, _ = tiny_config(tmp, **{"train.batch_size": 32, "optimizer.name": "momentum", "norm.kind": "ghost", "norm.ghost_batch_size": 32 // D})
+  ds = bn_data.synthetic((4, 4, 1), 4, num_train=256, num_test=61, seed=0)
+  stats = pipeline.channel_stats(ds.train.x)
+  task, ghost_task = run.make_task(c, ds.num_classes), run.make_task(ghost, ds.num_classes)
+  x, y = pipeline.to_device(ds.train, stats)
+  init = jax.device_get(train.vmapped_init(task, SEEDS, LRS, WDS, x[:2], len(y)))  # host copy: chunks donate their input
+  out = {"plain": train.vmapped_chunk(task, 3)(jax.device_put(init), x, y),
+         "ghost": train.vmapped_chunk(ghost_task, 3)(jax.device_put(init), x, y)}
+  for mode in parallel.BN_STATS:
+    plan = mesh_plan(mode)
+    gx, gy = parallel.place_split(ds.train.x, ds.train.y, stats, plan.replicated)
+    out[mode] = parallel.vmapped_chunk(parallel.parallel_task(task, mode), 3, plan)(jax.device_put(init, plan.replicated), gx, gy)
+  out.update(task=task, dataset=ds, stats=stats)
+  return out
+
+
+def test_synchronized_statistics_equal_one_device(trained):
+  (state, metrics), (ref, ref_metrics) = trained["sync"], trained["plain"]
+  assert state.params["layer0"]["linear"]["kernel"].sharding.is_fully_replicated
+  close(state.params, ref.params)
+  close(state.batch_stats, ref.batch_stats)
+  close(state.opt_state, ref.opt_state)
+  close(metrics, ref_metrics)
+  np.testing.assert_array_equal(state.sampler.pos, ref.sampler.pos)
+
+
+def test_per_device_statistics_equal_ghost_bn(trained):
+  (state, metrics), (ref, ref_metrics) = trained["local"], trained["ghost"]
+  close(state.params, ref.params)
+  close(state.batch_stats, ref.batch_stats)
+  close(metrics, ref_metrics)
+  var = lambda s: s.batch_stats["layer0"]["norm"]["bn"]["var"]  # noqa: E731
+  assert not np.allclose(var(state), var(trained["plain"][0]), rtol=1e-3)  # and they differ from global statistics
+
+
+def test_sharded_evaluation_equals_one_device(trained):
+  task, ds, stats = trained["task"], trained["dataset"], trained["stats"]
+  (state, _), (ref, _) = trained["sync"], trained["plain"]
+  x, y = pipeline.to_device(ds.test, stats)
+  expected = train.vmapped_eval(task, 16)(ref.params, ref.batch_stats, x, y)
+  plan = mesh_plan()
+  gx, gy, gw, k = parallel.place_eval(ds.test.x, ds.test.y, stats, plan, 16)
+  assert gx.shape[0] == 64 and k == 1 and float(np.sum(gw)) == 61  # 61 examples: 8 rows per device, 3 of them padding
+  close(parallel.vmapped_eval(task, plan, k)(state.params, state.batch_stats, gx, gy, gw), expected)
+  assert parallel.eval_layout(1000, 8, 100) == (2, 63)  # 125 rows per device in 2 chunks of 63 (1 padding row)
+
+
+# ----------------------------------------------------------------------------- set-up errors
+
+
+def test_indivisible_batch_and_bad_settings_raise_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match="global batch of 60 examples does not split over 8 devices.*batch_size=64"):
+    parallel.check_batch(60, 8)
+  with pytest.raises(ValueError, match="ghost_batch_size=3 does not divide the per-device batch of 8"):
+    parallel.check_batch(64, 8, 3)
+  c, _ = tiny_config(tmp_path, **{"parallel.devices": "all", "train.batch_size": 20})
+  with pytest.raises(ValueError, match="does not split over 8 devices"):
+    run.train_workdir(c, tmp_path / "w", progress=False)
+  assert not (tmp_path / "w" / "config.json").exists()  # nothing written: a fixed command can reuse the workdir
+  with pytest.raises(ValueError, match="16 but 8 device"):
+    parallel.plan(tiny_config(tmp_path, **{"parallel.devices": "16"})[0])
+  with pytest.raises(ValueError, match="'all' or a device count"):
+    parallel.plan(tiny_config(tmp_path, **{"parallel.devices": "many"})[0])
+  with pytest.raises(ValueError, match="bn_stats='global' is not one of"):
+    parallel.plan(tiny_config(tmp_path, **{"parallel.bn_stats": "global"})[0])
+  assert parallel.plan(tiny_config(tmp_path)[0]) is None  # the default keeps the one-device engine
+
+
+def test_distributed_settings_from_config_and_environment():
+  p = dict(parallel.DEFAULTS)
+  assert parallel.distributed_args(p, {}) is None
+  env = {"BN_COORDINATOR": "10.0.0.1:1234", "BN_NUM_PROCESSES": "4", "BN_PROCESS_ID": "3"}
+  assert parallel.distributed_args(p, env) == ("10.0.0.1:1234", 4, 3)
+  jax_env = {"JAX_COORDINATOR_ADDRESS": "h:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+  assert parallel.distributed_args(p, jax_env) == ("h:9", 2, 0)
+  assert parallel.distributed_args({**p, "process_id": 1}, env) == ("10.0.0.1:1234", 4, 1)  # config wins
+  with pytest.raises(ValueError, match="missing process_id"):
+    parallel.distributed_args({**p, "coordinator": "h:1", "num_processes": 2}, {})
+  with pytest.raises(ValueError, match="process_id=2 is outside"):
+    parallel.distributed_args({**p, "coordinator": "h:1", "num_processes": 2, "process_id": 2}, {})
+  with pytest.raises(ValueError, match="HOST:PORT"):
+    parallel.distributed_args({**p, "coordinator": "h", "num_processes": 2, "process_id": 0}, {})
+  recorded = parallel.recorded_config({"parallel": {**p, "process_id": 1, "coordinator": "h:1"}})
+  assert set(recorded["parallel"]) == {"devices", "bn_stats"}
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def child_env() -> dict:
+  """A plain one-CPU-device environment: the 8-device XLA_FLAGS of conftest.py must not leak in."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "BN_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  return env
+
+
+def launch(cfg: Path, workdir: Path, port: int, num_processes: int, process_ids, *extra) -> list[subprocess.Popen]:
+  procs = []
+  for i in process_ids:
+    cmd = [sys.executable, "-m", "bn", "train", "--config", str(cfg), "--workdir", str(workdir), "--no-progress",
+           "--config.parallel.devices=all", f"--config.parallel.coordinator=127.0.0.1:{port}",
+           f"--config.parallel.num_processes={num_processes}", f"--config.parallel.process_id={i}", *extra]
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def finish(procs, timeout: float) -> list[tuple[int, str]]:
+  """Waits for every process (a shared deadline), kills whatever is left, returns (status, output)."""
+  deadline = time.monotonic() + timeout
+  out = []
+  try:
+    for p in procs:
+      try:
+        text, _ = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+      except subprocess.TimeoutExpired:
+        p.kill()
+        text, _ = p.communicate()
+        text += "\n[killed by the test after its timeout]"
+      out.append((p.returncode, text))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return out
+
+
+def restore(workdir, like):
+  """The latest checkpoint of ``workdir`` restored onto this process's first device."""
+  import orbax.checkpoint as ocp
+
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), like)
+  with run._checkpointer(workdir) as mgr:
+    return mgr.latest_step(), mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore(abstract))
+
+
+def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path):
+  c, cfg = tiny_config(tmp_path)
+  procs = launch(cfg, tmp_path / "two", free_port(), 2, (0, 1))
+  try:  # the reference, while they run: the unchanged one-device engine in this process
+    one_dir = tmp_path / "one"
+    ref = run.train_workdir(c, one_dir, progress=False)
+  finally:
+    results = finish(procs, timeout=120)
+  for i, (status, text) in enumerate(results):
+    assert status == 0, f"process {i} failed:\n{text[-3000:]}"
+  two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+  one = [json.loads(line) for line in (one_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in two] == [r["step"] for r in one] == [2, 4]
+  for a, b in zip(one, two, strict=True):
+    for k in ("batch_loss", "batch_accuracy", "train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+      assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), (k, a["step"])
+  summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+  assert summary["device_count"] == 2 and summary["runs"][0]["test_accuracy"] == pytest.approx(ref["runs"][0]["test_accuracy"])
+
+  # The two-process checkpoint (replicated arrays written by orbax from both processes) restores here.
+  task = run.make_task(c, c.data.synthetic_classes)
+  like = jax.eval_shape(lambda: train.vmapped_init(task, [0], [0.5], [0.0], np.zeros((2, 4, 4, 1), np.float32), 256))
+  step, restored = restore(tmp_path / "two", like)
+  _, expected = restore(one_dir, like)
+  assert step == 2 and int(restored.step[0]) == 2  # the last checkpoint (a finished run is marked by summary.json)
+  close(restored.params, expected.params)
+  close(restored.batch_stats, expected.batch_stats)
+  close(restored.opt_state, expected.opt_state)
+
+
+def test_process_count_mismatch_fails_fast_with_a_clear_message(tmp_path):
+  _, cfg = tiny_config(tmp_path)
+  fast = ("--config.parallel.init_timeout=2",)
+  alone = launch(cfg, tmp_path / "alone", free_port(), 2, (0,), *fast)  # the second process never comes
+  port = free_port()
+  disagree = launch(cfg, tmp_path / "disagree", port, 2, (0,), *fast) + launch(cfg, tmp_path / "disagree", port, 3, (1,), *fast)
+  t0 = time.monotonic()
+  (status, text), *pair = finish(alone + disagree, timeout=60)
+  assert time.monotonic() - t0 < 60
+  assert status == 3 and "not all 2 processes arrived" in text, text[-2000:]
+  for status, text in pair:
+    assert status == 2 and "disagree on the number of processes" in text, text[-2000:]
