@@ -17,11 +17,12 @@ The devices form a 1-D :class:`~jax.sharding.Mesh` with one axis, ``'data'``
   therefore exactly the one-device batch, whatever the device count.
   Augmentation keys are folded with the device index (the same distribution
   as on one device, other draws).
-* **Gradients.** The loss is ``pmean`` over ``'data'`` (all shards are the same
-  size), so ``grad`` is the gradient of the global-batch loss; with shard_map's
-  replication checking (``check_vma``) the gradient of the replicated
-  parameters comes back summed over devices, i.e. it *is* the pmean of the
-  per-device gradients. Logged batch loss/accuracy are global too.
+* **Gradients.** The loss is ``pmean``'ed over ``'data'`` before ``grad`` (all
+  shards have the same size), so ``grad`` is the gradient of the global-batch
+  loss. For the replicated parameters shard_map (``check_vma=True``) transposes
+  their implicit broadcast into a ``psum``: the result is exactly the pmean of
+  the per-device gradients, with no all-reduce written by hand. Logged batch
+  loss and accuracy are global too.
 * **BN statistics** (``parallel.bn_stats``): ``"sync"`` -- every BN layer gets
   ``axis_name='data'`` and uses the statistics of the global batch, merged by
   count (:func:`bn.batch_norm`), the same numbers as one device on the global
@@ -188,7 +189,9 @@ def initialize(c, environ=os.environ) -> bool:
   if jax.distributed.is_initialized():
     return True
   if p["cluster_detect"]:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(initialization_timeout=int(p["init_timeout"]))
+    _check_agreement(jax.process_count(), fingerprint(c))
     return True
   args = distributed_args(p, environ)
   if args is None:
@@ -329,9 +332,11 @@ def place_eval(x, y, stats, plan: Plan, chunk: int):
 
 
 def vmapped_init(task: train.Task, plan: Plan, seeds, lrs, wds, sample_x, num_train: int):
-  """``train.vmapped_init`` with the stacked state created replicated over the mesh."""
+  """``train.vmapped_init`` with the stacked state created replicated over the mesh
+  (compiled unoptimized like it: it runs once, and XLA:CPU optimizes vmapped threefry slowly)."""
   f = lambda s, lr, wd, x: train.init_state(task, s, lr, wd, x, num_train)  # noqa: E731
-  g = jax.jit(jax.vmap(f, in_axes=(0, 0, 0, None), out_axes=train.STATE_AXES), out_shardings=plan.replicated)
+  g = jax.jit(jax.vmap(f, in_axes=(0, 0, 0, None), out_axes=train.STATE_AXES), out_shardings=plan.replicated,
+              compiler_options={"xla_backend_optimization_level": 0})
   return g(np.asarray(seeds, np.int32), np.asarray(lrs, np.float32), np.asarray(wds, np.float32), sample_x)
 
 
