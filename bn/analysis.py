@@ -218,7 +218,11 @@ def c3(gap_runs: dict, ghost_runs: dict) -> dict:
   ]
   return {"id": "C3", "claim": "BN regularizes through noisy batch statistics (the seed's claim)",
           "predicts": "smaller generalization gap with BN at small (statistics) batches, fading toward 512", "tests": tests,
-          "batches": batches, "ghosts": ghosts}
+          "batches": batches, "ghosts": ghosts,
+          "caveat": "Every batch size trains the same number of steps, so larger batches see more epochs of the fixed "
+                    "training subset and overfit more (batch size and epochs move together in the first two tests); "
+                    "the ghost-batch and population tests hold the total batch, the steps and the LR fixed and vary "
+                    "only the batch-statistics noise."}
 
 
 def c4(runs: dict) -> dict:

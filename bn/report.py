@@ -279,6 +279,8 @@ def render(out: Path, claims, sections, depth) -> str:
     for t in claim["tests"]:
       seeds = ", ".join("nan" if not np.isfinite(v) else f"{v:.3g}" for v in t["per_seed"])
       lines.append(f"| {t['name']}{' (not counted)' if not t['counts'] else ''} | {t['predicted']} | {_fmt(t)} {t['unit']} | {seeds} | {t['outcome']} |")
+    if claim.get("caveat"):
+      lines += ["", f"*Design caveat:* {claim['caveat']}"]
     lines += [""] + [f"![{claim['id']}]({p})" for p in plots] + [""]
     if runs:
       lines += ["Settings:", "", _settings(runs), ""]
