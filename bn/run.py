@@ -250,11 +250,11 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
       prober.measure(state, 0) if steps_done == 0 else prober.prime(state)
     while steps_done < total:
       n = min(every, total - steps_done)
-      t0 = time.perf_counter()
+      t0, compiled = time.perf_counter(), trainer.compile_time
       state, batch = trainer.chunk(state, n)
       tr, te = trainer.evaluate(state)
       jax.block_until_ready((tr, te))
-      wall += time.perf_counter() - t0
+      wall += time.perf_counter() - t0 - (trainer.compile_time - compiled)  # compile time is reported apart
       steps_done += n
       lr_mult = float(trainer.task.schedule(steps_done - 1))
       new = _rows(runs, steps_done, wall, lr_mult, jax.device_get(batch), jax.device_get(tr), jax.device_get(te), np.asarray(state.diverged_step))

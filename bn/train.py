@@ -240,7 +240,11 @@ STATE_AXES = TrainState(0, 0, 0, 0, 0, 0, pipeline.SamplerState(0, 0, None, None
 
 def vmapped_init(task: Task, seeds, lrs, wds, sample_x, num_train: int):
   f = lambda s, lr, wd: init_state(task, s, lr, wd, sample_x, num_train)
-  return jax.jit(jax.vmap(f, out_axes=STATE_AXES))(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, jnp.float32), jnp.asarray(wds, jnp.float32))
+  # Runs once, so compile it unoptimized: XLA:CPU's default optimization level takes seconds per
+  # >= 3-D threefry draw (every kernel once vmapped, conv kernels even alone), e.g. ~15 s for a
+  # two-run 3-layer MLP on 2 cores vs ~1.5 s here. Values may differ from an optimized build in the last ulp.
+  init = jax.jit(jax.vmap(f, out_axes=STATE_AXES), compiler_options={"xla_backend_optimization_level": 0})
+  return init(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, jnp.float32), jnp.asarray(wds, jnp.float32))
 
 
 def vmapped_chunk(task: Task, num_steps: int):
