@@ -248,9 +248,26 @@ def vmapped_init(task: Task, seeds, lrs, wds, sample_x, num_train: int):
 
 
 def vmapped_chunk(task: Task, num_steps: int):
-  """jit(vmap(train_chunk)) over the run axis; data arrays are shared, state is donated."""
-  f = jax.vmap(functools.partial(train_chunk, task, num_steps), in_axes=(STATE_AXES, None, None), out_axes=(STATE_AXES, 0))
+  """jit(vmap(train_chunk)) over the run axis; data arrays are shared, state is donated.
+
+  A stack of one run is trained without ``vmap`` (its run axis is taken off and put
+  back): XLA:CPU compiles size-1 batched dots and updates into slower kernels (the
+  Ioffe MLP step spent ~1.5x the kernel time; see docs/benchmarks.md)."""
+  chunk = functools.partial(train_chunk, task, num_steps)
+  many = jax.vmap(chunk, in_axes=(STATE_AXES, None, None), out_axes=(STATE_AXES, 0))
+
+  def f(state, images, labels):
+    if state.step.shape[0] != 1:
+      return many(state, images, labels)
+    new, metrics = chunk(_map_run_axis(lambda x: x[0], state), images, labels)
+    return _map_run_axis(lambda x: x[None], new), jax.tree.map(lambda x: x[None], metrics)
+
   return jax.jit(f, donate_argnums=0)
+
+
+def _map_run_axis(fn, state: TrainState) -> TrainState:
+  """``fn`` on every leaf of ``state`` that has the run axis (per :data:`STATE_AXES`)."""
+  return jax.tree.map(lambda axis, sub: sub if axis is None else jax.tree.map(fn, sub), STATE_AXES, state, is_leaf=lambda x: x is None)
 
 
 def vmapped_eval(task: Task, chunk: int = 1000):
