@@ -264,7 +264,7 @@ def markdown(res: dict) -> str:
     extra = [[k, _x(r)] for k, r in g["ratios"].items() if not k.endswith("_vs_reference")]
     if extra:
       L += [""] + _table(["ratio", "value"], extra)
-  L += ["", "engine = bn.train chunk (lax.scan, device-resident data and sampler, vmapped over 1 run, as `bn train` runs it); "
+  L += ["", "engine = `bn.train.vmapped_chunk` with one run, as `bn train` runs it (lax.scan, device-resident data and sampler, divergence guard); "
         "reference = Flax Linen + nn.BatchNorm + optax, jit per step, batches sliced on the host; reference_scan = the same "
         "step under lax.scan over device-resident data with host-drawn indices; engine_none = no normalization; "
         "matmul_only = a linear net of the same shapes in the engine (same sampling and optimizer)."]
