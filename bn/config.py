@@ -164,6 +164,8 @@ def base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=60, eval_every=100, checkpoint_every=1000, sampling="epoch", augment=False,
       target_accuracy=0.8, eval_chunk=1000,
+      loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.train.resolve_layout
+      runs="auto",  # "vmap" | "unroll" (one copy of the step per run) | "auto": unroll for conv models on CPU
   ))
   c.probes = ml_collections.ConfigDict(dict(every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0), layers=()))
   c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see bn/parallel.py and docs/scale-out.md

@@ -28,11 +28,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen import dtypes, initializers
+from flax.linen import initializers
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax import lax
 
-from bn.norm import BNParams, BNState, Noise, Renorm, _canonical_axes, batch_norm
+from bn._adapter import call_core
+from bn.norm import BNState, Noise, Renorm, _canonical_axes
 
 Array = jax.Array
 
@@ -147,24 +148,9 @@ class BatchNorm(nn.Module):
         )
       key = self.make_rng("noise")
 
-    y, new_state, stats = batch_norm(
-        x, BNParams(scale, bias), state,
-        train=train,
-        momentum=self.momentum,
-        epsilon=self.epsilon,
-        axis=self.axis,
-        variance="fast" if self.use_fast_variance else "two_pass",
-        unbiased=self.unbiased,
-        mask=mask,
-        axis_name=None if initializing else self.axis_name,
-        axis_index_groups=self.axis_index_groups,
-        ghost_batch_size=ghost,
-        renorm=self._renorm(renorm),
-        noise=noise,
-        key=key,
-        population=self.population,
-        dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype),
-        return_stats=True,
+    y, new_state, stats = call_core(
+        self, x, scale, bias, state, train=train, mask=mask, axis_name=None if initializing else self.axis_name,
+        ghost_batch_size=ghost, renorm=renorm, noise=noise, key=key,
     )
     if train and not initializing:
       ra_mean.value, ra_var.value = new_state.mean, new_state.var
@@ -173,13 +159,6 @@ class BatchNorm(nn.Module):
       self.sow("bn_stats", "mean", stats.mean)
       self.sow("bn_stats", "var", stats.var)
     return y
-
-  def _renorm(self, renorm) -> Renorm | None:
-    if renorm is not None:
-      return Renorm(*renorm)
-    if self.r_max is None and self.d_max is None:
-      return None
-    return Renorm(1.0 if self.r_max is None else self.r_max, 0.0 if self.d_max is None else self.d_max)
 
 
 def recalibrate(apply_fn: Callable[..., tuple[Any, Any]], variables, batches):

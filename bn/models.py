@@ -170,6 +170,19 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
 
 
+def max_pool_2x2(x):
+  """2x2 max-pooling, stride 2, VALID (an odd last row/column is dropped), NHWC.
+
+  Same values as ``nn.max_pool(x, (2, 2), (2, 2))``, written as a reshape + max so its
+  gradient is an elementwise mask instead of XLA's select-and-scatter, which XLA:CPU
+  runs slowly (small CNN step, batch 64, on 2 cores: 27 ms -> 12.5 ms). Gradients
+  differ only on exact ties within a window, which this splits evenly instead of giving
+  to the first element."""
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class CNN(nn.Module):
   """Small CNN: conv blocks with 2x2 max-pooling after each stage, global average pool, linear head."""
 
@@ -183,7 +196,7 @@ class CNN(nn.Module):
     for i, w in enumerate(self.widths):
       x = Block(w, self.norm, self.act, conv=(3, 3), name=f"layer{i}")(x, train, renorm)
       if x.shape[1] > 1:
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
 
@@ -205,7 +218,7 @@ class VGG(nn.Module):
         x = Block(w, self.norm, self.act, conv=(3, 3), name=f"layer{i}")(x, train, renorm)
         i += 1
       if x.shape[1] > 1:
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
 

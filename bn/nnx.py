@@ -28,7 +28,8 @@ from flax import nnx
 from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes, initializers
 
-from bn.norm import BNParams, BNState, Noise, Renorm, batch_norm
+from bn._adapter import call_core
+from bn.norm import BNState, Noise, Renorm
 
 Array = jax.Array
 
@@ -190,24 +191,9 @@ class BatchNorm(nnx.Module):
     train = not use_running_average
     key = self._noise_key(rngs) if train and self.noise is not None else None
 
-    y, new_state, stats = batch_norm(
-        x, BNParams(scale, bias), state,
-        train=train,
-        momentum=self.momentum,
-        epsilon=self.epsilon,
-        axis=self.axis,
-        variance="fast" if self.use_fast_variance else "two_pass",
-        unbiased=self.unbiased,
-        mask=mask,
-        axis_name=self.axis_name,
-        axis_index_groups=self.axis_index_groups,
-        ghost_batch_size=self.ghost_batch_size,
-        renorm=self._renorm(renorm),
-        noise=self.noise,
-        key=key,
-        population=self.population,
-        dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype),
-        return_stats=True,
+    y, new_state, stats = call_core(
+        self, x, scale, bias, state, train=train, mask=mask, axis_name=self.axis_name,
+        ghost_batch_size=self.ghost_batch_size, renorm=renorm, noise=self.noise, key=key,
     )
     if train:
       self.mean[...] = new_state.mean
@@ -218,13 +204,6 @@ class BatchNorm(nnx.Module):
         self.sow(BNStats, "mean", stats.mean)
         self.sow(BNStats, "var", stats.var)
     return y
-
-  def _renorm(self, renorm) -> Renorm | None:
-    if renorm is not None:
-      return Renorm(*renorm)
-    if self.r_max is None and self.d_max is None:
-      return None
-    return Renorm(1.0 if self.r_max is None else self.r_max, 0.0 if self.d_max is None else self.d_max)
 
   def _noise_key(self, rngs) -> Array:
     rngs = self.rngs if rngs is None else rngs

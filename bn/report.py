@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,26 @@ PAPER = {
 COLORS = {"bn": "C0", "none": "C3", "noisy": "C2", "group": "C4", "layer": "C5", "renorm": "C1", "population": "C6"}
 
 
+def _nanmean(a, axis=None):
+  """np.nanmean that returns NaN quietly for all-NaN slices (every run of a condition diverged)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(a, axis=axis)
+
+
+def _nanstd(a, axis=None):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanstd(a, axis=axis)
+
+
+def _size_axis(ax, sizes):
+  """A log2 x-axis labelled with exactly the batch sizes used (no overlapping minor labels)."""
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(list(sizes), [str(x) for x in sizes])
+  ax.minorticks_off()
+
+
 def _plt():
   import matplotlib
 
@@ -46,7 +67,7 @@ def _plt():
 def _band(ax, steps, vals, label, color):
   if vals.size == 0:
     return
-  mean = np.nanmean(vals, axis=0)
+  mean = _nanmean(vals, axis=0)
   ax.plot(steps, mean, label=label, color=color)
   if vals.shape[0] >= 2 and np.all(np.isfinite(vals)):
     _, lo, hi = stats.mean_ci(vals, axis=0)
@@ -122,7 +143,7 @@ def plot_lr_sweep(runs, out):
     rs = runs[cond]["summary"]["runs"]
     lrs = sorted({r["lr"] for r in rs})
     acc = np.array([[np.nan if r["diverged"] else r["train_accuracy"] for r in rs if r["lr"] == lr] for lr in lrs])
-    ax.errorbar(lrs, np.nanmean(acc, 1), yerr=np.nanstd(acc, 1), marker="o", label=cond, color=COLORS[cond])
+    ax.errorbar(lrs, _nanmean(acc, 1), yerr=_nanstd(acc, 1), marker="o", label=cond, color=COLORS[cond])
     for lr, row in zip(lrs, acc):
       if np.all(np.isnan(row)):
         ax.plot([lr], [0.05], "x", color=COLORS[cond], markersize=10)
@@ -136,15 +157,17 @@ def plot_c3(gap_runs, ghost_runs, out, batches, ghosts):
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for kind, label in (("bn", "BN"), ("none", "no BN")):
     g = np.array([analysis._gap(gap_runs[f"{kind}_b{b}"]) for b in batches])
-    axes[0].errorbar(batches, np.nanmean(g, 1), yerr=np.nanstd(g, 1), marker="o", label=label, color=COLORS[kind])
-  axes[0].set(xscale="log", xlabel="batch size", ylabel="test loss − train loss", title="generalization gap vs batch size")
+    axes[0].errorbar(batches, _nanmean(g, 1), yerr=_nanstd(g, 1), marker="o", label=label, color=COLORS[kind])
+  _size_axis(axes[0], batches)
+  axes[0].set(xlabel="batch size", ylabel="test loss − train loss", title="generalization gap vs batch size")
   axes[0].legend()
   g = np.array([analysis._gap(ghost_runs[f"ghost{x}"]) for x in ghosts])
-  axes[1].errorbar(ghosts, np.nanmean(g, 1), yerr=np.nanstd(g, 1), marker="o", label="ghost BN", color=COLORS["bn"])
+  axes[1].errorbar(ghosts, _nanmean(g, 1), yerr=_nanstd(g, 1), marker="o", label="ghost BN", color=COLORS["bn"])
   for cond in ("population", "none"):
     v = analysis._gap(ghost_runs[cond])
-    axes[1].axhline(np.nanmean(v), ls="--", color=COLORS[cond], label=f"{cond} (batch {ghosts[-1]})")
-  axes[1].set(xscale="log", xlabel=f"statistics (ghost) batch, total batch {ghosts[-1]}", ylabel="test loss − train loss", title="gap vs ghost batch size")
+    axes[1].axhline(_nanmean(v), ls="--", color=COLORS[cond], label=f"{cond} (batch {ghosts[-1]})")
+  _size_axis(axes[1], ghosts)
+  axes[1].set(xlabel=f"statistics (ghost) batch, total batch {ghosts[-1]}", ylabel="test loss − train loss", title="gap vs ghost batch size")
   axes[1].legend()
   return _save(fig, out, "c3_gap.png")
 
@@ -154,13 +177,14 @@ def plot_c5(runs, out, ghosts):
   fig, ax = plt.subplots(figsize=(6, 4))
   acc = lambda k: analysis.per_seed(runs[k]["summary"], "test_accuracy")
   v = np.array([acc(f"bn_g{g}") for g in ghosts])
-  ax.errorbar(ghosts, np.nanmean(v, 1), yerr=np.nanstd(v, 1), marker="o", label="BN", color=COLORS["bn"])
+  ax.errorbar(ghosts, _nanmean(v, 1), yerr=_nanstd(v, 1), marker="o", label="BN", color=COLORS["bn"])
   rg = sorted(int(k[len("renorm_g"):]) for k in runs if k.startswith("renorm_g"))
   v = np.array([acc(f"renorm_g{g}") for g in rg])
-  ax.errorbar(rg, np.nanmean(v, 1), yerr=np.nanstd(v, 1), marker="s", label="Batch Renorm", color=COLORS["renorm"])
+  ax.errorbar(rg, _nanmean(v, 1), yerr=_nanstd(v, 1), marker="s", label="Batch Renorm", color=COLORS["renorm"])
   for cond, label in (("group", "GroupNorm"), ("layer", "LayerNorm")):
-    ax.axhline(np.nanmean(acc(cond)), ls="--", color=COLORS[cond], label=label)
-  ax.set(xscale="log", xlabel="statistics batch (ghost size)", ylabel="test accuracy", title="accuracy vs statistics batch")
+    ax.axhline(_nanmean(acc(cond)), ls="--", color=COLORS[cond], label=label)
+  _size_axis(ax, ghosts)
+  ax.set(xlabel="statistics batch (ghost size)", ylabel="test accuracy", title="accuracy vs statistics batch")
   ax.legend()
   return _save(fig, out, "c5_small_batch.png")
 

@@ -44,6 +44,9 @@ def norm_spec(c) -> models.NormSpec:
 
 
 def make_task(c, num_classes: int) -> train.Task:
+  for key, ok in (("loop", ("auto", "scan", "host")), ("runs", ("auto", "vmap", "unroll"))):
+    if c.train[key] not in ok:
+      raise bn_config.ConfigError(f"--config.train.{key}={c.train[key]!r}: expected one of {', '.join(ok)}.")
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
   model = models.create(c.model.name, norm=norm_spec(c), num_classes=num_classes, **model_kwargs)
   o = c.optimizer
@@ -56,6 +59,7 @@ def make_task(c, num_classes: int) -> train.Task:
       sampling=c.train.sampling,
       augment=c.train.augment,
       renorm=(c.norm.r_max, c.norm.d_max, c.norm.renorm_warmup) if c.norm.kind == "renorm" else None,
+      **dict(zip(("loop", "runs"), train.resolve_layout(c.train.loop, c.train.runs, c.model.name))),
   )
 
 

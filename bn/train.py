@@ -115,6 +115,8 @@ class Task(NamedTuple):
   augment: bool
   renorm: tuple[float, float, int] | None  # (r_max, d_max, warmup) for kind="renorm"
   axis_name: str | None = None  # data-parallel mesh axis (bn.parallel): each device takes its slice of the batch; loss and metrics are averaged over it
+  loop: str = "scan"  # "scan": a chunk of steps is one lax.scan; "host": a Python loop over one jitted step (see resolve_layout)
+  runs: str = "vmap"  # "vmap": runs batched with jax.vmap; "unroll": one copy of the step per run, in the same program
 
 
 def init_state(task: Task, seed, lr, weight_decay, sample_x, num_train: int) -> TrainState:
@@ -247,22 +249,95 @@ def vmapped_init(task: Task, seeds, lrs, wds, sample_x, num_train: int):
   return init(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, jnp.float32), jnp.asarray(wds, jnp.float32))
 
 
+CONV_MODELS = ("cnn", "vgg", "resnet20")
+
+
+def resolve_layout(loop: str, runs: str, model_name: str, backend: str | None = None) -> tuple[str, str]:
+  """Resolve ``train.loop`` / ``train.runs`` = "auto" for a model on a backend.
+
+  "auto" is ``("scan", "vmap")`` except for convolutional models on XLA:CPU, which get
+  ``("host", "unroll")``. Measured on the 2-core CPU (small CNN, batch 64, one SGD step):
+  31 ms jitted alone, 137 ms inside ``lax.scan`` (inside a while body the weight- and
+  input-gradient convolutions keep transposed dimension labels that XLA:CPU runs with a
+  generic loop instead of its Eigen kernel), and 3 runs cost 181 ms under ``vmap``
+  (per-run kernels become one grouped convolution) against 73 ms unrolled. GPU and TPU
+  keep scan + vmap. A host loop dispatches one jitted step at a time, which only costs
+  ~0.1 ms a step, small next to a conv step.
+  """
+  backend = backend or jax.default_backend()
+  slow_convs = backend == "cpu" and model_name in CONV_MODELS
+  return ("host" if slow_convs else "scan") if loop == "auto" else loop, ("unroll" if slow_convs else "vmap") if runs == "auto" else runs
+
+
+def _over_runs(fn, task: Task):
+  """``fn(state, images, labels) -> (state, metrics)`` over the stacked runs: vmapped, or
+  unrolled as one copy per run (``task.runs``); images and labels are shared."""
+  if task.runs == "vmap":
+    return jax.vmap(fn, in_axes=(STATE_AXES, None, None), out_axes=(STATE_AXES, 0))
+
+  def unrolled(state, images, labels):
+    n = state.step.shape[0]
+    outs = [fn(_map_run_axis(lambda x: x[i], state), images, labels) for i in range(n)]
+    return _stack_runs([o[0] for o in outs]), jax.tree.map(lambda *xs: jnp.stack(xs), *[o[1] for o in outs])
+
+  return unrolled
+
+
+def _stack_runs(states: list[TrainState]) -> TrainState:
+  """Inverse of indexing each run: stack the per-run leaves, take shared leaves from the first."""
+  return jax.tree.map(
+      lambda axis, *subs: subs[0] if axis is None else jax.tree.map(lambda *xs: jnp.stack(xs), *subs),
+      STATE_AXES, *states, is_leaf=lambda x: x is None)
+
+
+class _HostLoop:
+  """A chunk of ``num_steps`` steps as a Python loop over one jitted (donating) step.
+
+  Mirrors the ``jit(...).lower(*args).compile()`` protocol of the scan chunk, so callers
+  treat both alike; the compiled object returns ``(state, metrics)`` with metrics
+  shaped ``(runs, num_steps)`` as the scan chunk does."""
+
+  def __init__(self, step_fn, num_steps: int, compiled=None):
+    self.step_fn, self.num_steps, self.compiled = step_fn, num_steps, compiled
+
+  def lower(self, *args):
+    return _HostLoop(self.step_fn, self.num_steps, self.step_fn.lower(*args))
+
+  def compile(self):
+    return _HostLoop(self.step_fn, self.num_steps, self.compiled.compile())
+
+  def __call__(self, state, images, labels):
+    step = self.compiled or self.step_fn
+    metrics = []
+    for _ in range(self.num_steps):
+      state, m = step(state, images, labels)
+      metrics.append(m)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *metrics)
+
+
 def vmapped_chunk(task: Task, num_steps: int):
-  """jit(vmap(train_chunk)) over the run axis; data arrays are shared, state is donated.
+  """``num_steps`` steps of every stacked run in one compiled program; data arrays are
+  shared, state is donated. Returns ``(state, metrics)`` with metrics shaped (runs, steps).
 
-  A stack of one run is trained without ``vmap`` (its run axis is taken off and put
-  back): XLA:CPU compiles size-1 batched dots and updates into slower kernels (the
-  Ioffe MLP step spent ~1.5x the kernel time; see docs/benchmarks.md)."""
+  ``task.loop`` / ``task.runs`` choose scan or a host loop, vmap or unrolled runs
+  (:func:`resolve_layout`). A stack of one run is trained without ``vmap`` (its run
+  axis is taken off and put back): XLA:CPU compiles size-1 batched dots and updates
+  into slower kernels (the Ioffe MLP step spent ~1.5x the kernel time; see docs/benchmarks.md)."""
+  if task.loop == "host":
+    step = functools.partial(train_step, task)
+    return _HostLoop(jax.jit(_single_or_many(step, _over_runs(step, task)), donate_argnums=0), num_steps)
   chunk = functools.partial(train_chunk, task, num_steps)
-  many = jax.vmap(chunk, in_axes=(STATE_AXES, None, None), out_axes=(STATE_AXES, 0))
+  return jax.jit(_single_or_many(chunk, _over_runs(chunk, task)), donate_argnums=0)
 
+
+def _single_or_many(one, many):
   def f(state, images, labels):
     if state.step.shape[0] != 1:
       return many(state, images, labels)
-    new, metrics = chunk(_map_run_axis(lambda x: x[0], state), images, labels)
+    new, metrics = one(_map_run_axis(lambda x: x[0], state), images, labels)
     return _map_run_axis(lambda x: x[None], new), jax.tree.map(lambda x: x[None], metrics)
 
-  return jax.jit(f, donate_argnums=0)
+  return f
 
 
 def _map_run_axis(fn, state: TrainState) -> TrainState:
@@ -271,5 +346,15 @@ def _map_run_axis(fn, state: TrainState) -> TrainState:
 
 
 def vmapped_eval(task: Task, chunk: int = 1000):
+  """Eval-mode metrics of every stacked run: ``(params, batch_stats, images, labels) -> StepMetrics``
+  of shape (runs,), vmapped or unrolled per run as ``task.runs`` says."""
   f = lambda p, bs, x, y: evaluate(task, p, bs, x, y, chunk)
-  return jax.jit(jax.vmap(f, in_axes=(0, 0, None, None)))
+  if task.runs == "vmap":
+    return jax.jit(jax.vmap(f, in_axes=(0, 0, None, None)))
+
+  def unrolled(p, bs, x, y):
+    n = jax.tree.leaves(p)[0].shape[0]
+    outs = [f(jax.tree.map(lambda a: a[i], p), jax.tree.map(lambda a: a[i], bs), x, y) for i in range(n)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return jax.jit(unrolled)

@@ -16,25 +16,7 @@ import pytest
 
 import bn
 import bn.linen as bl
-
-
-def assert_close(actual, desired, rtol=1e-6):
-  """Relative agreement: elementwise rtol, plus rtol times the array's scale for entries near 0."""
-  actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
-  np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(np.abs(desired).max(), 1e-30))
-
-
-def assert_trees_close(actual, desired, rtol=1e-6):
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  jax.tree.map(lambda a, d: assert_close(a, d, rtol), actual, desired)
-
-
-def _inputs(shape, seed=0):
-  """x (offset, not unit scale), a random cotangent w, and a boolean mask of x's shape."""
-  rng = np.random.default_rng(seed)
-  x = (2.0 * rng.standard_normal(shape) + 0.5).astype(np.float32)
-  w = rng.standard_normal(shape).astype(np.float32)
-  return x, w, rng.random(shape) < 0.7
+from adapter_refs import assert_close, assert_trees_close, inputs
 
 
 def _variables(feature_shape, seed=0, count=None):
@@ -118,7 +100,7 @@ def test_matches_flax_train_eval_grads(shape, axis, momentum, masked, fast):
   v_ref = v_ours = _variables((shape[axis],), seed=1)
   step = _step_fn(ref, ours)
   for t in range(3):  # consecutive steps: each module carries its own running statistics
-    x, w, mask = _inputs(shape, seed=10 + t)
+    x, w, mask = inputs(shape, seed=10 + t)
     (y_r, v_ref, g_r, ye_r), (y_o, v_ours, g_o, ye_o) = step(v_ref, v_ours, x, w, mask if masked else None)
     assert y_o.dtype == y_r.dtype
     assert_close(y_o, y_r)
@@ -157,7 +139,7 @@ def test_checkpoint_interop():
   """Variables made by either layer apply unchanged in the other, with equal results (NCHW here)."""
   kw = dict(axis=1, momentum=0.8, scale_init=nn.initializers.normal(1.0), bias_init=nn.initializers.uniform())
   ref, ours = nn.BatchNorm(**kw), bl.BatchNorm(**kw)
-  x = _inputs((4, 3, 5, 5))[0]
+  x = inputs((4, 3, 5, 5))[0]
   v_ref, v_ours = _init(ref, 3, x), _init(ours, 3, x)
   assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ours) == jax.tree.map(lambda a: (a.shape, a.dtype), v_ref)
   for v in (v_ref, v_ours):
@@ -170,7 +152,7 @@ def test_checkpoint_interop():
 
 def test_init_like_flax():
   """At init: running statistics untouched, an unbound axis_name is fine, same output as Flax."""
-  x = _inputs((8, 4))[0]
+  x = inputs((8, 4))[0]
   kw = dict(use_running_average=False, axis_name="batch")
   init = jax.jit(lambda m, x: m.init_with_output(jax.random.key(0), x), static_argnums=0)
   (y_r, v_r), (y_o, v_o) = init(nn.BatchNorm(**kw), x), init(bl.BatchNorm(**kw), x)
@@ -189,7 +171,7 @@ def test_init_like_flax():
     [(jnp.bfloat16, jnp.float32, None), (jnp.bfloat16, jnp.bfloat16, None), (jnp.float32, jnp.float32, jnp.bfloat16)],
 )
 def test_dtypes_like_flax(x_dtype, param_dtype, dtype):
-  x = jnp.asarray(_inputs((8, 3))[0], x_dtype)
+  x = jnp.asarray(inputs((8, 3))[0], x_dtype)
   ref, ours = (m(param_dtype=param_dtype, dtype=dtype) for m in (nn.BatchNorm, bl.BatchNorm))
   v = _variables((3,))
   v["params"] = jax.tree.map(lambda a: a.astype(param_dtype), v["params"])
@@ -202,7 +184,7 @@ def test_dtypes_like_flax(x_dtype, param_dtype, dtype):
 @pytest.mark.parametrize("fast", [True, False])
 def test_axis_name_matches_flax(fast):
   """Statistics synchronized over a vmapped device axis (equal shards: Flax's mean of means is exact)."""
-  x = _inputs((4, 6, 3))[0]  # 4 "devices" x 6 examples x 3 features
+  x = inputs((4, 6, 3))[0]  # 4 "devices" x 6 examples x 3 features
   kw = dict(axis_name="dev", use_fast_variance=fast, momentum=0.5)
   ref, ours = nn.BatchNorm(**kw), bl.BatchNorm(**kw)
   v = _variables((3,))
@@ -220,7 +202,7 @@ def test_axis_name_matches_flax(fast):
 
 
 def test_ghost_equals_core():
-  x = _inputs((12, 3, 4))[0]
+  x = inputs((12, 3, 4))[0]
   layer = bl.BatchNorm(ghost_batch_size=4, momentum=0.7, use_fast_variance=False)
   v = _variables((4,))
   y, upd = _train(layer, v, x)
@@ -232,7 +214,7 @@ def test_ghost_equals_core():
 
 
 def test_renorm_attributes_and_call_time_override_without_recompiling():
-  x = _inputs((8, 3))[0]
+  x = inputs((8, 3))[0]
   layer = bl.BatchNorm(r_max=1.5, d_max=0.2)
   v = _variables((3,))
   renorm = lambda r, d: bn.Renorm(jnp.float32(r), jnp.float32(d))  # noqa: E731
@@ -258,7 +240,7 @@ def test_renorm_attributes_and_call_time_override_without_recompiling():
 
 
 def test_noise_needs_rng():
-  x = _inputs((8, 3))[0]
+  x = inputs((8, 3))[0]
   layer = bl.BatchNorm(noise=bn.Noise())
   jax.eval_shape(lambda x: layer.init(jax.random.key(0), x, False), x)  # init needs no 'noise' stream
   v = _variables((3,))
@@ -273,7 +255,7 @@ def test_noise_needs_rng():
 
 def test_momentum_none_creates_count_and_averages():
   layer = bl.BatchNorm(momentum=None)
-  xs = [_inputs((10, 3), seed=s)[0] for s in range(3)]
+  xs = [inputs((10, 3), seed=s)[0] for s in range(3)]
   shapes = lambda m: jax.tree.map(jnp.shape, jax.eval_shape(lambda x: m.init(jax.random.key(0), x, False), xs[0]))  # noqa: E731
   assert shapes(layer)["batch_stats"] == {"mean": (3,), "var": (3,), "count": ()}
   assert shapes(bl.BatchNorm())["batch_stats"] == {"mean": (3,), "var": (3,)}  # Flax's set otherwise
@@ -287,7 +269,7 @@ def test_momentum_none_creates_count_and_averages():
 
 
 def test_population_and_unbiased():
-  x = _inputs((6, 3))[0]
+  x = inputs((6, 3))[0]
   layer = bl.BatchNorm(population=True, unbiased=True, momentum=0.0)
   v = _variables((3,))
   y, upd = _train(layer, v, x)
@@ -297,7 +279,7 @@ def test_population_and_unbiased():
 
 
 def test_sow_batch_stats():
-  x = _inputs((8, 4, 3))[0]
+  x = inputs((8, 4, 3))[0]
   layer = bl.BatchNorm(momentum=0.9)
   v = _variables((3,))
   apply = jax.jit(lambda v, x, train, mutable: layer.apply(v, x, not train, mutable=mutable)[1], static_argnums=(2, 3))

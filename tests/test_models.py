@@ -260,3 +260,14 @@ def test_create_and_spec_errors():
   m = models.create("vgg", norm=spec("batch"), num_classes=3, stages=[[4], [8, 8]])  # lists from JSON configs
   assert m.stages == ((4,), (8, 8))
   assert isinstance(m, nn.Module) and m.num_classes == 3
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 7), (6, 9)])
+def test_max_pool_2x2_matches_flax_values_and_gradients(hw):
+  x = jax.random.normal(jax.random.key(0), (3, *hw, 5))  # continuous: no ties within a window
+  ref = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), ref(x))
+  w = jax.random.normal(jax.random.key(1), ref(x).shape)
+  g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * w))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+  np.testing.assert_allclose(g, g_ref)

@@ -13,25 +13,7 @@ from flax import nnx
 
 import bn
 import bn.nnx as bx
-
-
-def assert_close(actual, desired, rtol=1e-6):
-  """Relative agreement: elementwise rtol, plus rtol times the array's scale for entries near 0."""
-  actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
-  np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(np.abs(desired).max(), 1e-30))
-
-
-def assert_trees_close(actual, desired, rtol=1e-6):
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  jax.tree.map(lambda a, d: assert_close(a, d, rtol), actual, desired)
-
-
-def _inputs(shape, seed=0):
-  """x (offset, not unit scale), a random cotangent w, and a boolean mask of x's shape."""
-  rng = np.random.default_rng(seed)
-  x = (2.0 * rng.standard_normal(shape) + 0.5).astype(np.float32)
-  w = rng.standard_normal(shape).astype(np.float32)
-  return x, w, rng.random(shape) < 0.7
+from adapter_refs import assert_close, assert_trees_close, inputs
 
 
 def _layer(cls, num_features, seed=0, **kw):
@@ -86,7 +68,7 @@ def test_matches_flax_train_eval_grads(shape, axis, momentum, masked, fast):
     return _one(ref, x, w, mask), _one(ours, x, w, mask)
 
   for t in range(3):  # consecutive steps: each layer carries its own running statistics
-    x, w, mask = _inputs(shape, seed=10 + t)
+    x, w, mask = inputs(shape, seed=10 + t)
     (y_r, g_r, gx_r, ye_r), (y_o, g_o, gx_o, ye_o) = step(ref, ours, x, w, mask if masked else None)
     assert y_o.dtype == y_r.dtype
     assert_close(y_o, y_r)
@@ -131,7 +113,7 @@ def test_state_layout_matches_flax(kw):
 
 def test_state_interop():
   """Flax's trained state continues training in ours, and ours' state evaluates in Flax."""
-  x1, x2 = _inputs((6, 3), seed=1)[0], _inputs((6, 3), seed=2)[0]
+  x1, x2 = inputs((6, 3), seed=1)[0], inputs((6, 3), seed=2)[0]
   ref, ours = _layer(nnx.BatchNorm, 3, seed=1), bx.BatchNorm(3, rngs=nnx.Rngs(0))
   _train(ref, x1)
   nnx.update(ours, nnx.state(ref))
@@ -151,7 +133,7 @@ def test_train_eval_view_like_flax():
     def __call__(self, x):
       return self.bn(x)
 
-  x = _inputs((6, 3))[0]
+  x = inputs((6, 3))[0]
   for cls in (nnx.BatchNorm, bx.BatchNorm):
     net = Net(cls)
     with pytest.raises(ValueError, match="use_running_average"):
@@ -171,7 +153,7 @@ def test_train_eval_view_like_flax():
 
 @pytest.mark.parametrize("x_dtype,dtype", [(jnp.bfloat16, None), (jnp.float32, jnp.bfloat16)])
 def test_dtypes_like_flax(x_dtype, dtype):
-  x = jnp.asarray(_inputs((8, 3))[0], x_dtype)
+  x = jnp.asarray(inputs((8, 3))[0], x_dtype)
   ref, ours = _layer(nnx.BatchNorm, 3, dtype=dtype), _layer(bx.BatchNorm, 3, dtype=dtype)
   y_r, y_o = _train(ref, x), _train(ours, x)
   assert y_o.dtype == y_r.dtype
@@ -181,7 +163,7 @@ def test_dtypes_like_flax(x_dtype, dtype):
 
 
 def test_axis_name_matches_flax():
-  x = _inputs((4, 6, 3))[0]  # 4 "devices" x 6 examples x 3 features
+  x = inputs((4, 6, 3))[0]  # 4 "devices" x 6 examples x 3 features
   ref, ours = (_layer(c, 3, axis_name="dev", momentum=0.5) for c in (nnx.BatchNorm, bx.BatchNorm))
 
   @nnx.jit
@@ -206,7 +188,7 @@ def _core_of(m, x, **kw):
 
 
 def test_ghost_population_unbiased_equal_core():
-  x = _inputs((12, 3, 4))[0]
+  x = inputs((12, 3, 4))[0]
   for kw in (dict(ghost_batch_size=4, momentum=0.7), dict(population=True, unbiased=True, momentum=0.5)):
     layer = _layer(bx.BatchNorm, 4, use_fast_variance=False, **kw)
     y_c, s_c = _core_of(layer, x, train=True, **kw)
@@ -216,7 +198,7 @@ def test_ghost_population_unbiased_equal_core():
 
 
 def test_renorm_call_time_override_without_recompiling():
-  x = _inputs((8, 3))[0]
+  x = inputs((8, 3))[0]
   layer = _layer(bx.BatchNorm, 3, r_max=1.5, d_max=0.2)
   renorm = lambda r, d: bn.Renorm(jnp.float32(r), jnp.float32(d))  # noqa: E731
   y_c, _ = _core_of(layer, x, train=True, renorm=renorm(1.5, 0.2), variance="fast")
@@ -240,7 +222,7 @@ def test_renorm_call_time_override_without_recompiling():
 
 
 def test_noise_needs_rng():
-  x = _inputs((8, 3))[0]
+  x = inputs((8, 3))[0]
   no_stream = bx.BatchNorm(3, noise=bn.Noise(), rngs=nnx.Rngs(params=0))
   assert no_stream.rngs is None
   with pytest.raises(ValueError, match="rng"):
@@ -260,7 +242,7 @@ def test_momentum_none_creates_count_and_averages():
   layer = bx.BatchNorm(3, momentum=None, rngs=nnx.Rngs(0))
   assert isinstance(layer.count, nnx.BatchStat) and int(layer.count[...]) == 0
   assert "count" not in _pure(bx.BatchNorm(3, rngs=nnx.Rngs(0)))  # Flax's variables otherwise
-  xs = [_inputs((10, 3), seed=s)[0] for s in range(3)]
+  xs = [inputs((10, 3), seed=s)[0] for s in range(3)]
   for x in xs:
     _train(layer, x)
   assert int(layer.count[...]) == 3
@@ -270,7 +252,7 @@ def test_momentum_none_creates_count_and_averages():
 
 
 def test_sow_under_capture_only():
-  x = _inputs((8, 4, 3))[0]
+  x = inputs((8, 4, 3))[0]
   layer = bx.BatchNorm(3, rngs=nnx.Rngs(0))
   keys = set(_pure(layer))
   _train(layer, x)

@@ -27,7 +27,7 @@ def get_config(mode: str = "quick"):
   c.model.update(name="mlp", widths=(256, 256, 256), act="relu", init_std=None)
   c.norm.update(kind="batch", position="pre", momentum=0.9)
   c.optimizer.update(name="momentum", lr=0.05 * math.sqrt(512 / 64), momentum=0.9)
-  steps = {"tiny": 40, "quick": 1500, "full": 10_000}[mode]
+  steps = {"tiny": 40, "quick": 1000, "full": 10_000}[mode]
   c.train.update(steps=steps, batch_size=512, eval_every=steps // 5, checkpoint_every=steps, target_accuracy=0.8)
   if mode == "tiny":
     c.data.update(source="synthetic", synthetic_shape=(8, 8, 1), train_size=512, train_eval_size=512)

@@ -4,7 +4,8 @@ Command (one condition):
 
     bn train --config experiments/configs/small_batch.py:quick --config.norm.kind=ghost --config.norm.ghost_batch_size=2 --workdir runs/bn2
 
-Setup: small CNN (conv 3x3 16-32-64, ReLU, max-pool, global average pool) on
+Setup: small CNN (conv 3x3 16-32-64 in --full, 8-16-32 in --quick to fit the
+quick ledger's time budget on a 2-core CPU; ReLU, max-pool, global average pool) on
 Fashion-MNIST, total batch 64, SGD momentum 0.9, LR 0.05. The statistics batch
 is varied with ghost batches (2 ... 64), which keeps SGD noise fixed -- the
 CPU analog of Wu & He's images per GPU. GroupNorm (8 groups) and LayerNorm do
@@ -23,7 +24,7 @@ def get_config(mode: str = "quick"):
   c = base()
   c.name = "small_batch"
   c.seeds = (0, 1, 2, 3, 4) if mode == "full" else (0, 1, 2)
-  c.model = c.model.__class__(dict(name="cnn", widths=(16, 32, 64), act="relu"))
+  c.model = c.model.__class__(dict(name="cnn", widths=(16, 32, 64) if mode == "full" else (8, 16, 32), act="relu"))
   c.norm.update(kind="batch", position="pre", momentum=0.9, num_groups=8)
   c.optimizer.update(name="momentum", lr=0.05, momentum=0.9)
   steps = {"tiny": 30, "quick": 600, "full": 6000}[mode]
