@@ -64,14 +64,20 @@ def _plt():
   return plt
 
 
-def _band(ax, steps, vals, label, color):
+def _band(ax, steps, vals, label, color, log: bool = False):
+  """Mean over seeds with its 95% t-interval; ``log``: geometric mean and interval in log10
+  space (for positive quantities drawn on a log axis, where a linear CI can cross 0)."""
   if vals.size == 0:
     return
+  if log:
+    with np.errstate(divide="ignore", invalid="ignore"):
+      vals = np.log10(np.where(vals > 0, vals, np.nan))
+  back = (lambda t: 10.0 ** t) if log else (lambda t: t)
   mean = _nanmean(vals, axis=0)
-  ax.plot(steps, mean, label=label, color=color)
+  ax.plot(steps, back(mean), label=label, color=color)
   if vals.shape[0] >= 2 and np.all(np.isfinite(vals)):
     _, lo, hi = stats.mean_ci(vals, axis=0)
-    ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
+    ax.fill_between(steps, back(lo), back(hi), color=color, alpha=0.2)
 
 
 def _save(fig, out: Path, name: str) -> str:
@@ -129,8 +135,8 @@ def plot_probe_curves(runs, out, name, title, getters):
   for ax, (label, get) in zip(axes, getters):
     for cond in ("bn", "none"):
       s, v = analysis.probe_series(runs[cond]["probes"], get)
-      _band(ax, s, v, cond, COLORS[cond])
-    ax.set(title=label, xlabel="step", yscale="log")
+      _band(ax, s, v, cond, COLORS[cond], log=True)
+    ax.set(title=label + " (geometric mean, 95% CI)", xlabel="step", yscale="log")
     ax.legend()
   fig.suptitle(title)
   return _save(fig, out, name)

@@ -175,7 +175,7 @@ def _restore(mgr, state):
   return step, mgr.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
-def _summary(c, runs, rows, state, wall, compile_time, steps_done) -> dict:
+def _summary(c, runs, rows, state, wall, compile_time, steps_done, prober=None) -> dict:
   from bn import stats
 
   target = c.train.target_accuracy
@@ -201,6 +201,9 @@ def _summary(c, runs, rows, state, wall, compile_time, steps_done) -> dict:
       "wall_time_s": wall, "compile_time_s": compile_time,
       "steps_per_s": steps_done / wall if wall > 0 else None,
       "run_steps_per_s": steps_done * len(runs) / wall if wall > 0 else None,
+      # probing, this invocation (not part of wall_time_s): points measured, seconds running them
+      # (program + writing probes.jsonl), seconds compiling the probe program
+      **({"probe_points": prober.points, "probe_time_s": prober.time, "probe_compile_time_s": prober.compile_time} if prober else {}),
       **artifacts.provenance(),
   }
 
@@ -277,7 +280,7 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
   finally:
     bar.close()
     mgr.close()
-  summary = _summary(c, runs, rows, state, wall, trainer.compile_time, steps_done)
+  summary = _summary(c, runs, rows, state, wall, trainer.compile_time, steps_done, prober)
   if writer:
     artifacts.write_json(workdir / "summary.json", summary)
   return summary

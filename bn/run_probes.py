@@ -21,6 +21,7 @@ Per run and probe step it records, in ``probes.jsonl``:
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -107,13 +108,28 @@ class Prober:
     # statistics and dropped.
     self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, scales), in_axes=(train.STATE_AXES, None, None, 0)))
     self.prev = None  # per-run unit stats of the previous probe point (recomputed after a resume)
+    self.compiled = None
+    self.time = 0.0  # seconds spent probing (running the program, writing probes.jsonl), compile excluded
+    self.compile_time = 0.0
+    self.points = 0
+
+  def _program(self, state, prev):
+    """The compiled probe program (compiled on first use, its time kept apart)."""
+    if self.compiled is None:
+      t0 = time.perf_counter()
+      self.compiled = self.fn.lower(state, self.x, self.y, prev).compile()
+      self.compile_time += time.perf_counter() - t0
+    return self.compiled
 
   def _placeholder(self, state):
     return _ones_like_units(self, state)
 
   def measure(self, state, step: int) -> None:
     has_prev = self.prev is not None
-    out, units = self.fn(state, self.x, self.y, self.prev if has_prev else self._placeholder(state))
+    prev = self.prev if has_prev else self._placeholder(state)
+    program = self._program(state, prev)
+    t0 = time.perf_counter()
+    out, units = program(state, self.x, self.y, prev)
     if not has_prev:
       out.pop("shift")
     self.prev = units
@@ -126,10 +142,13 @@ class Prober:
       self.rows.append(row)
     if jax.process_index() == 0:  # many hosts: process 0 writes
       artifacts.write_jsonl(self.path, self.rows)
+    self.time += time.perf_counter() - t0
+    self.points += 1
 
   def prime(self, state) -> None:
     """After a resume: recompute the previous point's statistics so the next shift matches an uninterrupted run."""
-    _, self.prev = self.fn(state, self.x, self.y, self._placeholder(state))
+    prev = self._placeholder(state)
+    _, self.prev = self._program(state, prev)(state, self.x, self.y, prev)
 
 
 def _ones_like_units(prober, state):

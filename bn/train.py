@@ -303,8 +303,8 @@ class _HostLoop:
   def lower(self, *args):
     return _HostLoop(self.step_fn, self.num_steps, self.step_fn.lower(*args))
 
-  def compile(self):
-    return _HostLoop(self.step_fn, self.num_steps, self.compiled.compile())
+  def compile(self, **kw):
+    return _HostLoop(self.step_fn, self.num_steps, self.compiled.compile(**kw))
 
   def __call__(self, state, images, labels):
     step = self.compiled or self.step_fn

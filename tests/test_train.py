@@ -463,6 +463,8 @@ def test_probes_rows(main_run):
   wd, _ = main_run
   p = [json.loads(line) for line in (wd / "probes.jsonl").read_text().splitlines()]
   assert [(r["step"], r["run"]) for r in p] == [(t, i) for t in range(0, STEPS + 1, EVERY) for i in (0, 1)]
+  s = json.loads((wd / "summary.json").read_text())  # the probing cost, kept apart from training time
+  assert s["probe_points"] == len(range(0, STEPS + 1, EVERY)) and s["probe_time_s"] > 0 and s["probe_compile_time_s"] > 0
   layers = ["layer0", "head"]
   for r in p:
     assert r["layers"] == layers and r["seed"] == r["run"] and r["lr"] == 0.1

@@ -10,10 +10,11 @@ Data: Fashion-MNIST from the offline IDX files (the paper used MNIST:
 Assumed (the paper does not say): plain SGD, LR 0.5 for both nets, init
 N(0, 0.1^2), momentum 0.99 for the running statistics.
 
-Expected on Fashion-MNIST: BN reaches ~85% test accuracy within ~2k steps and
-ends near 88-89%; without BN the sigmoid net learns more slowly (lower accuracy
-for the first several thousand steps) and ends a little lower. Runs at roughly
-1-2k steps/s on a 2-core CPU (about 1 min per 50k-step run).
+Expected on Fashion-MNIST (measured, seed 0, 2-core CPU, 2026-11-26): BN reaches
+85% test accuracy at ~2.8k steps and ends at 87.8% (best 88.9%); without BN the
+sigmoid net learns more slowly (78.4% vs 81.8% at step 1000; 85% at ~4.4k steps)
+and ends a little lower, 87.2% (best 88.2%). Both fit the training set to ~97%.
+About 1,500 steps/s: ~35 s per 50k-step run, compile ~1.5 s.
 """
 
 from bn.config import base
