@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
-PYTEST_ARGS ?= -m "not slow"
+# Test files run in parallel, one worker per core (a file stays on one worker, so its
+# module-scoped fixtures are built once); the tests are bound by XLA compile time.
+PYTEST_ARGS ?= -m "not slow" -n auto --dist loadfile
 OUT    ?= reproduce
 MODE   ?= quick
 

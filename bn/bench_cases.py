@@ -399,9 +399,9 @@ def end_to_end(s, res) -> dict:
       t = json.loads(f.read_text()) if f and f.exists() else None
     except (OSError, ValueError):
       t = None
-    if t and t.get("mode") == "quick" and t.get("last_invocation_s"):
-      return {"status": "read", "mode": "quick", "timings_s": t["last_invocation_s"], "load_avg": "n/a",
-              "note": f"not timed by this bench: read from {f} (the last `make reproduce` in this checkout; a resumed run times only what it ran)"}
+    if t and t.get("mode") == "quick" and (t.get("cumulative_s") or t.get("last_invocation_s")):
+      return {"status": "read", "mode": "quick", "timings_s": t.get("cumulative_s") or t["last_invocation_s"], "load_avg": "n/a",
+              "note": f"not timed by this bench: read from {f} (`make reproduce` in this checkout, summed over its invocations)"}
     return {"status": "not run", "note": f"skipped in {s.mode} mode" + (f" (and no {f} from a quick ledger run to report)" if f else "")}
   try:
     from bn import ledger

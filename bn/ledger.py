@@ -162,7 +162,11 @@ def main(argv: list[str]) -> int:
     print(f"bn reproduce: error: {e}", file=sys.stderr)
     return 2
   prev = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
-  artifacts.write_json(out / "timings.json", {"mode": mode, "last_invocation_s": timings, "previous": prev.get("last_invocation_s")})
+  # cumulative_s: summed over invocations with the same mode (an interrupted and resumed ledger
+  # adds up to its whole cost; a re-run of a finished one adds only the seconds it took to skip).
+  cum = dict(prev.get("cumulative_s") or {}) if prev.get("mode") == mode else {}
+  cum = {k: cum.get(k, 0.0) + timings.get(k, 0.0) for k in {**cum, **timings}}
+  artifacts.write_json(out / "timings.json", {"mode": mode, "last_invocation_s": timings, "previous": prev.get("last_invocation_s"), "cumulative_s": cum})
   from bn import report
 
   path = report.build(out)

@@ -145,8 +145,13 @@ def test_tiny_ledger_workdirs(tiny):
 def test_tiny_ledger_resumes_without_training(tiny):
   summaries = sorted(tiny.rglob("summary.json"))
   before = {p: p.stat().st_mtime_ns for p in summaries}
+  first = artifacts.read_json(tiny / "timings.json")
   assert cli.main(["reproduce", "--tiny", "--out", str(tiny), "--no-progress"]) == 0
   assert {p: p.stat().st_mtime_ns for p in summaries} == before  # no condition ran again
+  t = artifacts.read_json(tiny / "timings.json")
+  assert t["previous"] == first["last_invocation_s"]
+  assert t["last_invocation_s"]["total"] < first["last_invocation_s"]["total"]  # nothing trained
+  assert t["cumulative_s"]["total"] == pytest.approx(first["cumulative_s"]["total"] + t["last_invocation_s"]["total"])
 
 
 def test_bn_report_rebuilds_from_json(tiny):
