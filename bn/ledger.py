@@ -133,17 +133,17 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   return timings
 
 
-# Expected wall time on the 2-core development CPU (quick: measured 12 min 35 s on 2026-11-26;
+# Expected wall time on the 2-core development CPU (quick: measured 13 min 0 s on 2026-11-26;
 # full: scaled from the quick run's per-run-step rates -- steps x seeds x conditions, C5 at
 # the 16-32-64 CNN's measured 2x cost; mlp ~0.1 h, lr_sweep ~0.2 h, batch_gap ~0.8 h,
 # ghost ~1 h, small_batch ~3.2 h).
-EXPECTED = {"quick": "~12.5 min on a 2-core CPU", "full": "~5-6 h on a 2-core CPU (C5's CNN is over half), far less on a GPU"}
+EXPECTED = {"quick": "~13 min on a 2-core CPU", "full": "~5-6 h on a 2-core CPU (C5's CNN is over half), far less on a GPU"}
 
 
 def main(argv: list[str]) -> int:
   p = argparse.ArgumentParser(prog="bn reproduce", description="Run the claims ledger (C1-C6) and write DIR/report.md, DIR/claims.json and plots. Re-running resumes.")
   g = p.add_mutually_exclusive_group()
-  g.add_argument("--quick", dest="mode", action="store_const", const="quick", help="3 seeds, short runs (default; ~12.5 min on a 2-core CPU)")
+  g.add_argument("--quick", dest="mode", action="store_const", const="quick", help="3 seeds, short runs (default; ~13 min on a 2-core CPU)")
   g.add_argument("--full", dest="mode", action="store_const", const="full", help="paper-scale: 5 seeds, Ioffe's 50,000 steps (~5-6 h on a 2-core CPU, most of it C5's CNN)")
   g.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="synthetic data, a few steps (for tests)")
   p.add_argument("--out", required=True, help="output directory (experiment workdirs, report.md, claims.json, plots)")

@@ -271,3 +271,11 @@ def test_max_pool_2x2_matches_flax_values_and_gradients(hw):
   g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * w))(x)
   g_ref = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
   np.testing.assert_allclose(g, g_ref)
+
+
+def test_max_pool_2x2_gives_ties_to_the_first_element_like_flax():
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, size=(2, 6, 6, 3)), jnp.float32)  # many ties
+  g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x)))(x)
+  g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2))))(x)
+  np.testing.assert_array_equal(g, g_ref)
+  assert float(jnp.sum(g)) == 2 * 3 * 3 * 3  # one unit of gradient per window
