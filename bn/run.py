@@ -153,8 +153,12 @@ def _rows(runs, step, wall, lr_mult, batch: train.StepMetrics, tr, te, diverged_
 def _checkpointer(workdir: Path):
   import orbax.checkpoint as ocp
 
+  # Synchronous: every save is waited for anyway (a resume point must be complete before training
+  # goes on), and orbax's async path keeps a process-global operation id that concurrent managers
+  # (e.g. runs trained in threads) race on -- a save then waits 300 s for a signal and fails.
   return ocp.CheckpointManager(
-      (workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+      (workdir / "checkpoints").absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
   )
 
 
