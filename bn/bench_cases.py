@@ -6,7 +6,6 @@ Each section is ``fn(settings, results_so_far) -> dict`` (JSON-safe).
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import optax
 from flax.training import train_state
 
 import bn
-from bn import config as bn_config, run, train
+from bn import artifacts, config as bn_config, run, train
 from bn.bench import compile_timed, load_avg, log, measure, ratio
 
 
@@ -396,7 +395,7 @@ def end_to_end(s, res) -> dict:
     # Quick mode does not run the ledger; report the last quick ledger run here, labelled as such.
     f = Path(s.ledger_timings) if s.ledger_timings else None
     try:
-      t = json.loads(f.read_text()) if f and f.exists() else None
+      t = artifacts.read_json(f) if f and f.exists() else None
     except (OSError, ValueError):
       t = None
     if t and t.get("mode") == "quick" and (t.get("cumulative_s") or t.get("last_invocation_s")):

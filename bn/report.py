@@ -35,17 +35,17 @@ PAPER = {
 COLORS = {"bn": "C0", "none": "C3", "noisy": "C2", "group": "C4", "layer": "C5", "renorm": "C1", "population": "C6"}
 
 
-def _nanmean(a, axis=None):
-  """np.nanmean that returns NaN quietly for all-NaN slices (every run of a condition diverged)."""
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmean(a, axis=axis)
+def _quietly(f):
+  """``f`` with numpy's RuntimeWarnings silenced: all-NaN slices (every run of a condition
+  diverged) give NaN, which the plots and tables show as missing."""
+  def g(*args, **kw):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      return f(*args, **kw)
+  return g
 
 
-def _nanstd(a, axis=None):
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanstd(a, axis=axis)
+_nanmean, _nanstd = _quietly(np.nanmean), _quietly(np.nanstd)
 
 
 def _size_axis(ax, sizes):

@@ -44,9 +44,10 @@ def norm_spec(c) -> models.NormSpec:
 
 
 def make_task(c, num_classes: int) -> train.Task:
-  for key, ok in (("loop", ("auto", "scan", "host")), ("runs", ("auto", "vmap", "unroll"))):
-    if c.train[key] not in ok:
-      raise bn_config.ConfigError(f"--config.train.{key}={c.train[key]!r}: expected one of {', '.join(ok)}.")
+  try:
+    loop, runs = train.resolve_layout(c.train.loop, c.train.runs, c.model.name)
+  except ValueError as e:
+    raise bn_config.ConfigError(f"--config.{e}") from None
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
   model = models.create(c.model.name, norm=norm_spec(c), num_classes=num_classes, **model_kwargs)
   o = c.optimizer
@@ -59,7 +60,8 @@ def make_task(c, num_classes: int) -> train.Task:
       sampling=c.train.sampling,
       augment=c.train.augment,
       renorm=(c.norm.r_max, c.norm.d_max, c.norm.renorm_warmup) if c.norm.kind == "renorm" else None,
-      **dict(zip(("loop", "runs"), train.resolve_layout(c.train.loop, c.train.runs, c.model.name))),
+      loop=loop,
+      runs=runs,
   )
 
 
@@ -234,11 +236,11 @@ def train_workdir(c, workdir, *, progress: bool = True, dataset: bn_data.Dataset
       )
     if (workdir / "summary.json").exists():
       return artifacts.read_json(workdir / "summary.json")
-  elif writer:
-    artifacts.write_json(cfg_file, {"config": cfg_dict, "runs": runs})
 
   dataset = load_data(c, dataset)
-  trainer = Trainer(c, dataset) if plan is None else parallel.Trainer(c, dataset, plan)
+  trainer = Trainer(c, dataset) if plan is None else parallel.Trainer(c, dataset, plan)  # checks the config
+  if writer and not cfg_file.exists():  # only once the config and the data are known to be good
+    artifacts.write_json(cfg_file, {"config": cfg_dict, "runs": runs})
   state = trainer.init()
   mgr = _checkpointer(workdir)
   step, restored = _restore(mgr, state)

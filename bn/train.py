@@ -250,6 +250,8 @@ def vmapped_init(task: Task, seeds, lrs, wds, sample_x, num_train: int):
 
 
 CONV_MODELS = ("cnn", "vgg", "resnet20")
+LOOPS = ("auto", "scan", "host")
+RUNS = ("auto", "vmap", "unroll")
 
 
 def resolve_layout(loop: str, runs: str, model_name: str, backend: str | None = None) -> tuple[str, str]:
@@ -264,30 +266,38 @@ def resolve_layout(loop: str, runs: str, model_name: str, backend: str | None = 
   keep scan + vmap. A host loop dispatches one jitted step at a time, which only costs
   ~0.1 ms a step, small next to a conv step.
   """
-  backend = backend or jax.default_backend()
-  slow_convs = backend == "cpu" and model_name in CONV_MODELS
-  return ("host" if slow_convs else "scan") if loop == "auto" else loop, ("unroll" if slow_convs else "vmap") if runs == "auto" else runs
+  for key, value, ok in (("loop", loop, LOOPS), ("runs", runs, RUNS)):
+    if value not in ok:
+      raise ValueError(f"train.{key}={value!r}: expected one of {', '.join(ok)}.")
+  slow_convs = (backend or jax.default_backend()) == "cpu" and model_name in CONV_MODELS
+  if loop == "auto":
+    loop = "host" if slow_convs else "scan"
+  if runs == "auto":
+    runs = "unroll" if slow_convs else "vmap"
+  return loop, runs
 
 
-def _over_runs(fn, task: Task):
-  """``fn(state, images, labels) -> (state, metrics)`` over the stacked runs: vmapped, or
-  unrolled as one copy per run (``task.runs``); images and labels are shared."""
-  if task.runs == "vmap":
-    return jax.vmap(fn, in_axes=(STATE_AXES, None, None), out_axes=(STATE_AXES, 0))
+def map_runs(fn, how: str, in_axes, out_axes):
+  """``fn`` over the stacked runs, like ``jax.vmap(fn, in_axes, out_axes)`` (axes 0 or None,
+  as pytree prefixes); ``how="unroll"`` traces one copy of ``fn`` per run instead and
+  stacks the results (shared outputs, axis None, are taken from the first run)."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 
-  def unrolled(state, images, labels):
-    n = state.step.shape[0]
-    outs = [fn(_map_run_axis(lambda x: x[i], state), images, labels) for i in range(n)]
-    return _stack_runs([o[0] for o in outs]), jax.tree.map(lambda *xs: jnp.stack(xs), *[o[1] for o in outs])
+  def unrolled(*args):
+    sizes = jax.tree.map(lambda axis, sub: None if axis is None else jax.tree.map(lambda x: x.shape[0], sub), in_axes, args, is_leaf=lambda x: x is None)
+    n = jax.tree.leaves(sizes)[0]
+    outs = [fn(*_on_run_axis(lambda x, i=i: x[i], in_axes, args)) for i in range(n)]
+    return jax.tree.map(
+        lambda axis, *subs: subs[0] if axis is None else jax.tree.map(lambda *xs: jnp.stack(xs), *subs),
+        out_axes, *outs, is_leaf=lambda x: x is None)
 
   return unrolled
 
 
-def _stack_runs(states: list[TrainState]) -> TrainState:
-  """Inverse of indexing each run: stack the per-run leaves, take shared leaves from the first."""
-  return jax.tree.map(
-      lambda axis, *subs: subs[0] if axis is None else jax.tree.map(lambda *xs: jnp.stack(xs), *subs),
-      STATE_AXES, *states, is_leaf=lambda x: x is None)
+def _on_run_axis(fn, axes, tree):
+  """``fn`` on every leaf of ``tree`` that has the run axis (``axes`` a prefix of 0/None)."""
+  return jax.tree.map(lambda axis, sub: sub if axis is None else jax.tree.map(fn, sub), axes, tree, is_leaf=lambda x: x is None)
 
 
 class _HostLoop:
@@ -325,9 +335,14 @@ def vmapped_chunk(task: Task, num_steps: int):
   into slower kernels (the Ioffe MLP step spent ~1.5x the kernel time; see docs/benchmarks.md)."""
   if task.loop == "host":
     step = functools.partial(train_step, task)
-    return _HostLoop(jax.jit(_single_or_many(step, _over_runs(step, task)), donate_argnums=0), num_steps)
+    return _HostLoop(jax.jit(_single_or_many(step, _runs_of(step, task)), donate_argnums=0), num_steps)
   chunk = functools.partial(train_chunk, task, num_steps)
-  return jax.jit(_single_or_many(chunk, _over_runs(chunk, task)), donate_argnums=0)
+  return jax.jit(_single_or_many(chunk, _runs_of(chunk, task)), donate_argnums=0)
+
+
+def _runs_of(fn, task: Task):
+  """``fn(state, images, labels) -> (state, metrics)`` over the stacked runs; data shared."""
+  return map_runs(fn, task.runs, (STATE_AXES, None, None), (STATE_AXES, 0))
 
 
 def _single_or_many(one, many):
@@ -342,19 +357,11 @@ def _single_or_many(one, many):
 
 def _map_run_axis(fn, state: TrainState) -> TrainState:
   """``fn`` on every leaf of ``state`` that has the run axis (per :data:`STATE_AXES`)."""
-  return jax.tree.map(lambda axis, sub: sub if axis is None else jax.tree.map(fn, sub), STATE_AXES, state, is_leaf=lambda x: x is None)
+  return _on_run_axis(fn, STATE_AXES, state)
 
 
 def vmapped_eval(task: Task, chunk: int = 1000):
   """Eval-mode metrics of every stacked run: ``(params, batch_stats, images, labels) -> StepMetrics``
   of shape (runs,), vmapped or unrolled per run as ``task.runs`` says."""
   f = lambda p, bs, x, y: evaluate(task, p, bs, x, y, chunk)
-  if task.runs == "vmap":
-    return jax.jit(jax.vmap(f, in_axes=(0, 0, None, None)))
-
-  def unrolled(p, bs, x, y):
-    n = jax.tree.leaves(p)[0].shape[0]
-    outs = [f(jax.tree.map(lambda a: a[i], p), jax.tree.map(lambda a: a[i], bs), x, y) for i in range(n)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-  return jax.jit(unrolled)
+  return jax.jit(map_runs(f, task.runs, (0, 0, None, None), 0))

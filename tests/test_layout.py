@@ -87,3 +87,12 @@ def test_bad_layout_values_are_config_errors():
   c.train.runs = "pmap"
   with pytest.raises(bn_config.ConfigError, match="train.runs='pmap'"):
     run.make_task(c, 10)
+
+
+def test_bad_layout_value_writes_nothing(tmp_path):
+  c = tiny_config()
+  c.data.update(source="synthetic", synthetic_shape=(8, 8, 1), synthetic_sizes=(64, 16))
+  c.train.runs = "pmap"
+  with pytest.raises(bn_config.ConfigError, match="train.runs='pmap'"):
+    run.train_workdir(c, tmp_path / "wd", progress=False)
+  assert not any((tmp_path / "wd").iterdir())  # no config.json, no checkpoints
