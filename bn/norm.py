@@ -16,16 +16,41 @@ Conventions (they differ between libraries; stated once here):
   a cumulative (equal-weight) average over all updates since ``count`` was 0,
   which is what "precise BN" recalibration needs (see :func:`reset`).
 * **Running variance** is the *biased* batch variance by default (Flax).
-  ``unbiased=True`` stores ``var * n / (n - 1)`` like PyTorch; normalization
-  always uses the biased batch variance.
-* **Variance estimator**: ``variance="two_pass"`` (default) computes
-  ``E[(x - E[x])^2]``, stable for large offsets; ``variance="fast"`` computes
-  ``E[x^2] - E[x]^2`` clamped at 0 (Flax's default, one reduction fewer).
+  ``unbiased=True`` stores ``var * n / (n - 1)`` like PyTorch (with ghost
+  batches: the pooled within-ghost variance ``sum_g SS_g / sum_g (n_g - 1)``);
+  normalization always uses the biased batch variance.
+* **Variance estimator**: ``variance="shifted"`` (default) is one pass over the
+  data, ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
+  the data (the first value of the batch), as stable as two passes for large
+  offsets; ``variance="two_pass"`` computes ``E[(x - E[x])^2]``;
+  ``variance="fast"`` computes ``E[x^2] - E[x]^2`` (Flax's default; loses
+  precision when the mean is large against the spread). The latter two are
+  clamped at 0 like the first.
 * **Precision**: statistics are accumulated and stored in float32 even for
   bf16/fp16 inputs (float64 stays float64); the output has ``x``'s dtype unless
-  ``dtype`` is given.
+  ``dtype`` is given. Integer and bool inputs are promoted to float32 (as Flax
+  does), so their output is float32.
+* **Complex inputs** (as Flax): complex mean, real variance ``E[|x - mean|^2]``;
+  the running mean becomes complex, the running variance stays real.
 * **Normalization** ``y = (x - mean) * (scale * rsqrt(var + epsilon)) + bias``
   (the same operation order as Flax, so results agree to float rounding).
+
+**Masks** (``mask=``, True = valid) select the values that enter the
+statistics with ``jnp.where``: whatever sits at masked positions (NaN and inf
+included) changes neither the statistics, nor the outputs at valid positions,
+nor any gradient. Masked positions are normalized like the others when finite;
+non-finite values there pass through unchanged.
+
+**Too few values.** A variance needs two values per feature. With
+``strict_batch=True`` (the default) a (ghost) batch with fewer than 2 values of
+some feature is an error at trace time when that is known then (no mask, or a
+concrete NumPy/Python mask). With a traced mask such a feature instead keeps
+its running statistics (mean and variance unchanged) and is normalized with
+them. ``strict_batch=False`` follows Flax: a single value gives variance 0
+(the output is ``bias``) and is folded into the running statistics; only a
+feature with *no* valid value keeps its running statistics and is normalized
+with them (Flax returns NaN there). ``count`` increments when at least one
+feature was updated.
 
 Batch statistics with ``mask`` and ``axis_name`` are merged by *count*:
 devices holding different numbers of valid examples still give the exact
@@ -39,6 +64,7 @@ from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -63,7 +89,9 @@ class BNState(NamedTuple):
 class BatchStats(NamedTuple):
   """The batch statistics a call used, averaged over ghost batches and devices.
 
-  ``count`` is the number of (valid) elements per feature behind them."""
+  ``count`` is the number of (valid) elements per feature behind them (per
+  ghost batch, averaged over features). Features without usable statistics
+  (see "Too few values" in the module docstring) report the running statistics."""
 
   mean: Array
   var: Array
@@ -74,27 +102,39 @@ class Renorm(NamedTuple):
   """Batch Renormalization clip values (Ioffe 2017, arXiv 1702.03275).
 
   Pass arrays (or Python floats) -- as arrays, a schedule may change them every
-  step without recompiling. ``r_max=1, d_max=0`` is plain batch norm."""
+  step without recompiling. ``r_max=1, d_max=0`` is plain batch norm;
+  ``r_max >= 1`` and ``d_max >= 0`` (checked when concrete)."""
 
   r_max: Any
   d_max: Any
 
 
 class Noise(NamedTuple):
-  """Non-stationary noise after BN (Santurkar et al. 2018, arXiv 1805.11604).
+  """Noisy BN (Santurkar et al. 2018, arXiv 1805.11604, App. A.2.1, Alg. 1).
 
-  Each call draws, per layer, ``mu ~ U(*layer_mean)`` and ``sigma ~ U(*layer_scale)``,
-  then per unit ``m ~ U(mu - unit_mean_halfwidth, mu + unit_mean_halfwidth)`` and
-  ``s ~ N(sigma, unit_scale_std)``, and returns ``s * y + m``. Defaults follow the
-  constants quoted in EXPERIMENTS.md (from a secondary source)."""
+  At every training call, for each unit (feature) ``j``: ``mu_j ~ U(mean_range)``
+  and ``sigma_j ~ U(scale_range)``; then for each sample ``i`` (each element of
+  ``x`` along the non-feature axes): ``m_ij ~ U(mu_j - mean_halfwidth, mu_j + mean_halfwidth)``
+  and ``s_ij ~ N(sigma_j, scale_std)``; the output is ``s * y + m`` (after the
+  affine transform). The defaults are the paper's constants
+  ``n_mu = 0.5, n_sigma = 1.25, r_mu = r_sigma = 0.1``.
 
-  layer_mean: tuple[float, float] = (-0.5, 0.5)
-  layer_scale: tuple[float, float] = (1.0, 1.25)
-  unit_mean_halfwidth: float = 0.1
-  unit_scale_std: float = 0.1
+  ``per_sample=False`` is the earlier form: ``mu`` and ``sigma`` one scalar per
+  layer, ``m`` and ``s`` one value per unit, shared by every sample of the batch.
+
+  ``dose`` scales every deviation from the identity: the mean range by ``dose``,
+  the scale range to ``1 + (scale_range - 1) * dose``, the halfwidth and the std
+  by ``dose``; ``dose=0`` is exactly no noise (it may be an array, for schedules)."""
+
+  mean_range: tuple[float, float] = (-0.5, 0.5)
+  scale_range: tuple[float, float] = (1.0, 1.25)
+  mean_halfwidth: float = 0.1
+  scale_std: float = 0.1
+  per_sample: bool = True
+  dose: float = 1.0
 
 
-VARIANCES = ("two_pass", "fast")
+VARIANCES = ("shifted", "two_pass", "fast")
 
 
 # ----------------------------------------------------------------------------- init
@@ -142,24 +182,105 @@ def _canonical_axes(ndim: int, axis) -> tuple[int, ...]:
   axes = axis if isinstance(axis, (tuple, list)) else (axis,)
   out = []
   for a in axes:
+    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+      raise TypeError(f"axis={axis!r} must be an int or a tuple of ints (the feature axes).")
     if not -ndim <= a < ndim:
       raise ValueError(f"feature axis {a} is out of range for an input of rank {ndim}; pass axis= within [-{ndim}, {ndim}).")
-    out.append(a % ndim)
+    out.append(int(a) % ndim)
   return tuple(sorted(set(out)))
 
 
-def _is_static_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _is_bool(v) -> bool:
+  return isinstance(v, (bool, np.bool_))
 
 
-def _check_hparams(momentum, epsilon, variance):
-  if momentum is not None and _is_static_number(momentum) and not 0.0 <= momentum < 1.0:
+def _static_number(v) -> float | None:
+  """``float(v)`` for a concrete Python/NumPy real number (bools excluded), else None."""
+  if _is_bool(v):
+    return None
+  if isinstance(v, (int, float, np.integer, np.floating)):
+    return float(v)
+  if isinstance(v, np.ndarray) and v.ndim == 0 and np.issubdtype(v.dtype, np.number) and not np.iscomplexobj(v):
+    return float(v)
+  return None
+
+
+def _check_flag(name: str, v) -> bool:
+  if not _is_bool(v):
+    raise TypeError(f"{name}={v!r} must be a Python bool (True or False); a traced value cannot choose the code path.")
+  return bool(v)
+
+
+def _check_int(name: str, v, minimum: int) -> int:
+  if _is_bool(v) or not isinstance(v, (int, np.integer)):
+    raise TypeError(f"{name}={v!r} must be an int (a number of examples), e.g. {name}=16.")
+  if v < minimum:
+    raise ValueError(f"{name}={v} must be >= {minimum}.")
+  return int(v)
+
+
+def _check_momentum(momentum):
+  if momentum is None:
+    return
+  if _is_bool(momentum) or (hasattr(momentum, "dtype") and jnp.issubdtype(momentum.dtype, jnp.bool_)):
+    raise TypeError(f"momentum={momentum!r} is a bool; pass a number in [0, 1) such as 0.99 (Flax convention), or None.")
+  if isinstance(momentum, str):
+    raise TypeError(f"momentum={momentum!r} must be a number in [0, 1) or None.")
+  m = _static_number(momentum)
+  if m is not None and not 0.0 <= m < 1.0:
     raise ValueError(
         f"momentum={momentum} is outside [0, 1). bn uses the Flax convention "
         "running = momentum * running + (1 - momentum) * batch; PyTorch's momentum=0.1 is momentum=0.9 here."
     )
-  if _is_static_number(epsilon) and not epsilon > 0:
+
+
+def _check_epsilon(epsilon):
+  if _is_bool(epsilon) or isinstance(epsilon, str):
+    raise TypeError(f"epsilon={epsilon!r} must be a positive number, e.g. epsilon=1e-5.")
+  e = _static_number(epsilon)
+  if e is not None and not e > 0:
     raise ValueError(f"epsilon={epsilon} must be > 0 (it keeps rsqrt(var + epsilon) finite); e.g. epsilon=1e-5.")
+
+
+def _check_params(params, state, *, need_state: bool):
+  if not isinstance(params, BNParams):
+    raise TypeError(
+        f"params must be bn.BNParams(scale, bias) (either may be None), got {type(params).__name__}; "
+        "make them with bn.init(num_features)."
+    )
+  if need_state and not isinstance(state, BNState):
+    raise TypeError(
+        f"state must be bn.BNState(mean, var, count), got {type(state).__name__}; make it with bn.init_state(num_features)."
+    )
+
+
+def _check_renorm(renorm):
+  if renorm is None:
+    return
+  if not isinstance(renorm, Renorm):
+    raise TypeError(f"renorm must be bn.Renorm(r_max, d_max), got {type(renorm).__name__}.")
+  r, d = _static_number(renorm.r_max), _static_number(renorm.d_max)
+  if r is not None and r < 1.0:
+    raise ValueError(
+        f"Renorm(r_max={renorm.r_max}) must be >= 1: r is clipped to [1/r_max, r_max] (r_max=1 turns the scale correction off)."
+    )
+  if d is not None and d < 0.0:
+    raise ValueError(f"Renorm(d_max={renorm.d_max}) must be >= 0: d is clipped to [-d_max, d_max] (d_max=0 turns the shift correction off).")
+
+
+def _check_noise(noise):
+  if noise is None:
+    return
+  if not isinstance(noise, Noise):
+    raise TypeError(f"noise must be bn.Noise(...), got {type(noise).__name__}.")
+  for name in ("mean_halfwidth", "scale_std", "dose"):
+    v = _static_number(getattr(noise, name))
+    if v is not None and v < 0:
+      raise ValueError(f"Noise({name}={getattr(noise, name)}) must be >= 0.")
+  _check_flag("Noise.per_sample", noise.per_sample)
+
+
+def _check_variance(variance):
   if variance not in VARIANCES:
     raise ValueError(f"variance={variance!r} is not one of {VARIANCES}.")
 
@@ -190,70 +311,338 @@ def _stats_dtype(x):
   return jnp.promote_types(x.dtype, jnp.float32)
 
 
+def _out_dtype(x, dtype):
+  """``dtype`` if given; else ``x``'s dtype when it is floating/complex, float32 for integers and bools (as Flax)."""
+  if dtype is not None:
+    return dtype
+  return x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _real_dtype(dt):
+  return jnp.finfo(dt).dtype
+
+
+def _abs_sq(x):
+  if jnp.iscomplexobj(x):
+    return lax.square(lax.real(x)) + lax.square(lax.imag(x))
+  return lax.square(x)
+
+
+def _is_traced(v) -> bool:
+  return isinstance(v, jax.core.Tracer)
+
+
+# ----------------------------------------------------------------------------- the call's layout
+
+
+class _Layout(NamedTuple):
+  """Static facts of one call: where the features are and how statistics group."""
+
+  feature_axes: tuple[int, ...]
+  feature_shape: tuple[int, ...]
+  bshape: tuple[int, ...]  # feature sizes on the feature axes, 1 elsewhere (x's rank)
+  ghost: int | None  # ghost batch size (statistics per chunk of axis 0) or None
+  view_shape: tuple[int, ...]  # x's shape, with axis 0 split into (ghosts, ghost) when ghost is set
+  reduce_axes: tuple[int, ...]  # the statistics' axes in the view
+  local_axis: str | None  # the axis the statistics are merged over (None with ghosts: local)
+
+
+def _layout(x, axis, ghost_batch_size, axis_name) -> _Layout:
+  feature_axes = _canonical_axes(x.ndim, axis)
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
+  bshape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+  if ghost_batch_size is None:
+    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+    return _Layout(feature_axes, feature_shape, bshape, None, tuple(x.shape), reduce_axes, axis_name)
+  g = _group_size("ghost_batch_size", ghost_batch_size, x, feature_axes)
+  view_shape = (x.shape[0] // g, g) + tuple(x.shape[1:])
+  reduce_axes = tuple(a for a in range(1, len(view_shape)) if a - 1 not in feature_axes)
+  return _Layout(feature_axes, feature_shape, bshape, g, view_shape, reduce_axes, None)
+
+
+def _group_size(name, g, x, feature_axes) -> int:
+  """Checks a size ``g`` that splits the batch axis 0 into groups (ghost batches, noise groups)."""
+  n = x.shape[0]
+  if 0 in feature_axes:
+    raise ValueError(f"{name} splits axis 0, the batch axis, but axis 0 is a feature axis; use a channels-last axis=.")
+  if g < 1 or n % g:
+    raise ValueError(
+        f"{name}={g} does not divide the batch of {n} examples; "
+        f"choose a {name.replace('_', ' ')} that divides the (per-device) batch size."
+    )
+  return g
+
+
+def _lift(t, lay: _Layout):
+  """A (running statistic / parameter) array of shape ``bshape`` into the ghost view's rank."""
+  return t if lay.ghost is None else t[None]
+
+
+def _to_view(t, lay: _Layout):
+  return t if lay.ghost is None else t.reshape(lay.view_shape)
+
+
+def _prepare_mask(mask, x):
+  """``mask`` as a bool array broadcastable to ``x`` (checked), plus its concrete NumPy value if it has one."""
+  if mask is None:
+    return None, None
+  concrete = None
+  if not _is_traced(mask):
+    concrete = np.asarray(mask).astype(bool)
+  mask = jnp.asarray(mask)
+  if mask.dtype != jnp.bool_:
+    mask = mask != 0
+  try:
+    jnp.broadcast_shapes(mask.shape, x.shape)
+  except ValueError:
+    raise ValueError(
+        f"mask of shape {mask.shape} does not broadcast to the input shape {x.shape}; "
+        f"give a boolean mask such as shape {x.shape[:1] + (1,) * (x.ndim - 1)}."
+    ) from None
+  if mask.ndim != x.ndim:  # explicit rank (no implicit rank promotion)
+    mask = mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape)
+    if concrete is not None:
+      concrete = concrete.reshape(mask.shape)
+  return mask, concrete
+
+
+def _check_counts(x, lay: _Layout, mask_np, strict: bool, axis_name, axis_index_groups):
+  """Trace-time checks of the number of values per feature in each (ghost) batch."""
+  per_group = math.prod(lay.view_shape[a] for a in lay.reduce_axes)
+  what = f"a ghost batch of {lay.ghost}" if lay.ghost is not None else "a training batch of one example"
+  if math.prod(x.shape[a] for a in range(x.ndim) if a not in lay.feature_axes) == 0:
+    raise ValueError(
+        f"the training batch is empty: the input of shape {x.shape} has no values along the reduced axes; "
+        "give at least 2 examples (or call with train=False)."
+    )
+  if not strict:
+    return
+  devices = 1
+  if lay.local_axis is not None:
+    devices = lax.psum(1, lay.local_axis, axis_index_groups=axis_index_groups)
+  if mask_np is None:
+    if per_group * devices < 2:
+      raise ValueError(
+          f"cannot estimate a variance from {what} (1 value per feature); use a batch (or ghost batch) of at least 2, "
+          "or train=False to normalize with the running statistics (or strict_batch=False for Flax's variance 0)."
+      )
+    return
+  if lay.local_axis is not None:
+    return  # the valid count is the global one, known only at run time
+  counts = np.broadcast_to(mask_np, x.shape).reshape(lay.view_shape).sum(lay.reduce_axes)
+  fewest = int(counts.min()) if counts.size else 2
+  if fewest < 2:
+    where = f"a ghost batch of {lay.ghost}" if lay.ghost is not None else "the batch"
+    raise ValueError(
+        f"the mask leaves {int((counts < 2).sum())} feature(s) of {where} with fewer than 2 valid values "
+        f"(fewest: {fewest}); no variance can be estimated from them. Give every feature at least 2 valid values "
+        "per (ghost) batch, or pass strict_batch=False (Flax's behaviour: variance 0 for a single value; "
+        "features without any valid value keep their running statistics)."
+    )
+
+
 # ----------------------------------------------------------------------------- statistics
 
 
-def _moments(x, reduce_axes, mask, axis_name, axis_index_groups, variance):
-  """Mean, biased variance and element count over ``reduce_axes`` (kept as size-1 dims).
+def _pilot(xs, reduce_axes):
+  """Per-feature shift ``K`` of the one-pass estimator: the first value of each
+  (ghost) batch. No gradient flows through ``K`` (the statistics do not depend on it)."""
+  idx = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(xs.ndim))
+  return lax.stop_gradient(xs[idx])
 
-  Sums are psum'ed with the counts, so device shards of unequal size merge exactly."""
-  if mask is None and axis_name is None:
-    mean = jnp.mean(x, reduce_axes, keepdims=True)
-    if variance == "fast":
-      var = jnp.maximum(0.0, jnp.mean(lax.square(x), reduce_axes, keepdims=True) - lax.square(mean))
-    else:
-      var = jnp.mean(lax.square(x - mean), reduce_axes, keepdims=True)
-    n = math.prod(x.shape[a] for a in reduce_axes)
-    return mean, var, jnp.full(mean.shape, n, x.dtype)
 
+def _moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance):
+  """Mean, biased variance and valid count over ``reduce_axes`` (kept as size-1 dims).
+
+  Masked positions enter through ``jnp.where`` only (their values never reach an
+  arithmetic op, nor the backward pass). Sums are psum'ed with the counts, so
+  device shards of unequal size merge exactly. ``"shifted"`` needs a shift
+  among the valid values; under a mask it is computed in two passes instead
+  (the same numbers as ``"two_pass"``)."""
+  rdt = _real_dtype(xs.dtype)
   psum = (lambda t: lax.psum(t, axis_name, axis_index_groups=axis_index_groups)) if axis_name else (lambda t: t)
-  w = jnp.ones((), x.dtype) if mask is None else jnp.broadcast_to(mask, x.shape).astype(x.dtype)
-  count = jnp.sum(jnp.broadcast_to(w, x.shape), reduce_axes, keepdims=True)
-  xs = x * w
-  if variance == "fast":
-    s, s2, count = psum((jnp.sum(xs, reduce_axes, keepdims=True), jnp.sum(xs * x, reduce_axes, keepdims=True), count))
-    safe = jnp.maximum(count, 1.0)
-    mean = s / safe
-    var = jnp.maximum(0.0, s2 / safe - lax.square(mean))
+  if mask is None:
+    n = math.prod(xs.shape[a] for a in reduce_axes)
+    if axis_name:
+      n = n * lax.psum(1, axis_name, axis_index_groups=axis_index_groups)
+    count = None
   else:
-    s, count = psum((jnp.sum(xs, reduce_axes, keepdims=True), count))
-    safe = jnp.maximum(count, 1.0)
-    mean = s / safe
-    var = psum(jnp.sum(lax.square(x - mean) * w, reduce_axes, keepdims=True)) / safe
+    count = jnp.sum(jnp.broadcast_to(mask, xs.shape), reduce_axes, keepdims=True, dtype=rdt)
+  select = (lambda t: t) if mask is None else (lambda t: jnp.where(mask, t, 0))
+
+  if variance == "two_pass" or (variance == "shifted" and mask is not None):
+    s1 = jnp.sum(select(xs), reduce_axes, keepdims=True)
+    if count is not None:
+      s1, count = psum((s1, count))
+      n = jnp.maximum(count, 1.0)
+    else:
+      s1 = psum(s1)
+    mean = s1 / n
+    var = psum(jnp.sum(_abs_sq(select(xs - mean)), reduce_axes, keepdims=True)) / n
+  else:
+    if variance == "shifted":
+      k = _pilot(xs, reduce_axes)
+      if axis_name:  # one shift for all devices, so their sums add up
+        k = lax.pmean(k, axis_name, axis_index_groups=axis_index_groups)
+      d = select(xs - k)
+    else:
+      k, d = None, select(xs)
+    s1, s2 = jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
+    if count is not None:
+      s1, s2, count = psum((s1, s2, count))
+      n = jnp.maximum(count, 1.0)
+    else:
+      s1, s2 = psum((s1, s2))
+    mean_d = s1 / n
+    var = jnp.maximum(0.0, s2 / n - _abs_sq(mean_d))
+    mean = mean_d if k is None else k + mean_d
+  if count is None:
+    count = jnp.full(mean.shape, n, rdt)
   return mean, var, count
 
 
-def _ghost_view(x, mask, ghost_batch_size, feature_axes):
-  """Reshape the batch axis 0 into (ghosts, ghost_batch_size)."""
-  n = x.shape[0]
-  if 0 in feature_axes:
-    raise ValueError("ghost_batch_size splits axis 0, the batch axis, but axis 0 is a feature axis; use a channels-last axis=.")
-  if ghost_batch_size < 1 or n % ghost_batch_size:
-    raise ValueError(
-        f"ghost_batch_size={ghost_batch_size} does not divide the batch of {n} examples; "
-        "choose a ghost size that divides the (per-device) batch size."
-    )
-  g = n // ghost_batch_size
-  xg = x.reshape((g, ghost_batch_size) + x.shape[1:])
-  if mask is not None:
-    mask = jnp.broadcast_to(mask, x.shape).reshape(xg.shape)
-  return xg, mask
+# ----------------------------------------------------------------------------- normalization
 
 
-def _noise(key, noise: Noise, feature_shape, dtype):
+def _normalize(x, mean, var, scale, epsilon):
+  mul = lax.rsqrt(var + epsilon)
+  if scale is not None:
+    mul = mul * scale
+  return (x - mean) * mul
+
+
+def _population_noise(key, u, lay: _Layout, g: int, mask):
+  """``(u - z / sqrt(n)) / sqrt(c / n)`` per group of ``g`` examples and feature:
+  ``z ~ N(0, 1)``, ``c ~ chi2(n - 1)``, ``n`` = the group's (valid) values per feature --
+  the law of ``(x - mu_B) / sigma_B`` for i.i.d. Gaussian ``x`` with ``u = (x - mu) / sigma``."""
+  view = (u.shape[0] // g, g) + tuple(u.shape[1:])
+  axes = tuple(a for a in range(1, len(view)) if a - 1 not in lay.feature_axes)
+  shape = tuple(1 if a in axes else view[a] for a in range(len(view)))
+  rdt = _real_dtype(u.dtype)
+  if mask is None:
+    n = math.prod(view[a] for a in axes)
+    df = n - 1.0
+  else:
+    n = jnp.sum(jnp.broadcast_to(mask, u.shape).reshape(view), axes, keepdims=True, dtype=rdt)
+    df = jnp.maximum(n - 1.0, 1.0)
+  k_z, k_c = jax.random.split(key)
+  z = jax.random.normal(k_z, shape, rdt)
+  c = jax.random.chisquare(k_c, df, shape, rdt)
+  shift, gain = z * lax.rsqrt(jnp.asarray(n, rdt)), jnp.sqrt(n / c)
+  if mask is not None:  # fewer than 2 valid values: no statistics to perturb
+    shift, gain = jnp.where(n >= 2, shift, 0.0), jnp.where(n >= 2, gain, 1.0)
+  return ((u.reshape(view) - shift) * gain).reshape(u.shape)
+
+
+def _train_normalize(x32, lay: _Layout, mean_b, var_b, run_mean, run_var, scale, *, epsilon, renorm, population,
+                     population_noise, key, mask, stats_gradient):
+  """The normalized (not yet shifted by ``bias``) training output, in x's shape."""
+  if population:
+    if population_noise is None:
+      return _normalize(x32, run_mean, run_var, scale, epsilon)
+    u = _normalize(x32, run_mean, run_var, None, epsilon)
+    u = _population_noise(key, u, lay, population_noise, mask)
+    return u if scale is None else u * scale
+  if not stats_gradient:
+    mean_b, var_b = lax.stop_gradient(mean_b), lax.stop_gradient(var_b)
+  xs = _to_view(x32, lay)
+  s_scale = None if scale is None else _lift(scale, lay)
+  if renorm is None:
+    return _normalize(xs, mean_b, var_b, s_scale, epsilon).reshape(x32.shape)
+  rdt = _real_dtype(x32.dtype)
+  sigma_b = jnp.sqrt(var_b + epsilon)
+  sigma = jnp.sqrt(_lift(run_var, lay) + epsilon)
+  r_max, d_max = jnp.asarray(renorm.r_max, rdt), jnp.asarray(renorm.d_max, rdt)
+  r = lax.stop_gradient(jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max))
+  d = lax.stop_gradient(jnp.clip((mean_b - _lift(run_mean, lay)) / sigma, -d_max, d_max))
+  ys = (xs - mean_b) / sigma_b * r + d
+  return (ys if s_scale is None else ys * s_scale).reshape(x32.shape)
+
+
+def _apply_noise(y, noise: Noise, key, bshape):
+  """Santurkar et al.'s noise ``s * y + m`` (see :class:`Noise`)."""
+  dose = noise.dose
+  if _static_number(dose) == 0.0:
+    return y
+  rdt = _real_dtype(y.dtype)
+  (mlo, mhi), (slo, shi) = noise.mean_range, noise.scale_range
+  h, std = noise.mean_halfwidth * dose, noise.scale_std * dose
   k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
-  mu = jax.random.uniform(k_mu, (), dtype, *noise.layer_mean)
-  sigma = jax.random.uniform(k_sigma, (), dtype, *noise.layer_scale)
-  h = noise.unit_mean_halfwidth
-  m = jax.random.uniform(k_m, feature_shape, dtype, mu - h, mu + h)
-  s = sigma + noise.unit_scale_std * jax.random.normal(k_s, feature_shape, dtype)
-  return s, m
+  unit_shape = bshape if noise.per_sample else ()
+  value_shape = y.shape if noise.per_sample else bshape
+  mu = jax.random.uniform(k_mu, unit_shape, rdt, mlo * dose, mhi * dose)
+  sigma = jax.random.uniform(k_sigma, unit_shape, rdt, 1.0 + (slo - 1.0) * dose, 1.0 + (shi - 1.0) * dose)
+  m = mu + h * jax.random.uniform(k_m, value_shape, rdt, -1.0, 1.0)
+  s = sigma + std * jax.random.normal(k_s, value_shape, rdt)
+  return y * s + m
 
 
-def _affine(y, params: BNParams, bshape):
+def _affine_bias(y, params: BNParams, bshape):
   if params.bias is not None:
     return y + params.bias.reshape(bshape)
   return y
+
+
+def _finish(y, x32, mask, ok, out_dtype):
+  """Masked non-finite inputs pass through; cast to the output dtype."""
+  if ok is not None:
+    y = jnp.where(ok, y, x32)
+  return y.astype(out_dtype)
+
+
+def _mask_guard(x32, mask):
+  """Where ``mask`` is False and ``x`` not finite, replace ``x`` by 0 (its output is
+  ``x`` itself, see :func:`_finish`): no NaN/inf reaches the backward pass."""
+  if mask is None:
+    return x32, None
+  ok = mask | jnp.isfinite(x32)
+  return jnp.where(ok, x32, 0), ok
+
+
+# ----------------------------------------------------------------------------- running statistics
+
+
+def _pool(lay: _Layout, mean_b, var_b, count_b, valid, axis_name, axis_index_groups, unbiased):
+  """The running update's batch statistics (feature shape): pooled over ghost batches
+  (and, with ghosts, devices) by count. Returns ``(mean, biased var, stored var, count, updated)``;
+  ``updated`` is None when every feature has usable statistics (known statically)."""
+  fshape = lay.feature_shape
+  if lay.ghost is None:
+    mean_u, var_u, n = (t.reshape(fshape) for t in (mean_b, var_b, count_b))
+    stored = var_u * (n / jnp.maximum(n - 1.0, 1.0)) if unbiased else var_u
+    return mean_u, var_u, stored, jnp.mean(n), None if valid is None else valid.reshape(fshape)
+  g = lay.view_shape[0]
+  mean_g, var_g, cnt_g = (t.reshape((g,) + fshape) for t in (mean_b, var_b, count_b))
+  w = cnt_g if valid is None else jnp.where(valid.reshape((g,) + fshape), cnt_g, 0.0)
+  dof = jnp.maximum(w - 1.0, 0.0)
+  psum = (lambda t: lax.psum(t, axis_name, axis_index_groups=axis_index_groups)) if axis_name else (lambda t: t)
+  tot, s_mean, ss, s_dof, ghosts = psum((jnp.sum(w, 0), jnp.sum(mean_g * w, 0), jnp.sum(var_g * w, 0), jnp.sum(dof, 0),
+                                         jnp.asarray(g, w.dtype)))
+  safe = jnp.maximum(tot, 1.0)
+  mean_u, var_u = s_mean / safe, ss / safe
+  stored = ss / jnp.maximum(s_dof, 1.0) if unbiased else var_u
+  return mean_u, var_u, stored, jnp.mean(tot) / ghosts, None if valid is None else tot > 0
+
+
+def _update(state: BNState, mean, var, momentum, updated=None) -> BNState:
+  if momentum is None:
+    w = 1.0 / (state.count.astype(jnp.float32) + 1.0)
+    new_mean = state.mean + (mean - state.mean) * w
+    new_var = state.var + (var - state.var) * w
+  else:
+    new_mean = momentum * state.mean + (1.0 - momentum) * mean
+    new_var = momentum * state.var + (1.0 - momentum) * var
+  mean_dtype = state.mean.dtype
+  if jnp.iscomplexobj(new_mean) and not jnp.issubdtype(mean_dtype, jnp.complexfloating):
+    mean_dtype = jnp.result_type(mean_dtype, jnp.complex64)  # a complex running mean stays complex (as Flax)
+  new_mean, new_var = new_mean.astype(mean_dtype), new_var.astype(state.var.dtype)
+  if updated is None:
+    return BNState(new_mean, new_var, state.count + 1)
+  return BNState(
+      jnp.where(updated, new_mean, state.mean.astype(mean_dtype)),
+      jnp.where(updated, new_var, state.var),
+      state.count + jnp.any(updated).astype(state.count.dtype),
+  )
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -268,7 +657,7 @@ def batch_norm(
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     axis: int | Sequence[int] = -1,
-    variance: str = "two_pass",
+    variance: str = "shifted",
     unbiased: bool = False,
     mask: Array | None = None,
     axis_name: str | None = None,
@@ -278,6 +667,9 @@ def batch_norm(
     noise: Noise | None = None,
     key: Array | None = None,
     population: bool = False,
+    population_noise: int | None = None,
+    stats_gradient: bool = True,
+    strict_batch: bool = True,
     dtype: Any = None,
     return_stats: bool = False,
 ):
@@ -291,145 +683,140 @@ def batch_norm(
       running <- momentum * running + (1 - momentum) * batch         (train)
 
   Args:
-    x: input, features on ``axis`` (default last).
+    x: input, features on ``axis`` (default last). Integer/bool inputs are
+      promoted to float32; complex inputs get a complex mean and a real variance.
     params: :class:`BNParams` (``scale``/``bias`` may be None).
     state: :class:`BNState` of running statistics.
-    train: use (and fold in) batch statistics; ``False`` normalizes with the
-      running statistics and returns ``state`` unchanged.
+    train: a Python bool. Use (and fold in) batch statistics; ``False``
+      normalizes with the running statistics and returns ``state`` unchanged.
     momentum: Flax convention (PyTorch 0.1 == 0.9 here); ``None`` = cumulative
       average (running = running + (batch - running) / (count + 1)).
     epsilon: added to the variance, > 0.
     axis: feature axis or axes.
-    variance: ``"two_pass"`` (stable) or ``"fast"`` (E[x^2] - E[x]^2, clamped at 0).
-    unbiased: store ``var * n / (n - 1)`` as running variance (PyTorch).
-    mask: boolean array broadcastable to ``x``: only True positions enter the statistics.
+    variance: ``"shifted"`` (one pass, ``E[(x-K)^2] - E[x-K]^2`` with ``K`` the
+      first value of the batch: stable and fast), ``"two_pass"``
+      (``E[(x - E[x])^2]``) or ``"fast"`` (``E[x^2] - E[x]^2``, Flax's default);
+      clamped at 0.
+    unbiased: store ``var * n / (n - 1)`` as running variance (PyTorch); with
+      ghost batches the pooled ``sum_g SS_g / sum_g (n_g - 1)`` over the ghosts'
+      sums of squared deviations ``SS_g`` and valid counts ``n_g``.
+    mask: boolean array broadcastable to ``x``: only True positions enter the
+      statistics (values at False positions never matter, NaN included).
     axis_name, axis_index_groups: reduce statistics across a mapped axis
       (``vmap``/``shard_map``/``pmap``), merged by count. With ``ghost_batch_size``
       the normalization stays local and only the running update is global.
-    ghost_batch_size: normalize each chunk of this many examples along axis 0
-      with its own statistics (Hoffer et al. 2017); the running statistics are
-      updated once from the count-weighted average of the ghost statistics.
+    ghost_batch_size: an int; normalize each chunk of this many examples along
+      axis 0 with its own statistics (Hoffer et al. 2017); the running
+      statistics are updated once from the count-pooled ghost statistics.
     renorm: :class:`Renorm` clip values for Batch Renormalization:
       ``y = (x - mu_B) / sigma_B * r + d`` with ``r = clip(sigma_B / sigma, 1/r_max, r_max)``,
       ``d = clip((mu_B - mean) / sigma, -d_max, d_max)`` (no gradient through r, d).
     noise: :class:`Noise` applied after the affine transform in training; needs ``key``.
-    key: PRNG key for ``noise``.
+    key: PRNG key for ``noise`` and ``population_noise`` (training only).
     population: in training, normalize with the running statistics (as in
       eval) but still fold in the batch statistics: no batch-statistics noise.
-    dtype: output dtype (default ``x.dtype``).
+    population_noise: with ``population=True``, an int ``g``: perturb the
+      normalization by the sampling noise of the statistics of a batch of ``g``
+      examples (Luo et al. 2019): axis 0 splits into groups of ``g`` and per group
+      and feature ``y = ((x - mean) / sigma - z / sqrt(n)) / sqrt(c / n)`` with
+      ``z ~ N(0, 1)``, ``c ~ chi2(n - 1)``, ``n`` = ``g`` times the values per
+      example and feature (valid ones under a mask); ``sigma^2 = var + epsilon``.
+      Needs ``key``.
+    stats_gradient: ``False`` treats ``mu_B`` and ``sigma_B`` as constants in the
+      backward pass (the forward pass is unchanged).
+    strict_batch: ``True``: fewer than 2 values of a feature in a (ghost) batch
+      is an error (when known at trace time; under a traced mask such features
+      keep and use their running statistics). ``False``: Flax's behaviour, a
+      single value gives variance 0. See the module docstring.
+    dtype: output dtype (default ``x.dtype``; float32 for integer inputs).
     return_stats: also return the :class:`BatchStats` used (for probes).
 
   Returns:
     ``(y, new_state)`` or ``(y, new_state, batch_stats)`` with ``return_stats``;
     in eval ``batch_stats`` is the running statistics.
   """
-  _check_hparams(momentum, epsilon, variance)
+  train = _check_flag("train", train)
+  for name, flag in (("unbiased", unbiased), ("population", population), ("stats_gradient", stats_gradient),
+                     ("strict_batch", strict_batch), ("return_stats", return_stats)):
+    _check_flag(name, flag)
+  _check_params(params, state, need_state=True)
+  _check_momentum(momentum)
+  _check_epsilon(epsilon)
+  _check_variance(variance)
+  _check_renorm(renorm)
+  _check_noise(noise)
+  if ghost_batch_size is not None:
+    ghost_batch_size = _check_int("ghost_batch_size", ghost_batch_size, 1)
+  if population_noise is not None:
+    population_noise = _check_int("population_noise", population_noise, 1)
+    if not population:
+      raise ValueError(
+          f"population_noise={population_noise} perturbs population-mode normalization: it needs population=True."
+      )
+
   x = jnp.asarray(x)
-  out_dtype = x.dtype if dtype is None else dtype
-  feature_axes = _canonical_axes(x.ndim, axis)
-  feature_shape = tuple(x.shape[a] for a in feature_axes)
-  bshape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+  out_dtype = _out_dtype(x, dtype)
+  lay = _layout(x, axis, ghost_batch_size if train else None, axis_name if train else None)
   for name, arr in (("params.scale", params.scale), ("params.bias", params.bias), ("state.mean", state.mean), ("state.var", state.var)):
-    _check_shapes(name, arr, feature_shape)
-  if mask is not None:
-    mask = jnp.asarray(mask)
-    try:
-      jnp.broadcast_shapes(mask.shape, x.shape)
-    except ValueError:
-      raise ValueError(f"mask of shape {mask.shape} does not broadcast to the input shape {x.shape}; give a boolean mask such as shape {x.shape[:1] + (1,) * (x.ndim - 1)}.") from None
+    _check_shapes(name, arr, lay.feature_shape)
+  mask, mask_np = _prepare_mask(mask, x)
   x32 = x.astype(_stats_dtype(x))
-  run_mean = state.mean.reshape(bshape)
-  run_var = state.var.reshape(bshape)
-  scale = None if params.scale is None else params.scale.reshape(bshape)
+  run_mean, run_var = state.mean.reshape(lay.bshape), state.var.reshape(lay.bshape)
+  scale = None if params.scale is None else params.scale.reshape(lay.bshape)
+  x_in, ok = _mask_guard(x32, mask)
 
   if not train:
-    y = _normalize(x32, run_mean, run_var, scale, epsilon)
-    y = _affine(y, params, bshape).astype(out_dtype)
+    y = _affine_bias(_normalize(x_in, run_mean, run_var, scale, epsilon), params, lay.bshape)
+    y = _finish(y, x32, mask, ok, out_dtype)
     if return_stats:
       return y, state, BatchStats(state.mean, state.var, jnp.zeros((), jnp.float32))
     return y, state
 
   _check_axis_name(axis_name)
-  if noise is not None and key is None:
-    raise ValueError("noise= needs a PRNG key: pass key=jax.random.key(...) (a fresh one each step).")
-
-  # Statistics, possibly per ghost batch.
-  if ghost_batch_size is not None:
-    xs, mask_s = _ghost_view(x32, mask, ghost_batch_size, feature_axes)
-    s_feature = tuple(a + 1 for a in feature_axes)
-    reduce_axes = tuple(a for a in range(xs.ndim) if a != 0 and a not in s_feature)
-    local_axis = None  # ghost statistics are local; only the running update is global
-  else:
-    xs, mask_s = x32, mask
-    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-    local_axis = axis_name
-  if axis_name is None and mask is None:
-    per_group = math.prod(xs.shape[a] for a in reduce_axes)
-    if per_group < 2:
-      what = f"a ghost batch of {ghost_batch_size}" if ghost_batch_size is not None else "a training batch of one example"
+  if jnp.iscomplexobj(x32) and (renorm is not None or population_noise is not None):
+    raise ValueError("complex inputs support plain, ghost, masked, noisy and population BN; not renorm= or population_noise=.")
+  if (noise is not None or population_noise is not None) and key is None:
+    what = "noise=" if noise is not None else "population_noise="
+    raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(...) (a fresh one each step).")
+  _check_counts(x, lay, mask_np, strict_batch, axis_name, axis_index_groups)
+  if population_noise is not None:
+    _group_size("population_noise", population_noise, x, lay.feature_axes)
+    per_example = math.prod(x.shape[a] for a in range(1, x.ndim) if a not in lay.feature_axes)
+    if population_noise * per_example < 2:
       raise ValueError(
-          f"cannot estimate a variance from {what} (1 value per feature); use a batch (or ghost batch) of at least 2, "
-          "or train=False to normalize with the running statistics."
+          f"population_noise={population_noise} gives groups of {population_noise * per_example} value(s) per feature; "
+          "the noise of a variance estimate needs at least 2 (a larger population_noise)."
       )
+  key_noise = key_pop = key
+  if noise is not None and population_noise is not None:
+    key_noise, key_pop = jax.random.split(key)
 
-  mean_b, var_b, count_b = _moments(xs, reduce_axes, mask_s, local_axis, axis_index_groups, variance)
+  # Statistics, per ghost batch in the ghost view.
+  mask_v = None if mask is None else _to_view(jnp.broadcast_to(mask, x.shape), lay)
+  mean_b, var_b, count_b = _moments(_to_view(x_in, lay), lay.reduce_axes, mask_v, lay.local_axis, axis_index_groups,
+                                    variance)
+  valid = None
+  if mask is not None:  # too few valid values: keep (and use) the running statistics
+    valid = count_b >= (2.0 if strict_batch else 1.0)
+    mean_b = jnp.where(valid, mean_b, _lift(run_mean, lay))
+    var_b = jnp.where(valid, var_b, _lift(run_var, lay))
 
-  # Normalize. Running statistics and params broadcast against the (ghost) view.
-  lift = (lambda t: t[None]) if ghost_batch_size is not None else (lambda t: t)
-  s_scale = None if scale is None else lift(scale)
-  if population:
-    y = _normalize(x32, run_mean, run_var, scale, epsilon)
-  elif renorm is not None:
-    sigma_b = jnp.sqrt(var_b + epsilon)
-    sigma = jnp.sqrt(lift(run_var) + epsilon)
-    r_max = jnp.asarray(renorm.r_max, x32.dtype)
-    d_max = jnp.asarray(renorm.d_max, x32.dtype)
-    r = lax.stop_gradient(jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max))
-    d = lax.stop_gradient(jnp.clip((mean_b - lift(run_mean)) / sigma, -d_max, d_max))
-    ys = (xs - mean_b) / sigma_b * r + d
-    y = (ys if s_scale is None else ys * s_scale).reshape(x.shape)
-  else:
-    y = _normalize(xs, mean_b, var_b, s_scale, epsilon).reshape(x.shape)
-  y = _affine(y, params, bshape)
+  y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=epsilon, renorm=renorm,
+                       population=population, population_noise=population_noise, key=key_pop, mask=mask,
+                       stats_gradient=stats_gradient)
+  y = _affine_bias(y, params, lay.bshape)
   if noise is not None:
-    s, m = _noise(key, noise, feature_shape, y.dtype)
-    y = y * s.reshape(bshape) + m.reshape(bshape)
-  y = y.astype(out_dtype)
+    y = _apply_noise(y, noise, key_noise, lay.bshape)
+  y = _finish(y, x32, mask, ok, out_dtype)
 
-  # Running statistics: pool ghosts (and, with ghosts, devices) by count.
-  if ghost_batch_size is None:
-    mean_u, var_u, n_stat = (t.reshape(feature_shape) for t in (mean_b, var_b, count_b))
-  else:
-    g = xs.shape[0]
-    mean_g, var_g, cnt_g = (t.reshape((g,) + feature_shape) for t in (mean_b, var_b, count_b))
-    psum = (lambda t: lax.psum(t, axis_name, axis_index_groups=axis_index_groups)) if axis_name else (lambda t: t)
-    tot, s_mean, s_var, n_ghosts = psum((jnp.sum(cnt_g, 0), jnp.sum(mean_g * cnt_g, 0), jnp.sum(var_g * cnt_g, 0), jnp.asarray(g, cnt_g.dtype)))
-    safe = jnp.maximum(tot, 1.0)
-    mean_u, var_u, n_stat = s_mean / safe, s_var / safe, tot / n_ghosts
-  mean_u, var_u = lax.stop_gradient(mean_u), lax.stop_gradient(var_u)
-  var_store = var_u * n_stat / jnp.maximum(n_stat - 1.0, 1.0) if unbiased else var_u
-  new_state = _update(state, mean_u, var_store, momentum)
+  mean_u, var_u, stored, n_stat, updated = _pool(lay, mean_b, var_b, count_b, valid, axis_name, axis_index_groups, unbiased)
+  mean_u, var_u, stored = lax.stop_gradient(mean_u), lax.stop_gradient(var_u), lax.stop_gradient(stored)
+  new_state = _update(state, mean_u, stored, momentum, updated)
   if return_stats:
-    return y, new_state, BatchStats(mean_u, var_u, jnp.mean(n_stat))
+    if updated is not None:
+      mean_u, var_u = jnp.where(updated, mean_u, state.mean), jnp.where(updated, var_u, state.var)
+    return y, new_state, BatchStats(mean_u, var_u, n_stat)
   return y, new_state
-
-
-def _normalize(x, mean, var, scale, epsilon):
-  mul = lax.rsqrt(var + epsilon)
-  if scale is not None:
-    mul = mul * scale
-  return (x - mean) * mul
-
-
-def _update(state: BNState, mean, var, momentum) -> BNState:
-  if momentum is None:
-    w = 1.0 / (state.count.astype(jnp.float32) + 1.0)
-    new_mean = state.mean + (mean - state.mean) * w
-    new_var = state.var + (var - state.var) * w
-  else:
-    new_mean = momentum * state.mean + (1.0 - momentum) * mean
-    new_var = momentum * state.var + (1.0 - momentum) * var
-  return BNState(new_mean.astype(state.mean.dtype), new_var.astype(state.var.dtype), state.count + 1)
 
 
 # ----------------------------------------------------------------------------- comparison normalizers
@@ -438,12 +825,12 @@ def _update(state: BNState, mean, var, momentum) -> BNState:
 def _per_example_norm(x, params, groups, epsilon, dtype):
   """Normalize each example over its non-batch axes, channels (last axis) split
   into ``groups``; per-channel affine. Float32 two-pass statistics."""
-  out_dtype = x.dtype if dtype is None else dtype
+  out_dtype = _out_dtype(x, dtype)
   c = x.shape[-1]
   xg = x.astype(_stats_dtype(x)).reshape(x.shape[:-1] + (groups, c // groups))
   axes = tuple(a for a in range(1, xg.ndim) if a != xg.ndim - 2)
   mean = jnp.mean(xg, axes, keepdims=True)
-  var = jnp.mean(lax.square(xg - mean), axes, keepdims=True)
+  var = jnp.mean(_abs_sq(xg - mean), axes, keepdims=True)
   y = ((xg - mean) * lax.rsqrt(var + epsilon)).reshape(x.shape)
   bshape = (1,) * (x.ndim - 1) + (c,)  # explicit: no implicit rank promotion
   if params.scale is not None:
@@ -453,33 +840,47 @@ def _per_example_norm(x, params, groups, epsilon, dtype):
   return y.astype(out_dtype)
 
 
-def layer_norm(x, params: BNParams, state=None, *, train: bool = True, epsilon: float = 1e-5, dtype=None, **_):
+def _check_per_example(x, params, train, epsilon):
+  _check_flag("train", train)
+  _check_params(params, None, need_state=False)
+  _check_epsilon(epsilon)
+  x = jnp.asarray(x)
+  if x.ndim < 2:
+    raise ValueError(f"the input of shape {x.shape} needs a batch axis and a feature axis (rank >= 2).")
+  _check_shapes("params.scale", params.scale, x.shape[-1:])
+  _check_shapes("params.bias", params.bias, x.shape[-1:])
+  return x
+
+
+def layer_norm(x, params: BNParams, state=None, *, train: bool = True, epsilon: float = 1e-5, dtype=None):
   """Layer normalization (Ba et al. 2016): each example over all its non-batch
   axes (two-pass, float32 statistics); per-feature affine on the last axis.
 
-  ``state`` passes through unchanged, so the call matches :func:`batch_norm`."""
-  _check_hparams(None, epsilon, "two_pass")
-  x = jnp.asarray(x)
-  _check_shapes("params.scale", params.scale, x.shape[-1:])
+  ``state`` passes through unchanged and ``train`` is accepted and ignored, so the
+  call matches :func:`batch_norm`; any other keyword is a TypeError."""
+  x = _check_per_example(x, params, train, epsilon)
   return _per_example_norm(x, params, 1, epsilon, dtype), state
 
 
-def group_norm(x, params: BNParams, state=None, *, train: bool = True, num_groups: int = 32, epsilon: float = 1e-5, dtype=None, **_):
+def group_norm(x, params: BNParams, state=None, *, train: bool = True, num_groups: int = 32, epsilon: float = 1e-5,
+               dtype=None):
   """Group normalization (Wu & He 2018): channels (last axis) split into
   ``num_groups`` groups; each example normalized per group over its spatial
   axes and the group's channels. ``num_groups=1`` is LayerNorm over (H, W, C);
-  ``num_groups=C`` is InstanceNorm. ``state`` passes through unchanged."""
-  _check_hparams(None, epsilon, "two_pass")
-  x = jnp.asarray(x)
+  ``num_groups=C`` is InstanceNorm. ``state`` passes through unchanged,
+  ``train`` is ignored; any other keyword is a TypeError."""
+  x = _check_per_example(x, params, train, epsilon)
   c = x.shape[-1]
-  _check_shapes("params.scale", params.scale, (c,))
-  if num_groups < 1 or c % num_groups:
+  num_groups = _check_int("num_groups", num_groups, 1)
+  if c % num_groups:
     raise ValueError(f"num_groups={num_groups} does not divide the {c} channels; pick a divisor of {c}.")
   return _per_example_norm(x, params, num_groups, epsilon, dtype), state
 
 
-def no_norm(x, params=None, state=None, *, train: bool = True, **_):
-  """Identity with the normalizer calling convention (the no-BN baseline)."""
+def no_norm(x, params=None, state=None, *, train: bool = True):
+  """Identity with the normalizer calling convention (the no-BN baseline);
+  ``train`` is ignored, any other keyword is a TypeError."""
+  _check_flag("train", train)
   return x, state
 
 

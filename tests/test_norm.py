@@ -475,21 +475,23 @@ def _noise_scale_shift(x, params, state, noise, key):
 
 
 def test_noise_statistics_within_configured_ranges():
+  # The earlier form (per_sample=False): one (mu, sigma) per layer, one (m, s) per unit shared by the batch.
+  # (The paper's per-sample form is tested in test_norm_variants.py.)
   c = 512
   rng = np.random.default_rng(19)
   x = rng.normal(size=(4, c)).astype(np.float32)
   params, state = bn.init(c)
-  noise = bn.Noise()
+  noise = bn.Noise(per_sample=False)
   for seed in range(3):
     s, m, _ = _noise_scale_shift(x, params, state, noise, jax.random.key(seed))
     # Unit shifts m ~ U(mu - 0.1, mu + 0.1) with mu ~ U(-0.5, 0.5).
-    assert m.max() - m.min() <= 2 * noise.unit_mean_halfwidth + 1e-4
-    assert noise.layer_mean[0] - 0.1 - 1e-4 <= m.min() and m.max() <= noise.layer_mean[1] + 0.1 + 1e-4
+    assert m.max() - m.min() <= 2 * noise.mean_halfwidth + 1e-4
+    assert noise.mean_range[0] - 0.1 - 1e-4 <= m.min() and m.max() <= noise.mean_range[1] + 0.1 + 1e-4
     # Unit scales s ~ N(sigma, 0.1) with sigma ~ U(1, 1.25).
-    assert noise.layer_scale[0] - 0.03 <= s.mean() <= noise.layer_scale[1] + 0.03
+    assert noise.scale_range[0] - 0.03 <= s.mean() <= noise.scale_range[1] + 0.03
     assert 0.08 <= s.std() <= 0.12
   # Without unit-level noise the layer-level draws land in their ranges exactly.
-  flat = bn.Noise(layer_mean=(2.0, 3.0), layer_scale=(4.0, 5.0), unit_mean_halfwidth=0.0, unit_scale_std=0.0)
+  flat = bn.Noise(mean_range=(2.0, 3.0), scale_range=(4.0, 5.0), mean_halfwidth=0.0, scale_std=0.0, per_sample=False)
   for seed in range(3):
     s, m, _ = _noise_scale_shift(x[:, :8], *bn.init(8), flat, jax.random.key(seed))
     assert np.ptp(s) < 1e-5 and np.ptp(m) < 1e-4
