@@ -24,8 +24,12 @@ def renorm_clips(layer, renorm) -> Renorm | None:
   return Renorm(1.0 if layer.r_max is None else layer.r_max, 0.0 if layer.d_max is None else layer.d_max)
 
 
-def call_core(layer, x, scale, bias, state: BNState, *, train: bool, mask, axis_name, ghost_batch_size, renorm, noise, key) -> tuple[Any, BNState, Any]:
-  """``batch_norm`` with the layer's settings; returns ``(y, new_state, batch_stats)``."""
+def call_core(layer, x, scale, bias, state: BNState, *, train: bool, mask, axis_name, ghost_batch_size, renorm, noise,
+              population_noise, key, strict_batch: bool) -> tuple[Any, BNState, Any]:
+  """``batch_norm`` with the layer's settings; returns ``(y, new_state, batch_stats)``.
+
+  The variance estimator follows Flax's flag (``use_fast_variance``: ``"fast"``,
+  else ``"two_pass"``), so the numbers agree with Flax's to float rounding."""
   return batch_norm(
       x, BNParams(scale, bias), state,
       train=train,
@@ -42,6 +46,9 @@ def call_core(layer, x, scale, bias, state: BNState, *, train: bool, mask, axis_
       noise=noise,
       key=key,
       population=layer.population,
+      population_noise=population_noise,
+      stats_gradient=layer.stats_gradient,
+      strict_batch=strict_batch,
       dtype=dtypes.canonicalize_dtype(x, scale, bias, dtype=layer.dtype),
       return_stats=True,
   )

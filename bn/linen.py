@@ -16,13 +16,15 @@ Conventions (as in :mod:`bn.norm`):
   ``force_float32_reductions=False``, which here only sets the running
   statistics' stored dtype to ``param_dtype`` as in Flax).
 
+The known differences from ``flax.linen.BatchNorm`` are listed in
+:class:`BatchNorm`'s docstring.
+
 :func:`recalibrate` ("precise BN") re-estimates every layer's running
 statistics as the equal-weight average over K batches.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -33,7 +35,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax import lax
 
 from bn._adapter import call_core
-from bn.norm import BNState, Noise, Renorm, _canonical_axes
+from bn.norm import BNState, Noise, _canonical_axes
 
 Array = jax.Array
 
@@ -71,12 +73,37 @@ class BatchNorm(nn.Module):
     population: in training normalize with the running statistics but still
       update them (no batch-statistics noise).
     unbiased: store the unbiased (``n / (n - 1)``) running variance (PyTorch).
+    population_noise: with ``population=True``, perturb the normalization by the
+      sampling noise of the statistics of groups of this many examples (core
+      ``population_noise``); draws from the ``'noise'`` rng stream.
+    stats_gradient: ``False``: no gradient through the batch mean and variance.
+    strict_batch: ``False`` (default, Flax's behaviour): a feature with a single
+      value in the batch gets variance 0 (the output is ``bias``), e.g. under a
+      per-example ``jax.vmap``. ``True``: the core's error for fewer than 2
+      values per feature (a traced mask instead keeps and uses the running
+      statistics of such features).
+
+  Known differences from ``flax.linen.BatchNorm`` (everything else agrees to
+  float rounding, outputs, running statistics and gradients):
+
+  * a feature with *no* valid value under ``mask``: Flax returns NaN and pulls
+    NaN into its running statistics; here the running statistics of that feature
+    stay unchanged and it is normalized with them (finite output);
+  * masked positions holding NaN/inf: Flax's outputs there are NaN/inf and its
+    parameter gradients NaN; here such values pass through to the output
+    unchanged and reach no gradient (finite values at masked positions are
+    normalized exactly as in Flax);
+  * statistics are always computed in at least float32, also with
+    ``force_float32_reductions=False``;
+  * with ``axis_name`` the statistics are merged by count (exact for devices
+    holding different numbers of valid values); Flax averages per-device means;
+  * with ``momentum=None`` a ``batch_stats/count`` variable exists (Flax has no
+    such option).
 
   Initialization: as in Flax, running statistics are not updated and
   ``axis_name`` is not used while ``self.is_initializing()``; in addition ghost
-  batches and noise are off, and an input with a single value per feature is
-  normalized with the initial running statistics instead of raising, so any
-  dummy input initializes the layer.
+  batches and noise are off and ``strict_batch`` does not apply (a single value
+  per feature gives Flax's output), so any dummy input initializes the layer.
 
   Probes: in training (not at init) the batch statistics used -- the biased
   mean and variance, pooled over ghost batches and devices -- are sown as
@@ -104,6 +131,9 @@ class BatchNorm(nn.Module):
   noise: Noise | None = None
   population: bool = False
   unbiased: bool = False
+  population_noise: int | None = None
+  stats_gradient: bool = True
+  strict_batch: bool = False
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None, renorm=None):
@@ -135,22 +165,22 @@ class BatchNorm(nn.Module):
     state = BNState(ra_mean.value, ra_var.value, count)
     train = not use_running_average
     initializing = self.is_initializing()
-    ghost, noise, key = self.ghost_batch_size, self.noise, None
+    ghost, noise, pop_noise, key = self.ghost_batch_size, self.noise, self.population_noise, None
     if train and initializing:
-      ghost, noise = None, None
-      n_per_feature = math.prod(x.shape[a] for a in range(x.ndim) if a not in feature_axes)
-      train = n_per_feature > 1 or mask is not None
-    if train and noise is not None:
+      ghost, noise, pop_noise = None, None, None
+    if train and (noise is not None or pop_noise is not None):
       if not self.has_rng("noise"):
+        what = "noise" if noise is not None else "population_noise"
         raise ValueError(
-            "BatchNorm(noise=...) draws random noise in training: pass an rng stream named 'noise', "
+            f"BatchNorm({what}=...) draws random noise in training: pass an rng stream named 'noise', "
             "e.g. model.apply(variables, x, rngs={'noise': key}, mutable=['batch_stats'])."
         )
       key = self.make_rng("noise")
 
     y, new_state, stats = call_core(
         self, x, scale, bias, state, train=train, mask=mask, axis_name=None if initializing else self.axis_name,
-        ghost_batch_size=ghost, renorm=renorm, noise=noise, key=key,
+        ghost_batch_size=ghost, renorm=renorm, noise=noise, population_noise=pop_noise, key=key,
+        strict_batch=self.strict_batch and not initializing,
     )
     if train and not initializing:
       ra_mean.value, ra_var.value = new_state.mean, new_state.var

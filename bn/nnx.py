@@ -13,8 +13,10 @@ Conventions (as in :mod:`bn.norm`):
   cumulative equal-weight average; only then a ``count`` BatchStat exists.
 * The running variance is the biased batch variance (Flax), unless ``unbiased=True``.
 * Running statistics are float32 and statistics are computed in at least
-  float32; with ``dtype=bfloat16`` Flax normalizes with bf16 running statistics
-  at eval, this adapter with the float32 ones (then casts to ``dtype``).
+  float32.
+
+The known differences from ``flax.nnx.BatchNorm`` are listed in
+:class:`BatchNorm`'s docstring.
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from types import MappingProxyType
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes, initializers
 
 from bn._adapter import call_core
-from bn.norm import BNState, Noise, Renorm
+from bn.norm import BNState, Noise
 
 Array = jax.Array
 
@@ -77,6 +78,36 @@ class BatchNorm(nnx.Module):
     population: in training normalize with the running statistics but still
       update them (no batch-statistics noise).
     unbiased: store the unbiased (``n / (n - 1)``) running variance (PyTorch).
+    population_noise: with ``population=True``, perturb the normalization by the
+      sampling noise of the statistics of groups of this many examples (core
+      ``population_noise``); keys as for ``noise``.
+    stats_gradient: ``False``: no gradient through the batch mean and variance.
+    strict_batch: ``False`` (default, Flax's behaviour): a feature with a single
+      value in the batch gets variance 0 (the output is ``bias``), e.g. under a
+      per-example ``nnx.vmap``. ``True``: the core's error for fewer than 2
+      values per feature (a traced mask instead keeps and uses the running
+      statistics of such features).
+
+  Known differences from ``flax.nnx.BatchNorm`` (everything else agrees to
+  float rounding, outputs, running statistics and gradients):
+
+  * a feature with *no* valid value under ``mask``: Flax returns NaN and pulls
+    NaN into its running statistics; here the running statistics of that feature
+    stay unchanged and it is normalized with them (finite output);
+  * masked positions holding NaN/inf: Flax's outputs there are NaN/inf and its
+    parameter gradients NaN; here such values pass through to the output
+    unchanged and reach no gradient (finite values at masked positions are
+    normalized exactly as in Flax);
+  * statistics are always computed in at least float32 and the running
+    statistics stay float32: with ``dtype=bfloat16`` Flax normalizes with bf16
+    running statistics at eval, this adapter with the float32 ones (then casts
+    to ``dtype``);
+  * complex inputs: Flax casts the complex batch mean into its float32 running
+    mean (dropping the imaginary part, with a ComplexWarning); here the running
+    mean becomes complex, as in ``flax.linen.BatchNorm``;
+  * with ``axis_name`` the statistics are merged by count (exact for devices
+    holding different numbers of valid values); Flax averages per-device means;
+  * with ``momentum=None`` a ``count`` BatchStat exists (Flax has no such option).
 
   Probes: inside ``nnx.capture(fn, bn.nnx.BNStats)`` a training call sows the
   batch statistics it used (biased, pooled over ghosts and devices) as
@@ -110,6 +141,9 @@ class BatchNorm(nnx.Module):
       noise: Noise | None = None,
       population: bool = False,
       unbiased: bool = False,
+      population_noise: int | None = None,
+      stats_gradient: bool = True,
+      strict_batch: bool = False,
   ):
     feature_shape = (num_features,)
     self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
@@ -127,7 +161,7 @@ class BatchNorm(nnx.Module):
       self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata)
     else:
       self.bias = nnx.data(None)
-    if noise is not None and ("noise" in rngs or "default" in rngs):
+    if (noise is not None or population_noise is not None) and ("noise" in rngs or "default" in rngs):
       self.rngs = rngs["noise"].fork()
     else:
       self.rngs = nnx.data(None)
@@ -151,6 +185,9 @@ class BatchNorm(nnx.Module):
     self.noise = noise
     self.population = population
     self.unbiased = unbiased
+    self.population_noise = population_noise
+    self.stats_gradient = stats_gradient
+    self.strict_batch = strict_batch
 
   def __call__(
       self,
@@ -175,28 +212,32 @@ class BatchNorm(nnx.Module):
     Returns:
       The normalized input, same shape as ``x``.
     """
-    use_running_average = first_from(
-        use_running_average,
-        self.use_running_average,
-        error_msg=(
-            "No `use_running_average` argument was provided to BatchNorm: pass it to the constructor, "
-            "to __call__, or use model.train() / model.eval() / nnx.view(model, use_running_average=...)."
-        ),
-    )
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if use_running_average is None:
+      raise ValueError(
+          "No `use_running_average` argument was provided to BatchNorm: pass it to the constructor, "
+          "to __call__, or use model.train() / model.eval() / nnx.view(model, use_running_average=...)."
+      )
     scale = self.scale[...] if self.scale is not None else None
     bias = self.bias[...] if self.bias is not None else None
     x, _, _, scale, bias = self.promote_dtype((x, self.mean[...], self.var[...], scale, bias), dtype=self.dtype)
     count = self.count[...] if self.momentum is None else jnp.zeros((), jnp.int32)
     state = BNState(self.mean[...], self.var[...], count)
     train = not use_running_average
-    key = self._noise_key(rngs) if train and self.noise is not None else None
+    noisy = self.noise is not None or self.population_noise is not None
+    key = self._noise_key(rngs) if train and noisy else None
 
     y, new_state, stats = call_core(
         self, x, scale, bias, state, train=train, mask=mask, axis_name=self.axis_name,
-        ghost_batch_size=self.ghost_batch_size, renorm=renorm, noise=self.noise, key=key,
+        ghost_batch_size=self.ghost_batch_size, renorm=renorm, noise=self.noise,
+        population_noise=self.population_noise, key=key, strict_batch=self.strict_batch,
     )
     if train:
-      self.mean[...] = new_state.mean
+      if new_state.mean.dtype == self.mean.dtype:
+        self.mean[...] = new_state.mean
+      else:  # a complex batch mean makes the running mean complex (flax.linen keeps it too)
+        self.mean.set_value(new_state.mean)
       self.var[...] = new_state.var
       if self.momentum is None:
         self.count[...] = new_state.count
@@ -215,12 +256,17 @@ class BatchNorm(nnx.Module):
       return rngs
     if rngs is None:
       raise ValueError(
-          "BatchNorm(noise=...) draws random noise in training but has no rng stream: construct it with "
+          "BatchNorm(noise=... or population_noise=...) draws random noise in training but has no rng stream: construct it with "
           "rngs=nnx.Rngs(0) (or a 'noise' stream) or call layer(x, rngs=nnx.Rngs(noise=key))."
       )
     raise TypeError(f"rngs must be nnx.Rngs, nnx.RngStream or a key array, got {type(rngs).__name__}.")
 
   def set_view(self, use_running_average: bool | None = None):
-    """Used by ``nnx.view``: sets ``use_running_average`` when given."""
+    """Class method used by ``nnx.view``.
+
+    Args:
+      use_running_average: if True, the stored batch statistics will be
+        used instead of computing the batch statistics on the input.
+    """
     if use_running_average is not None:
       self.use_running_average = use_running_average

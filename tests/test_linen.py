@@ -131,8 +131,9 @@ def test_attributes_match_flax():
   ref = fields(nn.BatchNorm)
   assert fields(bl.BatchNorm)[: len(ref)] == ref
   extras = fields(bl.BatchNorm)[len(ref):]
-  assert [n for n, _ in extras] == ["ghost_batch_size", "r_max", "d_max", "noise", "population", "unbiased"]
-  assert all(d in (None, False) for _, d in extras)
+  # The extras come after Flax's attributes and default to plain BN (Flax's behaviour).
+  assert extras == [("ghost_batch_size", None), ("r_max", None), ("d_max", None), ("noise", None), ("population", False),
+                    ("unbiased", False), ("population_noise", None), ("stats_gradient", True), ("strict_batch", False)]
 
 
 def test_checkpoint_interop():

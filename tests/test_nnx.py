@@ -97,8 +97,11 @@ def test_constructor_matches_flax():
   ours = list(inspect.signature(bx.BatchNorm.__init__).parameters.values())
   assert [(p.name, p.kind, p.default) for p in ours[: len(ref)]] == [(p.name, p.kind, p.default) for p in ref]
   extras = ours[len(ref):]
-  assert [p.name for p in extras] == ["ghost_batch_size", "r_max", "d_max", "noise", "population", "unbiased"]
-  assert all(p.kind is p.KEYWORD_ONLY and p.default in (None, False) for p in extras)
+  # The extras are keyword-only, after Flax's arguments, and default to plain BN (Flax's behaviour).
+  assert [(p.name, p.default) for p in extras] == [
+      ("ghost_batch_size", None), ("r_max", None), ("d_max", None), ("noise", None), ("population", False),
+      ("unbiased", False), ("population_noise", None), ("stats_gradient", True), ("strict_batch", False)]
+  assert all(p.kind is p.KEYWORD_ONLY for p in extras)
 
 
 @pytest.mark.parametrize("kw", [{}, {"use_scale": False}, {"use_bias": False}, {"param_dtype": jnp.bfloat16}])
