@@ -1,32 +1,175 @@
-"""The ``bn`` command. Each sub-command lives in its own module and is imported lazily.
+"""The ``bn`` command: every sub-command, one exit-code convention.
 
-    bn train --config experiments/configs/NAME.py [--config.KEY=VALUE ...] --workdir DIR
-    bn reproduce [--quick|--full] --out DIR
+    bn train --config NAME|PATH[:ARG] [--config.KEY=VALUE ...] --workdir DIR
+    bn reproduce [--tiny|--quick|--full] --out DIR
     bn report DIR
     bn bench [--quick] --out DIR
     bn data list | info NAME | prepare NAME
+
+Exit codes: 0 success; 2 a usage or config problem (bad flag, key or value, missing
+dataset, a workdir of another run: :class:`bn.errors.UsageError`, ``ValueError``);
+1 a runtime failure (:class:`bn.errors.RunError`, ``OSError``). Errors print one line
+``bn COMMAND: error: ...`` naming the problem and the fix, without a traceback.
+Sub-commands import their modules lazily, so ``bn --help`` is instant.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import sys
 
+from bn.errors import RunError, UsageError
+
 COMMANDS = {
-    # name: (module, one-line help)
-    "train": ("bn.run", "train one experiment config into a workdir"),
-    "reproduce": ("bn.ledger", "run the claims ledger and write the report"),
-    "report": ("bn.report", "rebuild a report from the JSON files of a reproduce run"),
-    "bench": ("bn.bench", "performance suite -> DIR/bench.json, DIR/bench.md"),
-    "data": ("bn.data", "list, inspect and prepare datasets"),
+    "train": "train one experiment config into a workdir (resumes if interrupted)",
+    "reproduce": "run the claims ledger and write the report",
+    "report": "rebuild a report from the JSON files of a reproduce run",
+    "bench": "performance suite -> DIR/bench.json, DIR/bench.md",
+    "data": "list, inspect and prepare datasets",
 }
 
 
 def usage() -> str:
   lines = ["usage: bn COMMAND [ARGS...]", "", "commands:"]
-  lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-  lines += ["", "`bn COMMAND --help` shows a command's options."]
+  lines += [f"  {name:<10} {help_}" for name, help_ in COMMANDS.items()]
+  lines += ["", "`bn COMMAND --help` shows a command's options. Exit codes: 0 ok, 2 usage/config error, 1 runtime failure."]
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(argv: list[str]) -> int:
+  from bn import config as bn_config
+
+  rest, overrides = bn_config.split_overrides(argv)
+  names = bn_config.available()
+  p = argparse.ArgumentParser(
+      prog="bn train", description="Train one experiment config into a workdir (resumes if interrupted).",
+      epilog=(f"configs: {', '.join(names)}. " if names else "") + "Show a config's keys and values with --print-config; "
+             "override any of them with --config.KEY=VALUE (e.g. --config.optimizer.lr=0.1).")
+  p.add_argument("--config", required=True, help="a config name (e.g. ioffe_mlp) or file (experiments/configs/NAME.py), optionally :ARG")
+  p.add_argument("--workdir", help="output directory (config.json, metrics.jsonl, summary.json, checkpoints/)")
+  p.add_argument("--print-config", action="store_true", help="print the resolved config (after overrides) and exit")
+  p.add_argument("--no-progress", action="store_true", help="no progress output")
+  a = p.parse_args(rest)
+  c = bn_config.load(a.config, overrides)
+  if a.print_config:
+    print(c)
+    return 0
+  if not a.workdir:
+    raise UsageError("--workdir is required (the directory the run writes to).")
+  from bn import experiment, loop
+
+  summary = loop.train_workdir(experiment.from_config(c), a.workdir, progress=not a.no_progress)
+  for r in summary["runs"]:
+    status = f"diverged at step {r['diverged_step']}" if r["diverged"] else f"test acc {r['test_accuracy']:.4f}, train acc {r['train_accuracy']:.4f}"
+    print(f"run {r['run']} seed {r['seed']} lr {r['lr']:g}: {status}")
+  print(f"wall {summary['wall_time_s']:.1f}s (+{summary['compile_time_s']:.1f}s compile), {summary['steps_per_s']:.0f} steps/s; artifacts in {a.workdir}")
+  return 0
+
+
+# ----------------------------------------------------------------------------- reproduce, report
+
+
+def reproduce(argv: list[str]) -> int:
+  from bn import claims, ledger
+
+  p = argparse.ArgumentParser(prog="bn reproduce", description="Run the claims ledger and write DIR/report.md, DIR/claims.json and plots. Re-running resumes.")
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--quick", dest="mode", action="store_const", const="quick", help=f"the quick ledger (default; {ledger.EXPECTED['quick']})")
+  g.add_argument("--full", dest="mode", action="store_const", const="full", help=f"paper-scale ({ledger.EXPECTED['full']})")
+  g.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="synthetic data, a few steps (for tests)")
+  p.add_argument("--out", required=True, help="output directory (experiment workdirs, report.md, claims.json, plots)")
+  p.add_argument("--dataset", default=None, help="dataset for every experiment (default fashion_mnist; e.g. mnist once prepared via `bn data prepare mnist`)")
+  p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(claims.experiments())}")
+  p.add_argument("--no-progress", action="store_true")
+  a = p.parse_args(argv)
+  from pathlib import Path
+
+  mode, out = a.mode or "quick", Path(a.out)
+  if mode in ledger.EXPECTED and not a.no_progress:
+    print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
+  timings = ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress)
+  ledger.record_timings(out, mode, timings)
+  from bn import report as bn_report
+
+  print(f"report: {bn_report.build(out)}")
+  return 0
+
+
+def report(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="bn report", description="Rebuild DIR/report.md, DIR/claims.json and the plots from the JSON "
+                                                            "files of `bn reproduce --out DIR`; trains nothing.")
+  p.add_argument("dir", help="the --out directory of a `bn reproduce` run")
+  a = p.parse_args(argv)
+  from pathlib import Path
+
+  if not Path(a.dir).is_dir():
+    raise UsageError(f"{a.dir} is not a directory; give the --out directory of `bn reproduce`.")
+  from bn import report as bn_report
+
+  print(bn_report.build(a.dir))
+  return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def bench(argv: list[str]) -> int:
+  p = argparse.ArgumentParser(prog="bn bench", description="Performance suite: BN layer, training steps, roofline, vmapped seeds, end to end, GPU.")
+  g = p.add_mutually_exclusive_group()
+  g.add_argument("--quick", dest="mode", action="store_const", const="quick", help="smaller shapes and fewer repeats (a few minutes on a 2-core CPU)")
+  g.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help=argparse.SUPPRESS)  # tests: structure only
+  p.add_argument("--out", required=True, help="output directory for bench.json and bench.md")
+  a = p.parse_args(argv)
+  from pathlib import Path
+
+  from bn.bench import suite
+
+  res = suite.run_bench(suite.MODES[a.mode or "full"], a.out)
+  for t in res["targets"]:
+    shown = "-" if t["measured"] is None else f"{t['measured']:.3g}"
+    print(f"{t['status']:>8}  {t['id']:<24} {shown:>8} ({t['threshold']})")
+  print(f"bench: {Path(a.out) / 'bench.md'} ({res['meta']['runtime_s']:.0f}s)")
+  return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data(argv: list[str]) -> int:
+  from bn import data as bn_data
+
+  p = argparse.ArgumentParser(
+      prog="bn data", description="List, inspect and prepare datasets.",
+      epilog="Sources: idx (MNIST-format files; $BN_IDX_DIR, /usr/share/datasets/fashion-mnist), "
+             "tfds (array_record under $TFDS_DATA_DIR or ~/tensorflow_datasets), synthetic (generated).")
+  sub = p.add_subparsers(dest="command", required=True)
+  ls = sub.add_parser("list", help="which datasets are available, from which source and where")
+  ls.add_argument("--data-dir", help="also look here (IDX files or a TFDS data dir)")
+  info = sub.add_parser("info", help="split sizes, image shape, dtype, class balance of one dataset")
+  info.add_argument("name", help=f"one of {', '.join(bn_data.CATALOG)}, or synthetic")
+  info.add_argument("--source", default="auto", choices=bn_data.SOURCES, help="where to read it from (default: auto)")
+  info.add_argument("--data-dir", help="directory with IDX files, or a TFDS data dir")
+  info.add_argument("--val-size", type=int, default=0, help="examples to move from train to val")
+  info.add_argument("--seed", type=int, default=0, help="seed for the val split and synthetic data")
+  prep = sub.add_parser("prepare", help="download + convert with TFDS (needs TensorFlow and internet)")
+  prep.add_argument("name", help=f"a TFDS name, e.g. {', '.join(bn_data.CATALOG)}")
+  prep.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  a = p.parse_args(argv)
+  if a.command == "list":
+    print(bn_data.describe_all(a.data_dir))
+  elif a.command == "info":
+    print(bn_data.describe(bn_data.load(a.name, source=a.source, data_dir=a.data_dir, val_size=a.val_size, seed=a.seed)))
+  else:
+    where = bn_data.prepare(a.name, a.data_dir)
+    print(f"prepared {a.name} under {where}; read it with `bn data info {a.name} --source tfds"
+          + (f" --data-dir {a.data_dir}`" if a.data_dir else "`"))
+  return 0
+
+
+HANDLERS = {"train": train, "reproduce": reproduce, "report": report, "bench": bench, "data": data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     print(usage())
     return 0
   name, rest = argv[0], argv[1:]
-  if name not in COMMANDS:
+  if name not in HANDLERS:
     print(f"bn: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
     return 2
-  module = importlib.import_module(COMMANDS[name][0])
-  return int(module.main(rest) or 0)
+  try:
+    return int(HANDLERS[name](rest) or 0)
+  except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+    return int(e.code or 0) if not isinstance(e.code, str) else 2
+  except (UsageError, ValueError) as e:
+    print(f"bn {name}: error: {e}", file=sys.stderr)
+    return 2
+  except (RunError, OSError) as e:
+    print(f"bn {name}: error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print(f"bn {name}: interrupted; re-run the same command to resume.", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -18,16 +18,37 @@ from typing import Any
 
 import ml_collections
 
+from bn.errors import UsageError
 
-class ConfigError(ValueError):
+# The experiment configs of a checkout (``bn`` installed editable from it, or run from it).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+class ConfigError(UsageError):
   """A config file or override that cannot be used; the message says how to fix it."""
+
+
+def available() -> list[str]:
+  """Names of the experiment configs in :data:`CONFIG_DIR` (empty outside a checkout)."""
+  return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_")) if CONFIG_DIR.is_dir() else []
+
+
+def resolve_path(path: str) -> Path:
+  """A config file path; a bare name such as ``ioffe_mlp`` means ``experiments/configs/ioffe_mlp.py``
+  of this checkout."""
+  p = Path(path)
+  if p.is_file():
+    return p
+  if not p.suffix and p.parent == Path(".") and (CONFIG_DIR / f"{path}.py").is_file():
+    return CONFIG_DIR / f"{path}.py"
+  names = available()
+  known = f" Available: {', '.join(names)} (in {CONFIG_DIR})." if names else ""
+  raise ConfigError(f"config file {path!r} does not exist; pass a path such as experiments/configs/ioffe_mlp.py or a config name.{known}")
 
 
 def load_file(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
-  p = Path(path)
-  if not p.is_file():
-    raise ConfigError(f"config file {path!r} does not exist; configs live in experiments/configs/ (e.g. experiments/configs/ioffe_mlp.py).")
+  p = resolve_path(path)
   module_spec = importlib.util.spec_from_file_location(f"bn_config_{p.stem}", p)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -164,11 +185,11 @@ def base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=60, eval_every=100, checkpoint_every=1000, sampling="epoch", augment=False,
       target_accuracy=0.8, eval_chunk=1000,
-      loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.train.resolve_layout
+      loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.experiment.choose_layout
       runs="auto",  # "vmap" | "unroll" (one copy of the step per run) | "auto": unroll for conv models on CPU
   ))
   c.probes = ml_collections.ConfigDict(dict(every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0), layers=()))
-  c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see bn/parallel.py and docs/scale-out.md
+  c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see docs/scale-out.md
       devices="1",  # "1" (no mesh), "all", or a count N: the global batch is split over a 'data' mesh axis
       bn_stats="sync",  # "sync": global batch statistics; "local": per-device statistics (ghost BN, ghost = shard)
       coordinator="", num_processes=0, process_id=-1,  # many hosts; empty: env BN_*/JAX_* (COORDINATOR[_ADDRESS], NUM_PROCESSES, PROCESS_ID)

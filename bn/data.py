@@ -21,14 +21,14 @@ Sources (``source="auto"`` tries them in this order):
   selects it; a catalog name with ``source="synthetic"`` gives a stand-in of
   that dataset's shape and class count.
 
-Everything here is host-side; the device-side pipeline (standardization,
-sampler, augmentation) is :mod:`bn.pipeline`. ``bn data list | info | prepare``
-is :func:`main`.
+Everything here is host-side NumPy (including :func:`channel_stats`, the
+standardization constants); the device-side pipeline (standardization, sampler,
+augmentation) is :mod:`bn.pipeline`, which builds on this module. The ``bn data``
+command (:mod:`bn.cli`) prints :func:`describe_all` and :func:`describe`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import gzip
@@ -37,12 +37,13 @@ import math
 import os
 import socket
 import struct
-import sys
 import tempfile
 import zlib
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from bn.errors import RunError, UsageError
 
 SOURCES = ("auto", "idx", "tfds", "synthetic")
 
@@ -60,7 +61,7 @@ IDX_PREFIX = {"train": "train", "test": "t10k"}  # split -> file-name prefix
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataError(RuntimeError):
+class DataError(UsageError):
   """A dataset is missing, truncated or corrupt; the message says which file and how to get it."""
 
 
@@ -388,6 +389,25 @@ def load(name: str = "fashion_mnist", *, source: str = "auto", data_dir: str | N
   return split_val(ds, val_size, seed)
 
 
+class ChannelStats(NamedTuple):
+  """Per-channel mean and (biased, population) std of the train pixels scaled to [0, 1]; float32 (C,)."""
+
+  mean: np.ndarray
+  std: np.ndarray
+
+
+def channel_stats(x: np.ndarray) -> ChannelStats:
+  """Exact per-channel statistics of uint8 images (N, H, W, C), from a 256-bin histogram per channel."""
+  levels = np.arange(256, dtype=np.float64) / 255
+  mean, std = [], []
+  for c in range(x.shape[-1]):
+    p = np.bincount(np.ravel(x[..., c]), minlength=256) / (x.size // x.shape[-1])
+    m = p @ levels
+    mean.append(m)
+    std.append(np.sqrt(p @ (levels - m) ** 2))
+  return ChannelStats(np.asarray(mean, np.float32), np.asarray(std, np.float32))
+
+
 def class_counts(split: Split, num_classes: int) -> np.ndarray:
   """Examples per class, int64 (num_classes,)."""
   return np.bincount(split.y, minlength=num_classes)
@@ -412,7 +432,7 @@ def _is_network_error(e: BaseException) -> bool:
 def prepare(name: str, data_dir: str | None = None) -> str:
   """Downloads and converts ``name`` to array_record with TFDS; returns the data directory.
 
-  Raises :class:`DataError` when TensorFlow is missing or the download fails."""
+  Raises :class:`DataError` when TensorFlow is missing, :class:`~bn.errors.RunError` when the download fails."""
   no_tf = (f"cannot prepare {name}: TensorFlow is not installed, and TFDS needs it to download and convert "
            f"{name}. Install it with `pip install tensorflow` (the download also needs internet), then re-run.")
   if name == "fashion_mnist":
@@ -428,85 +448,43 @@ def prepare(name: str, data_dir: str | None = None) -> str:
     raise DataError(f"{no_tf} ({e})") from None
   except Exception as e:  # report, don't dump a traceback
     if _is_network_error(e):
-      raise DataError(f"cannot prepare {name}: no network: the download failed ({type(e).__name__}: {e}). "
-                      "Preparing needs internet access; run it on a connected machine and copy "
-                      f"{os.path.join(where, name)} here.") from None
-    raise DataError(f"cannot prepare {name}: {type(e).__name__}: {e}") from None
+      raise RunError(f"cannot prepare {name}: no network: the download failed ({type(e).__name__}: {e}). "
+                     "Preparing needs internet access; run it on a connected machine and copy "
+                     f"{os.path.join(where, name)} here.") from None
+    raise RunError(f"cannot prepare {name}: {type(e).__name__}: {e}") from None
   return where
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="bn data", description="List, inspect and prepare datasets.",
-      epilog="Sources: idx (MNIST-format files; $BN_IDX_DIR, /usr/share/datasets/fashion-mnist), "
-             "tfds (array_record under $TFDS_DATA_DIR or ~/tensorflow_datasets), synthetic (generated).")
-  sub = p.add_subparsers(dest="command", required=True)
-  ls = sub.add_parser("list", help="which datasets are available, from which source and where")
-  ls.add_argument("--data-dir", help="also look here (IDX files or a TFDS data dir)")
-  info = sub.add_parser("info", help="split sizes, image shape, dtype, class balance of one dataset")
-  info.add_argument("name", help=f"one of {', '.join(CATALOG)}, or synthetic")
-  info.add_argument("--source", default="auto", choices=SOURCES, help="where to read it from (default: auto)")
-  info.add_argument("--data-dir", help="directory with IDX files, or a TFDS data dir")
-  info.add_argument("--val-size", type=int, default=0, help="examples to move from train to val")
-  info.add_argument("--seed", type=int, default=0, help="seed for the val split and synthetic data")
-  prep = sub.add_parser("prepare", help="download + convert with TFDS (needs TensorFlow and internet)")
-  prep.add_argument("name", help=f"a TFDS name, e.g. {', '.join(CATALOG)}")
-  prep.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-  return p
-
-
-def _cmd_list(data_dir: str | None) -> int:
-  print(f"{'dataset':<14} {'shape':<9} {'classes':>7}  source")
+def describe_all(data_dir: str | None = None) -> str:
+  """``bn data list``: every catalog dataset, where it was found (or how to get it)."""
+  lines = [f"{'dataset':<14} {'shape':<9} {'classes':>7}  source"]
   for name, (shape, classes) in CATALOG.items():
     found = [("idx", find_idx(name, data_dir)), ("tfds", find_tfds(name, data_dir))]
     found = [(s, d) for s, d in found if d]
     head = f"{name:<14} {'x'.join(map(str, shape)):<9} {classes:>7}  "
     for i, (s, d) in enumerate(found):
-      print((head if i == 0 else " " * len(head)) + f"{s:<5} {d}")
+      lines.append((head if i == 0 else " " * len(head)) + f"{s:<5} {d}")
     if not found:
-      print(head + "missing")
-      print(" " * len(head) + how_to_get(name))
-  print(f"{'synthetic':<14} {'any':<9} {'any':>7}  generated: `bn data info NAME --source synthetic`")
-  return 0
+      lines.append(head + "missing")
+      lines.append(" " * len(head) + how_to_get(name))
+  lines.append(f"{'synthetic':<14} {'any':<9} {'any':>7}  generated: `bn data info NAME --source synthetic`")
+  return "\n".join(lines)
 
 
-def _cmd_info(args) -> int:
-  from bn.pipeline import channel_stats  # imports JAX; only `info` needs it
-
-  ds = load(args.name, source=args.source, data_dir=args.data_dir, val_size=args.val_size, seed=args.seed)
+def describe(ds: Dataset) -> str:
+  """``bn data info``: source, shapes, pixel statistics and class balance of a loaded dataset."""
   x = ds.train.x
-  print(f"{ds.name}: source {ds.source}, {ds.location}")
-  print(f"image shape {'x'.join(map(str, ds.shape))} ({x.dtype}), labels {ds.train.y.dtype}, "
-        f"{ds.num_classes} classes")
   stats = channel_stats(x)
-  print("train pixels in [0, 1], per channel: mean " + " ".join(f"{m:.4f}" for m in stats.mean)
-        + ", std " + " ".join(f"{s:.4f}" for s in stats.std))
-  print(f"{'split':<6} {'examples':>8}  class counts")
+  lines = [f"{ds.name}: source {ds.source}, {ds.location}",
+           f"image shape {'x'.join(map(str, ds.shape))} ({x.dtype}), labels {ds.train.y.dtype}, {ds.num_classes} classes",
+           "train pixels in [0, 1], per channel: mean " + " ".join(f"{m:.4f}" for m in stats.mean)
+           + ", std " + " ".join(f"{s:.4f}" for s in stats.std),
+           f"{'split':<6} {'examples':>8}  class counts"]
   for split_name, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
     if split is None:
       continue
     counts = class_counts(split, ds.num_classes)
     shown = (" ".join(map(str, counts)) if len(counts) <= 20
              else f"min {counts.min()}, max {counts.max()} over {len(counts)} classes")
-    print(f"{split_name:<6} {len(split.y):>8}  {shown}")
-  return 0
-
-
-def main(argv: list[str]) -> int:
-  """``bn data list | info NAME | prepare NAME``; returns the exit code (errors go to stderr, no traceback)."""
-  try:
-    args = _parser().parse_args(argv)
-  except SystemExit as e:  # --help or a usage error
-    return int(e.code or 0)
-  try:
-    if args.command == "list":
-      return _cmd_list(args.data_dir)
-    if args.command == "info":
-      return _cmd_info(args)
-    where = prepare(args.name, args.data_dir)
-    print(f"prepared {args.name} under {where}; read it with `bn data info {args.name} --source tfds"
-          + (f" --data-dir {args.data_dir}`" if args.data_dir else "`"))
-    return 0
-  except (DataError, ValueError) as e:
-    print(f"bn data: {e}", file=sys.stderr)
-    return 1
+    lines.append(f"{split_name:<6} {len(split.y):>8}  {shown}")
+  return "\n".join(lines)

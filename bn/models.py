@@ -11,13 +11,15 @@ Every model:
 
 The normalizer is described by a hashable :class:`NormSpec`; its ``kind`` is one
 of :data:`NORM_KINDS`, and ``position`` puts it before (``"pre"``, Ioffe's
-choice) or after (``"post"``) the nonlinearity.
+choice) or after (``"post"``) the nonlinearity. A model class says whether it
+convolves (:func:`is_convolutional`), which is what the engine's layout choice
+for XLA:CPU is keyed on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,12 +46,10 @@ class NormSpec:
   position: str = "pre"  # "pre": dense -> norm -> act (Ioffe); "post": dense -> act -> norm
   momentum: float | None = 0.99
   epsilon: float = 1e-5
+  variance: str = "two_pass"  # the core's estimator (bn.batch_norm's variance=)
   ghost_batch_size: int | None = None  # kind="ghost" (required); also honoured by batch/renorm/noisy/population
   num_groups: int = 8  # kind="group" (clipped to the channel count)
-  r_max: float = 3.0  # kind="renorm" (defaults; a schedule overrides per step)
-  d_max: float = 5.0
   noise: bn.Noise = bn.Noise()  # kind="noisy"
-  use_fast_variance: bool = False
   axis_name: str | None = None  # data-parallel mesh axis (set by bn.parallel); None on one device
   per_device: bool = False  # with axis_name: each device normalizes with its own shard (ghost BN, ghost = shard)
 
@@ -60,6 +60,8 @@ class NormSpec:
       raise ValueError(f"norm position {self.position!r} must be 'pre' or 'post'.")
     if self.kind == "ghost" and not self.ghost_batch_size:
       raise ValueError("norm kind 'ghost' needs ghost_batch_size (e.g. --config.norm.ghost_batch_size=16).")
+    if self.variance not in bn.norm.VARIANCES:
+      raise ValueError(f"norm variance {self.variance!r} is not one of {bn.norm.VARIANCES}.")
 
 
 def activation(name: str) -> Callable:
@@ -94,7 +96,11 @@ def _divisor_at_most(c: int, g: int) -> int:
 
 
 class Norm(nn.Module):
-  """The normalizer chosen by ``spec``; identity for ``kind="none"``."""
+  """The normalizer chosen by ``spec``; identity for ``kind="none"``.
+
+  ``renorm``: the ``(r_max, d_max)`` clip values for ``kind="renorm"`` in training (the
+  engine passes its warm-up schedule's values every step); without them a renorm layer
+  clips at ``r_max=1, d_max=0``, i.e. trains as plain batch norm."""
 
   spec: NormSpec
 
@@ -111,11 +117,11 @@ class Norm(nn.Module):
     layer = bn_linen.BatchNorm(
         momentum=s.momentum,
         epsilon=s.epsilon,
-        use_fast_variance=s.use_fast_variance,
+        use_fast_variance=s.variance == "fast",  # Flax's name for the core's variance="fast"
         axis_name=s.axis_name,
         ghost_batch_size=ghost,  # any batch-statistics kind may use ghost batches (e.g. renorm)
-        r_max=s.r_max if s.kind == "renorm" else None,
-        d_max=s.d_max if s.kind == "renorm" else None,
+        r_max=1.0 if s.kind == "renorm" else None,  # clips come from the call (a schedule)
+        d_max=0.0 if s.kind == "renorm" else None,
         noise=s.noise if s.kind == "noisy" else None,
         population=s.kind == "population",
         name="bn",
@@ -155,6 +161,7 @@ class MLP(nn.Module):
   """Fully connected net; the default is Ioffe & Szegedy's Fig. 1 setup
   (3 x 100 sigmoid units, BN before the sigmoid, small Gaussian init)."""
 
+  convolutional: ClassVar[bool] = False
   widths: Sequence[int] = (100, 100, 100)
   num_classes: int = 10
   act: str = "sigmoid"
@@ -175,8 +182,8 @@ def max_pool_2x2(x):
 
   Same values and gradients as ``nn.max_pool(x, (2, 2), (2, 2))`` (the gradient goes to
   the first maximum of each window), written as argmax + gather over the four window
-  elements: XLA:CPU runs max-pool's select-and-scatter gradient slowly (small CNN step,
-  batch 64, 2 cores: 27 ms with nn.max_pool, ~20 ms with this). Not ``x.max(axis=...)``:
+  elements: XLA:CPU runs max-pool's select-and-scatter gradient slowly (about a quarter
+  of a small CNN's step; docs/benchmarks.md). Not ``x.max(axis=...)``:
   its gradient compares x with the max and divides by the number of matches, and where
   XLA computes the two copies of x with different rounding (seen at
   ``xla_backend_optimization_level=0`` after BN) nothing matches and the gradient is NaN."""
@@ -190,6 +197,7 @@ def max_pool_2x2(x):
 class CNN(nn.Module):
   """Small CNN: conv blocks with 2x2 max-pooling after each stage, global average pool, linear head."""
 
+  convolutional: ClassVar[bool] = True
   widths: Sequence[int] = (32, 64, 128)
   num_classes: int = 10
   act: str = "relu"
@@ -209,6 +217,7 @@ class VGG(nn.Module):
   """VGG-style net for 32x32 inputs: stages of conv blocks, max-pool between stages
   (Santurkar et al. trained a VGG on CIFAR-10). ``stages`` lists widths per stage."""
 
+  convolutional: ClassVar[bool] = True
   stages: Sequence[Sequence[int]] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
   num_classes: int = 10
   act: str = "relu"
@@ -251,6 +260,7 @@ class ResidualBlock(nn.Module):
 class ResNet20(nn.Module):
   """ResNet-20 for CIFAR (He et al. 2016): 3 stages x 3 blocks, widths 16/32/64."""
 
+  convolutional: ClassVar[bool] = True
   num_classes: int = 10
   widths: Sequence[int] = (16, 32, 64)
   blocks_per_stage: int = 3
@@ -283,6 +293,11 @@ def create(name: str, *, norm: NormSpec, num_classes: int, **kwargs) -> nn.Modul
     raise ValueError(f"model {name!r} has no option(s) {sorted(unknown)}; it takes {sorted(fields - {'norm', 'num_classes'})}.")
   kwargs = {k: tuple(map(tuple, v)) if k == "stages" else (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
   return cls(norm=norm, num_classes=num_classes, **kwargs)
+
+
+def is_convolutional(model) -> bool:
+  """Whether ``model`` runs convolutions (its class says so), e.g. to choose a program layout."""
+  return bool(getattr(type(model), "convolutional", False))
 
 
 def layer_names(params) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 The datasets here fit in device memory, so they are put there once and batches
 are drawn inside the compiled program -- no host round-trips::
 
-    stats = pipeline.channel_stats(ds.train.x)            # host, once
+    stats = data.channel_stats(ds.train.x)                # host, once
     train = pipeline.to_device(ds.train, stats)           # x float32 standardized, y int32
     state = pipeline.sampler_init(key, len(ds.train.y))   # shuffled epochs
     def step(carry, _):
@@ -14,8 +14,8 @@ are drawn inside the compiled program -- no host round-trips::
 Keeping ``x`` as uint8 on device (``to_device(split)``, 4x less memory) and
 calling :func:`standardize` per batch, after :func:`augment`, works the same way.
 
-Every function but :func:`channel_stats` and :func:`eval_batches` (host NumPy)
-is pure and works under ``jit``, ``vmap`` and ``scan``.
+Every function but :func:`eval_batches` (host NumPy) is pure and works under
+``jit``, ``vmap`` and ``scan``.
 """
 
 from __future__ import annotations
@@ -27,32 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bn.data import Split
+from bn.data import ChannelStats, Split
 
 Array = jax.Array
 MODES = ("epoch", "replacement")
 
 
 # ----------------------------------------------------------------------------- standardization
-
-
-class ChannelStats(NamedTuple):
-  """Per-channel mean and (biased, population) std of the train pixels scaled to [0, 1]; float32 (C,)."""
-
-  mean: Array | np.ndarray
-  std: Array | np.ndarray
-
-
-def channel_stats(x: np.ndarray) -> ChannelStats:
-  """Exact per-channel statistics of uint8 images (N, H, W, C), from a 256-bin histogram per channel."""
-  levels = np.arange(256, dtype=np.float64) / 255
-  mean, std = [], []
-  for c in range(x.shape[-1]):
-    p = np.bincount(np.ravel(x[..., c]), minlength=256) / (x.size // x.shape[-1])
-    m = p @ levels
-    mean.append(m)
-    std.append(np.sqrt(p @ (levels - m) ** 2))
-  return ChannelStats(np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
 
 def standardize(x: Array, stats: ChannelStats) -> Array:
@@ -106,7 +87,7 @@ def _permutation(key: Array, epoch: Array, n: int) -> Array:
 
   ``jax.random.permutation`` sorts twice for n > ~2^11 to break key ties; ties
   here (about n^2 / 2^33 pairs, 0.4 for n = 60000) keep index order, and one sort
-  is 2.5x cheaper on CPU (about 25 ms for n = 60000 on the 2-core dev machine)."""
+  costs half as much (measurements: docs/benchmarks.md)."""
   bits = jax.random.bits(jax.random.fold_in(key, epoch), (n,), jnp.uint32)
   return lax.sort_key_val(bits, jnp.arange(n, dtype=jnp.int32))[1]
 
@@ -154,11 +135,11 @@ def sampler_next(state: SamplerState, batch_size: int) -> tuple[Array, SamplerSt
   then depends on no key and stays unbatched through ``scan``), or vmap with
   ``in_axes=SamplerState(0, 0, None, None, None)``. A batched ``pos`` (e.g. a
   state built by ``vmap(sampler_init)`` and passed in with ``in_axes=0``) turns
-  the cond into a select that re-sorts all n indices on every step -- about
-  1000x slower for n = 60000 on CPU.
+  the cond into a select that re-sorts all n indices on every step, three orders
+  of magnitude slower for n = 60000 on CPU.
 
-  Cost on the 2-core dev CPU, n = 60000: about 13 us per step (the cond passes
-  the n-element permutation through) plus one 17-25 ms sort per epoch.
+  Cost: the cond passes the n-element permutation through every step, plus one
+  sort of n keys per epoch (measured in docs/benchmarks.md).
 
   Replacement mode: i.i.d. uniform draws from ``range(n)``; any batching is fine."""
   if state.perm.shape[0]:

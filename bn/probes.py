@@ -307,7 +307,7 @@ def landscape(loss_fn: Callable, params, lr, scales: Sequence[float] = SCALES, *
 
   (Santurkar et al. plot the range of the loss, the l2 change of the gradient,
   and the "effective beta-smoothness": the largest gradient change over the
-  distance moved. The grid [0.5, 4] x lr follows EXPERIMENTS.md; L(w) itself is
+  distance moved. The default grid spans [0.5, 4] x lr; L(w) itself is
   not in the range.) For a quadratic ``1/2 w^T A w`` the gradient change is
   ``eta A g`` exactly, so ``beta_smoothness = ||A g|| / ||g||`` for every grid.
   """
@@ -351,7 +351,7 @@ def _coupling_points(K: int) -> np.ndarray:
 
 def coupling(loss_fn: Callable, params: dict, updates: dict, layers: Layers, *, eps: float = 1e-12,
              batch_size: int | None = None) -> Coupling:
-  """Interaction of two layers' updates in the loss (this project's definition, EXPERIMENTS.md C2).
+  """Interaction of two layers' updates in the loss (this project's definition for claim C2).
 
   With the update ``Delta`` split by layer (``Delta_j`` = ``updates`` on layer j
   only) and ``L_j = L(w + Delta_j)``, ``L_0 = L(w)``::

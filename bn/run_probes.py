@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bn import artifacts, models, probes, train
+from bn import artifacts, models, probes, programs, train
 
 
 def _tree_get(tree, path):
@@ -49,7 +49,7 @@ def probe_one(task: train.Task, scales, state: train.TrainState, x, y, prev_unit
   """All probes for one run on the probe batch ``(x, y)``; pure, vmap over runs."""
   params, batch_stats = state.params, state.batch_stats
   key = jax.random.fold_in(state.key, 2**31 - 1)  # a fixed noise key for every probe evaluation
-  renorm = train.model_renorm(task, state.step)
+  renorm = train.renorm_clips(task, state.step)
   variables = {"params": params, "batch_stats": batch_stats}
   logits, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"], rngs={"noise": key})
   acts = models.preacts(mut["intermediates"])
@@ -68,15 +68,10 @@ def probe_one(task: train.Task, scales, state: train.TrainState, x, y, prev_unit
     return train.loss_and_updates(task, p, batch_stats, x, y, key, state.step)[0]
 
   lr = state.hparams.lr * task.schedule(state.step)
-  wd = state.hparams.weight_decay
+  rule = train.update_rule(task, state.hparams)
 
-  def update_fn(g):
-    if not task.decoupled_wd:
-      g = jax.tree.map(lambda a, p: a + wd * p, g, params)
-    d, _ = task.tx.update(g, state.opt_state, params)
-    if task.decoupled_wd:
-      d = jax.tree.map(lambda a, p: a + wd * p, d, params)
-    return jax.tree.map(lambda t: -lr * t, d)
+  def update_fn(g):  # the update the optimizer would take from this state: the same chain that trains
+    return rule.update(g, state.opt_state, params)[0]
 
   layers = models.layer_names(params)
   grads = jax.grad(loss_fn)(params)
@@ -92,21 +87,22 @@ def probe_one(task: train.Task, scales, state: train.TrainState, x, y, prev_unit
 class Prober:
   """Owns the compiled probe program, the probe batch and ``probes.jsonl``."""
 
-  def __init__(self, c, trainer, workdir, steps_done: int):
+  def __init__(self, spec, trainer, workdir, steps_done: int, seed: int):
+    """``spec``: a :class:`bn.experiment.ProbeSpec`; the probe batch is drawn with ``seed + 1``."""
     self.path = workdir / "probes.jsonl"
     self.rows = [r for r in artifacts.read_jsonl(self.path) if r["step"] <= steps_done]
-    rng = np.random.default_rng(c.data.split_seed + 1)
+    rng = np.random.default_rng(seed + 1)
     n = len(trainer.train_y)
-    idx = np.sort(rng.choice(n, size=min(c.probes.batch_size, n), replace=False))
+    idx = np.sort(rng.choice(n, size=min(spec.batch_size, n), replace=False))
     self.x = trainer.train_x[idx]
     self.y = trainer.train_y[idx]
     self.runs = trainer.runs
     self.task = trainer.task
     self.layers = None
-    scales = tuple(float(s) for s in c.probes.landscape_scales)
+    scales = spec.landscape_scales
     # One compiled program; at the first point the shift is computed against placeholder
     # statistics and dropped.
-    self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, scales), in_axes=(train.STATE_AXES, None, None, 0)))
+    self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, scales), in_axes=(programs.STATE_AXES, None, None, 0)))
     self.prev = None  # per-run unit stats of the previous probe point (recomputed after a resume)
     self.compiled = None
     self.time = 0.0  # seconds spent probing (running the program, writing probes.jsonl), compile excluded
@@ -157,12 +153,12 @@ def _ones_like_units(prober, state):
     acts = models.preacts(prober_model_apply(prober.task, st, x))
     return probes.activation_stats(acts).units
 
-  return jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), jax.eval_shape(jax.vmap(units, in_axes=(train.STATE_AXES, None, None)), state, prober.x, prober.y))
+  return jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), jax.eval_shape(jax.vmap(units, in_axes=(programs.STATE_AXES, None, None)), state, prober.x, prober.y))
 
 
 def prober_model_apply(task, state, x):
   _, mut = task.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
-                            renorm=train.model_renorm(task, state.step), mutable=["batch_stats", "intermediates"],
+                            renorm=train.renorm_clips(task, state.step), mutable=["batch_stats", "intermediates"],
                             rngs={"noise": jax.random.fold_in(state.key, 2**31 - 1)})
   return mut["intermediates"]
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from bn import bench, bench_cases
+from bn import cli
+from bn.bench import cases as bench_cases, core as bench
 
 TARGETS = {
     "bn_layer_vs_flax", "bn_overhead_ioffe", "ioffe_vs_matmul_only", "vmapped_seeds", "compile_time",
@@ -16,7 +17,7 @@ TARGETS = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench")
-  assert bench.main(["--tiny", "--out", str(out)]) == 0
+  assert cli.main(["bench", "--tiny", "--out", str(out)]) == 0
   return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 

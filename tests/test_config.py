@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bn import config, run
+from bn import config, experiment
 
 CONFIGS = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.py"))
 
@@ -163,7 +163,8 @@ def test_experiment_config_builds(path):
   missing = set(config.all_keys(config.base())) - set(config.all_keys(c)) - {"model.widths", "model.act", "model.init_std"}
   assert not missing, f"{path.name} lacks {sorted(missing)}"
   assert path.read_text().lstrip().startswith('"""'), f"{path.name} has no docstring with its command"
-  task = run.make_task(c, 10)
-  runs = run.run_table(c)
+  exp = experiment.from_config(c)
+  task = exp.make_task(10)
+  runs = exp.run_table
   assert runs and [r["run"] for r in runs] == list(range(len(runs)))
   assert task.batch_size == c.train.batch_size

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bn import data, pipeline
+from bn import cli, data, pipeline
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 HAVE_FMNIST = all(
@@ -140,7 +140,7 @@ def test_real_fashion_mnist():
   assert ds.train.x.dtype == np.uint8 and ds.num_classes == 10
   np.testing.assert_array_equal(data.class_counts(ds.train, 10), np.full(10, 6000))
   np.testing.assert_array_equal(data.class_counts(ds.test, 10), np.full(10, 1000))
-  stats = pipeline.channel_stats(ds.train.x)
+  stats = data.channel_stats(ds.train.x)
   rows = ds.train.x.reshape(60, -1).astype(np.float64) / 255  # float64 sums in 60 chunks
   s1, s2 = sum(r.sum() for r in rows), sum(r @ r for r in rows)
   mean = s1 / ds.train.x.size
@@ -239,7 +239,7 @@ def test_val_split_disjoint_and_deterministic():
 def test_channel_stats_and_standardize():
   x = np.random.default_rng(0).integers(0, 256, (50, 4, 3, 3), dtype=np.uint8)
   x[..., 1] //= 4
-  stats = pipeline.channel_stats(x)
+  stats = data.channel_stats(x)
   ref = x.astype(np.float64) / 255
   np.testing.assert_allclose(stats.mean, ref.mean((0, 1, 2)), rtol=1e-6)
   np.testing.assert_allclose(stats.std, ref.std((0, 1, 2)), rtol=1e-6)
@@ -354,7 +354,7 @@ def test_augment_shapes_dtypes_determinism():
 def test_cli_list(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
   write_idx_set(tmp_path / "fashion_mnist", gz=True)
-  assert data.main(["list", "--data-dir", str(tmp_path)]) == 0
+  assert cli.main(["data", "list", "--data-dir", str(tmp_path)]) == 0
   lines = capsys.readouterr().out.splitlines()
   fashion = next(l for l in lines if l.startswith("fashion_mnist"))
   assert "idx" in fashion and str(tmp_path / "fashion_mnist") in fashion
@@ -365,7 +365,7 @@ def test_cli_list(tmp_path, capsys, monkeypatch):
 
 def test_cli_info_generated(tmp_path, capsys):
   write_idx_set(tmp_path, gz=True)
-  assert data.main(["info", "mnist", "--data-dir", str(tmp_path), "--val-size", "10"]) == 0
+  assert cli.main(["data", "info", "mnist", "--data-dir", str(tmp_path), "--val-size", "10"]) == 0
   out = capsys.readouterr().out
   assert "source idx" in out and "5x4x1" in out and "uint8" in out
   assert "train        40" in out and "val          10" in out and "test         20" in out
@@ -373,7 +373,7 @@ def test_cli_info_generated(tmp_path, capsys):
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
 def test_cli_info_fashion_mnist(capsys):
-  assert data.main(["info", "fashion_mnist"]) == 0
+  assert cli.main(["data", "info", "fashion_mnist"]) == 0
   out = capsys.readouterr().out
   assert "28x28x1" in out and "uint8" in out and "10 classes" in out
   assert "train     60000  " + " ".join(["6000"] * 10) in out
@@ -382,19 +382,19 @@ def test_cli_info_fashion_mnist(capsys):
 
 def test_cli_prepare_without_tensorflow(capsys, monkeypatch):
   monkeypatch.setattr(data, "_has_tensorflow", lambda: False)
-  assert data.main(["prepare", "mnist"]) != 0
+  assert cli.main(["data", "prepare", "mnist"]) != 0
   err = capsys.readouterr().err
   assert "TensorFlow is not installed" in err and "pip install tensorflow" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(data._has_tensorflow(), reason="TensorFlow is installed here")
 def test_cli_prepare_real_environment(capsys):
-  assert data.main(["prepare", "mnist"]) == 1
+  assert cli.main(["data", "prepare", "mnist"]) == 2  # a set-up problem: TensorFlow is missing
   assert "pip install tensorflow" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys):
-  assert data.main(["info", "cifar10", "--data-dir", str(tmp_path)]) == 1
+  assert cli.main(["data", "info", "cifar10", "--data-dir", str(tmp_path)]) == 2
   assert "bn data prepare cifar10" in capsys.readouterr().err
-  assert data.main(["bogus"]) == 2
-  assert data.main(["--help"]) == 0
+  assert cli.main(["data", "bogus"]) == 2
+  assert cli.main(["data", "--help"]) == 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bn import config as bn_config
-from bn import data, pipeline, run, train
+from bn import data, experiment, loop, models, parallel, programs
 
 STEPS = 3
 LR = 0.05
@@ -31,18 +31,21 @@ def tiny_config(kind="batch", model="cnn"):
 
 @pytest.fixture(scope="module")
 def small_data():
-  ds = data.synthetic((8, 8, 1), 10, num_train=64, num_test=16)
-  return pipeline.to_device(ds.train, pipeline.channel_stats(ds.train.x))
+  return data.synthetic((8, 8, 1), 10, num_train=64, num_test=16).train
 
 
-def train_with(c, x, y, loop, runs):
-  c.train.loop, c.train.runs = loop, runs
-  task = run.make_task(c, 10)
-  assert (task.loop, task.runs) == (loop, runs)
-  r = run.run_table(c)
-  state = train.vmapped_init(task, [q["seed"] for q in r], [q["lr"] for q in r], [q["weight_decay"] for q in r], x[:2], len(y))
-  state, metrics = train.vmapped_chunk(task, STEPS).lower(state, x, y).compile()(state, x, y)
-  ev = train.vmapped_eval(task, chunk=16)(state.params, state.batch_stats, x, y)
+def train_with(c, split, loop_, runs):
+  c.train.loop, c.train.runs = loop_, runs
+  exp = experiment.from_config(c)
+  task = exp.make_task(10)
+  assert (task.loop, task.runs) == (loop_, runs)
+  stats = data.channel_stats(split.x)
+  x, y = parallel.place_train(split, stats)
+  r = exp.runs
+  init = programs.init(task, len(y))
+  state = init(np.asarray([q.seed for q in r]), np.asarray([q.lr for q in r], np.float32), np.asarray([q.weight_decay for q in r], np.float32), x[:2])
+  state, metrics = programs.chunk(task, STEPS).lower(state, x, y).compile()(state, x, y)
+  ev = programs.evaluate(task)(state.params, state.batch_stats, *parallel.place_eval(split, stats, None, 16))
   return state, metrics, ev
 
 
@@ -60,33 +63,34 @@ _REFS = {}
     ("mlp", "ghost", "scan", "unroll"), ("cnn", "none", "host", "unroll"),
 ])
 def test_host_loop_and_unrolled_runs_equal_scan_and_vmap(small_data, model, kind, loop, runs):
-  x, y = small_data
   if (model, kind) not in _REFS:
-    _REFS[model, kind] = train_with(tiny_config(kind, model), x, y, "scan", "vmap")
+    _REFS[model, kind] = train_with(tiny_config(kind, model), small_data, "scan", "vmap")
   ref = _REFS[model, kind]
   assert ref[1].loss.shape == (2, STEPS)
-  got = train_with(tiny_config(kind, model), x, y, loop, runs)
+  got = train_with(tiny_config(kind, model), small_data, loop, runs)
   assert got[1].loss.shape == (2, STEPS)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), ref, got)
 
 
 def test_auto_layout_by_model_and_backend():
-  assert train.resolve_layout("auto", "auto", "cnn", "cpu") == ("host", "unroll")
-  assert train.resolve_layout("auto", "auto", "resnet20", "cpu") == ("host", "unroll")
-  assert train.resolve_layout("auto", "auto", "mlp", "cpu") == ("scan", "vmap")
-  assert train.resolve_layout("auto", "auto", "cnn", "gpu") == ("scan", "vmap")
-  assert train.resolve_layout("scan", "vmap", "cnn", "cpu") == ("scan", "vmap")
+  model = lambda name: models.create(name, norm=models.NormSpec(), num_classes=10)  # noqa: E731
+  assert experiment.choose_layout("auto", "auto", model("cnn"), "cpu") == ("host", "unroll")
+  assert experiment.choose_layout("auto", "auto", model("resnet20"), "cpu") == ("host", "unroll")
+  assert experiment.choose_layout("auto", "auto", model("mlp"), "cpu") == ("scan", "vmap")
+  assert experiment.choose_layout("auto", "auto", model("cnn"), "gpu") == ("scan", "vmap")
+  assert experiment.choose_layout("scan", "vmap", model("cnn"), "cpu") == ("scan", "vmap")
+  assert all(models.is_convolutional(model(n)) for n in ("cnn", "vgg", "resnet20")) and not models.is_convolutional(model("mlp"))
 
 
 def test_bad_layout_values_are_config_errors():
   c = tiny_config()
   c.train.loop = "while"
   with pytest.raises(bn_config.ConfigError, match="train.loop='while': expected one of auto, scan, host"):
-    run.make_task(c, 10)
+    experiment.from_config(c)
   c = tiny_config()
   c.train.runs = "pmap"
   with pytest.raises(bn_config.ConfigError, match="train.runs='pmap'"):
-    run.make_task(c, 10)
+    experiment.from_config(c)
 
 
 def test_bad_layout_value_writes_nothing(tmp_path):
@@ -94,5 +98,5 @@ def test_bad_layout_value_writes_nothing(tmp_path):
   c.data.update(source="synthetic", synthetic_shape=(8, 8, 1), synthetic_sizes=(64, 16))
   c.train.runs = "pmap"
   with pytest.raises(bn_config.ConfigError, match="train.runs='pmap'"):
-    run.train_workdir(c, tmp_path / "wd", progress=False)
-  assert not any((tmp_path / "wd").iterdir())  # no config.json, no checkpoints
+    loop.train_workdir(experiment.from_config(c), tmp_path / "wd", progress=False)
+  assert not (tmp_path / "wd").exists()  # nothing written

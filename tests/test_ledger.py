@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bn import analysis, artifacts, cli, ledger, report
+from bn import analysis, artifacts, claims, cli, ledger, report
+from bn.claims import c2p_lr, c5_small_batch, c6_depth
 
 CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6"]
 
@@ -65,33 +66,37 @@ def test_tests_that_do_not_count_do_not_decide():
 # ----------------------------------------------------------------------------- analysis from made-up JSON
 
 
-def _write_summary(d: Path, **per_seed):
+def _write_summary(d: Path, config=None, **per_seed):
   n = len(next(iter(per_seed.values())))
   runs = [{"run": i, "seed": i, "lr": 0.1, "diverged": False, **{k: v[i] for k, v in per_seed.items()}} for i in range(n)]
   d.mkdir(parents=True)
   artifacts.write_json(d / "summary.json", {"runs": runs, "steps": 10, "wall_time_s": 1.0, "compile_time_s": 1.0})
   artifacts.write_jsonl(d / "metrics.jsonl", [])
-  artifacts.write_json(d / "config.json", {"config": {}})
+  artifacts.write_json(d / "config.json", {"config": config or {}})
+
+
+def _small_batch_config(kind, ghost):
+  return {"norm": {"kind": kind, "ghost_batch_size": ghost}, "train": {"batch_size": 64}}
 
 
 @pytest.mark.parametrize("bn2,verdict", [((0.70, 0.71, 0.69), "supported"), ((0.95, 0.96, 0.97), "contradicted")])
 def test_c5_from_json(tmp_path, bn2, verdict):
-  acc = {"bn_g2": bn2, "bn_g64": (0.90, 0.91, 0.89), "renorm_g2": (0.8, 0.8, 0.81), "renorm_g64": (0.9, 0.9, 0.9),
-         "group": (0.88, 0.87, 0.89), "layer": (0.85, 0.85, 0.86)}
-  for cond, a in acc.items():
-    _write_summary(tmp_path / "small_batch" / cond, test_accuracy=a)
-  runs = report._load_experiment(tmp_path, "small_batch")
-  claim = analysis.c5(runs)
+  acc = {"bn_g2": (bn2, "ghost", 2), "bn_g64": ((0.90, 0.91, 0.89), "batch", 0), "renorm_g2": ((0.8, 0.8, 0.81), "renorm", 2),
+         "renorm_g64": ((0.9, 0.9, 0.9), "renorm", 64), "group": ((0.88, 0.87, 0.89), "group", 0), "layer": ((0.85, 0.85, 0.86), "layer", 0)}
+  for cond, (a, kind, ghost) in acc.items():
+    _write_summary(tmp_path / "small_batch" / cond, _small_batch_config(kind, ghost), test_accuracy=a)
+  runs = report.load_experiment(tmp_path, "small_batch")
+  claim = c5_small_batch.analyze({"small_batch": runs})
   assert analysis.verdict(claim["tests"]) == verdict
-  np.testing.assert_allclose(claim["tests"][0]["per_seed"], np.array(bn2) - np.array(acc["bn_g64"]))
+  np.testing.assert_allclose(claim["tests"][0]["per_seed"], np.array(bn2) - np.array(acc["bn_g64"][0]))
 
 
 def test_c6_slopes_from_json():
   # log10 ratio = 0.05 * depth for BN, 0 for none (exactly): slopes 0.05 and 0.
   def result(slope):
     return {"depths": [{"depth": d, "grad_norms": [[10 ** (slope * d), 1.0, 1.0]] * 3} for d in (4, 8, 16)]}
-  np.testing.assert_allclose(analysis.depth_slopes(result(0.05)), [0.05] * 3, rtol=1e-9)
-  claim = analysis.c6({"bn": result(0.05), "none": result(0.0)})
+  np.testing.assert_allclose(c6_depth.depth_slopes(result(0.05)), [0.05] * 3, rtol=1e-9)
+  claim = c6_depth.analyze({"depth_init": {"bn": {"results": result(0.05)}, "none": {"results": result(0.0)}}})
   # zero spread over seeds: the CI collapses to the mean, which lies above 0.
   assert analysis.verdict(claim["tests"]) == "supported"
 
@@ -99,7 +104,7 @@ def test_c6_slopes_from_json():
 def test_largest_stable_lr():
   runs = [{"seed": s, "lr": lr, "diverged": lr > 1.0, "train_accuracy": 0.9 if lr < 0.5 else 0.2}
           for s in (0, 1) for lr in (0.01, 0.1, 1.0, 10.0)]
-  np.testing.assert_allclose(analysis.largest_stable_lr({"runs": runs}), [-1.0, -1.0])
+  np.testing.assert_allclose(c2p_lr.largest_stable_lr({"runs": runs}), [-1.0, -1.0])
 
 
 # ----------------------------------------------------------------------------- the whole ledger, tiny
@@ -131,10 +136,10 @@ def test_tiny_ledger_report_has_every_claim(tiny):
 
 
 def test_tiny_ledger_workdirs(tiny):
-  for name in ledger.EXPERIMENTS:
-    for cond in ledger.experiment(name).conditions("tiny"):
+  for name in claims.experiments():
+    for cond in ledger.config_module(name).conditions("tiny"):
       d = tiny / name / cond
-      assert (d / ("results.json" if name == "depth_init" else "summary.json")).exists(), d
+      assert (d / ("results.json" if claims.runner(name) else "summary.json")).exists(), d
   # every JSON file a run wrote parses
   for p in tiny.rglob("*.json"):
     json.loads(p.read_text())

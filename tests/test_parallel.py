@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from bn import config as bn_config, data as bn_data, parallel, pipeline, run, train
+from bn import config as bn_config, data as bn_data, distributed, experiment, loop, parallel, programs
 
 D = 8
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,14 @@ def mesh_plan(bn_stats="sync"):
   return parallel.Plan(Mesh(np.asarray(jax.devices()[:D]), (parallel.AXIS,)), bn_stats)
 
 
+def stacked_init(task, n):
+  return programs.init(task, n)(np.asarray(SEEDS, np.int32), np.asarray(LRS, np.float32), np.asarray(WDS, np.float32),
+                                np.zeros((2, 4, 4, 1), np.float32))
+
+
+LAYOUTS = (("host", "unroll"), ("scan", "unroll"))  # the mesh path takes every layout the one-device path has
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """Three steps of two vmapped runs (global batch 32, momentum SGD) from the same initial
@@ -73,20 +81,25 @@ def trained(tmp_path_factory):
   c, _ = tiny_config(tmp, **{"train.batch_size": 32, "optimizer.name": "momentum"})
   ghost, _ = tiny_config(tmp, **{"train.batch_size": 32, "optimizer.name": "momentum", "norm.kind": "ghost", "norm.ghost_batch_size": 32 // D})
   ds = bn_data.synthetic((4, 4, 1), 4, num_train=256, num_test=61, seed=0)
-  stats = pipeline.channel_stats(ds.train.x)
-  task, ghost_task = run.make_task(c, ds.num_classes), run.make_task(ghost, ds.num_classes)
-  x, y = pipeline.to_device(ds.train, stats)
-  init = jax.device_get(train.vmapped_init(task, SEEDS, LRS, WDS, x[:2], len(y)))  # a host copy: the chunks donate their input
-  programs = {"plain": (train.vmapped_chunk(task, 3), None, x, y), "ghost": (train.vmapped_chunk(ghost_task, 3), None, x, y)}
+  stats = bn_data.channel_stats(ds.train.x)
+  task, ghost_task = experiment.from_config(c).make_task(ds.num_classes), experiment.from_config(ghost).make_task(ds.num_classes)
+  assert (task.loop, task.runs) == ("scan", "vmap")
+  x, y = parallel.place_train(ds.train, stats)
+  init = jax.device_get(stacked_init(task, len(y)))  # a host copy: the chunks donate their input
+  progs = {"plain": (programs.chunk(task, 3), None, x, y), "ghost": (programs.chunk(ghost_task, 3), None, x, y)}
   for mode in parallel.BN_STATS:
     plan = mesh_plan(mode)
-    gx, gy = parallel.place_split(ds.train.x, ds.train.y, stats, plan.replicated)
-    programs[mode] = (parallel.vmapped_chunk(parallel.parallel_task(task, mode), 3, plan), plan.replicated, gx, gy)
-  with ThreadPoolExecutor(len(programs)) as pool:
+    gx, gy = parallel.place_train(ds.train, stats, plan)
+    progs[mode] = (programs.chunk(parallel.parallel_task(task, mode), 3, plan.mesh), plan.replicated, gx, gy)
+  for layout in LAYOUTS:
+    plan = mesh_plan("sync")
+    ptask = parallel.parallel_task(task._replace(loop=layout[0], runs=layout[1]), "sync")
+    progs[layout] = (programs.chunk(ptask, 3, plan.mesh), plan.replicated, *parallel.place_train(ds.train, stats, plan))
+  with ThreadPoolExecutor(len(progs)) as pool:
     compile_ = lambda f, where, *data: f.lower(jax.device_put(init, where), *data).compile(UNOPTIMIZED)  # noqa: E731
-    compiled = {k: pool.submit(compile_, *v) for k, v in programs.items()}
-    out = {k: f.result()(jax.device_put(init, programs[k][1]), *programs[k][2:]) for k, f in compiled.items()}
-  out.update(task=task, dataset=ds, stats=stats)
+    compiled = {k: pool.submit(compile_, *v) for k, v in progs.items()}
+    out = {k: f.result()(jax.device_put(init, progs[k][1]), *progs[k][2:]) for k, f in compiled.items()}
+  out.update(task=task, dataset=ds, stats=stats, host_loop=isinstance(progs[LAYOUTS[0]][0], programs.HostLoop))
   return out
 
 
@@ -109,16 +122,34 @@ def test_per_device_statistics_equal_ghost_bn(trained):
   assert not np.allclose(var(state), var(trained["plain"][0]), rtol=1e-3)  # and they differ from global statistics
 
 
+def test_mesh_path_honours_loop_and_runs(trained, tmp_path):
+  """A host loop and unrolled runs on the mesh train the same numbers as scan + vmap there."""
+  assert trained["host_loop"]
+  ref_state, ref_metrics = trained["sync"]
+  for layout in LAYOUTS:
+    state, metrics = trained[layout]
+    close(state.params, ref_state.params)
+    close(state.batch_stats, ref_state.batch_stats)
+    close(metrics, ref_metrics)
+  # and the trainer gives the mesh the layout the experiment chose (a conv model on CPU: host loop, unrolled runs)
+  c, _ = tiny_config(tmp_path, **{"parallel.devices": "all", "train.batch_size": 32})
+  c.model = c.model.__class__(dict(name="cnn", widths=(4,), act="relu"))
+  exp = experiment.from_config(c)
+  plan = parallel.make_plan(exp.parallel.devices, exp.parallel.bn_stats, 32)
+  trainer = loop.Trainer(exp, trained["dataset"], plan)
+  assert (trainer.ptask.loop, trainer.ptask.runs, trainer.ptask.axis_name) == ("host", "unroll", parallel.AXIS)
+
+
 def test_sharded_evaluation_equals_one_device(trained):
   task, ds, stats = trained["task"], trained["dataset"], trained["stats"]
   (state, _), (ref, _) = trained["sync"], trained["plain"]
-  x, y = pipeline.to_device(ds.test, stats)
-  expected = train.vmapped_eval(task, 16).lower(ref.params, ref.batch_stats, x, y).compile(UNOPTIMIZED)(ref.params, ref.batch_stats, x, y)
+  args = (ref.params, ref.batch_stats, *parallel.place_eval(ds.test, stats, None, 16))
+  expected = programs.evaluate(task).lower(*args).compile(UNOPTIMIZED)(*args)
   plan = mesh_plan()
-  gx, gy, gw, k = parallel.place_eval(ds.test.x, ds.test.y, stats, plan, 16)
-  assert gx.shape[0] == 64 and k == 1 and float(np.sum(gw)) == 61  # 61 examples: 8 rows per device, 3 of them padding
+  gx, gy, gw = parallel.place_eval(ds.test, stats, plan, 16)
+  assert gx.shape[:2] == (1, 64) and float(np.sum(gw)) == 61  # 61 examples: 8 rows per device, 3 of them padding
   args = (state.params, state.batch_stats, gx, gy, gw)
-  close(parallel.vmapped_eval(task, plan, k).lower(*args).compile(UNOPTIMIZED)(*args), expected)
+  close(programs.evaluate(parallel.parallel_task(task), plan.mesh).lower(*args).compile(UNOPTIMIZED)(*args), expected)
   assert parallel.eval_layout(1000, 8, 100) == (2, 63)  # 125 rows per device in 2 chunks of 63 (1 padding row)
 
 
@@ -132,32 +163,33 @@ def test_indivisible_batch_and_bad_settings_raise_clear_errors(tmp_path):
     parallel.check_batch(64, 8, 3)
   c, _ = tiny_config(tmp_path, **{"parallel.devices": "all", "train.batch_size": 20})
   with pytest.raises(ValueError, match="does not split over 8 devices"):
-    run.train_workdir(c, tmp_path / "w", progress=False)
+    loop.train_workdir(experiment.from_config(c), tmp_path / "w", progress=False)
   assert not (tmp_path / "w" / "config.json").exists()  # nothing written: a fixed command can reuse the workdir
   with pytest.raises(ValueError, match="16 but 8 device"):
-    parallel.plan(tiny_config(tmp_path, **{"parallel.devices": "16"})[0])
+    parallel.make_plan("16", "sync", 16)
   with pytest.raises(ValueError, match="'all' or a device count"):
-    parallel.plan(tiny_config(tmp_path, **{"parallel.devices": "many"})[0])
+    parallel.make_plan("many", "sync", 16)
   with pytest.raises(ValueError, match="bn_stats='global' is not one of"):
-    parallel.plan(tiny_config(tmp_path, **{"parallel.bn_stats": "global"})[0])
-  assert parallel.plan(tiny_config(tmp_path)[0]) is None  # the default keeps the one-device engine
+    parallel.make_plan("all", "global", 16)
+  assert parallel.make_plan("1", "sync", 16) is None  # the default keeps the one-device engine
 
 
 def test_distributed_settings_from_config_and_environment():
-  p = dict(parallel.DEFAULTS)
-  assert parallel.distributed_args(p, {}) is None
+  args = distributed.distributed_args
+  assert args("", 0, -1, {}) is None
   env = {"BN_COORDINATOR": "10.0.0.1:1234", "BN_NUM_PROCESSES": "4", "BN_PROCESS_ID": "3"}
-  assert parallel.distributed_args(p, env) == ("10.0.0.1:1234", 4, 3)
+  assert args("", 0, -1, env) == ("10.0.0.1:1234", 4, 3)
   jax_env = {"JAX_COORDINATOR_ADDRESS": "h:9", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
-  assert parallel.distributed_args(p, jax_env) == ("h:9", 2, 0)
-  assert parallel.distributed_args({**p, "process_id": 1}, env) == ("10.0.0.1:1234", 4, 1)  # config wins
+  assert args("", 0, -1, jax_env) == ("h:9", 2, 0)
+  assert args("", 0, 1, env) == ("10.0.0.1:1234", 4, 1)  # config wins
   with pytest.raises(ValueError, match="missing process_id"):
-    parallel.distributed_args({**p, "coordinator": "h:1", "num_processes": 2}, {})
+    args("h:1", 2, -1, {})
   with pytest.raises(ValueError, match="process_id=2 is outside"):
-    parallel.distributed_args({**p, "coordinator": "h:1", "num_processes": 2, "process_id": 2}, {})
+    args("h:1", 2, 2, {})
   with pytest.raises(ValueError, match="HOST:PORT"):
-    parallel.distributed_args({**p, "coordinator": "h", "num_processes": 2, "process_id": 0}, {})
-  recorded = parallel.recorded_config({"parallel": {**p, "process_id": 1, "coordinator": "h:1"}})
+    args("h", 2, 0, {})
+  p = dict(bn_config.base().parallel)
+  recorded = experiment.recorded_config({"parallel": {**p, "process_id": 1, "coordinator": "h:1"}})
   assert set(recorded["parallel"]) == {"devices", "bn_stats"}
 
 
@@ -215,8 +247,11 @@ def restore(workdir, like):
 
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), like)
-  with run._checkpointer(workdir) as mgr:
-    return mgr.latest_step(), mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore(abstract))
+  ckpt = loop.Checkpoints(Path(workdir))
+  try:
+    return ckpt.mgr.latest_step(), ckpt.mgr.restore(ckpt.mgr.latest_step(), args=ocp.args.StandardRestore(abstract))
+  finally:
+    ckpt.close()
 
 
 def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path):
@@ -224,7 +259,7 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
   procs = launch(cfg, tmp_path / "two", free_port(), 2, (0, 1))
   try:  # the reference, while they run: the unchanged one-device engine in this process
     one_dir = tmp_path / "one"
-    ref = run.train_workdir(c, one_dir, progress=False)
+    ref = loop.train_workdir(experiment.from_config(c), one_dir, progress=False)
   finally:
     results = finish(procs, timeout=120)
   for i, (status, text) in enumerate(results):
@@ -239,8 +274,9 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
   assert summary["device_count"] == 2 and summary["runs"][0]["test_accuracy"] == pytest.approx(ref["runs"][0]["test_accuracy"])
 
   # The two-process checkpoint (replicated arrays written by orbax from both processes) restores here.
-  task = run.make_task(c, c.data.synthetic_classes)
-  like = train.vmapped_init(task, [0], [0.5], [0.0], np.zeros((2, 4, 4, 1), np.float32), 256)  # the tree to restore into
+  task = experiment.from_config(c).make_task(c.data.synthetic_classes)
+  like = programs.init(task, 256)(np.zeros(1, np.int32), np.full(1, 0.5, np.float32), np.zeros(1, np.float32),
+                                  np.zeros((2, 4, 4, 1), np.float32))  # the tree to restore into
   step, restored = restore(tmp_path / "two", like)
   _, expected = restore(one_dir, like)
   assert step == 2 and int(restored.step[0]) == 2  # the last checkpoint (a finished run is marked by summary.json)

@@ -7,7 +7,7 @@ README, so a change that silently breaks learning on real data shows up here.
 import pytest
 
 from bn import config as bn_config
-from bn import data, run
+from bn import data, experiment, loop
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,7 +28,7 @@ def ioffe(tmp_path_factory):
     c = bn_config.load("experiments/configs/ioffe_mlp.py")
     c.norm.kind = kind
     c.train.update(steps=STEPS, eval_every=500, checkpoint_every=STEPS)
-    out[kind] = run.train_workdir(c, tmp_path_factory.mktemp(kind), progress=False)["runs"][0]
+    out[kind] = loop.train_workdir(experiment.from_config(c), tmp_path_factory.mktemp(kind), progress=False)["runs"][0]
   return out
 
 
@@ -43,6 +43,7 @@ def test_small_cnn_with_ghost_bn_learns_fashion_mnist(tmp_path):
   c = bn_config.load("experiments/configs/small_batch.py:quick")
   c.norm.update(kind="ghost", ghost_batch_size=4)
   c.train.update(steps=300, eval_every=300, checkpoint_every=300)
-  assert run.make_task(c, 10)[-2:] == ("host", "unroll")
-  for r in run.train_workdir(c, tmp_path, progress=False)["runs"]:
+  exp = experiment.from_config(c)
+  assert exp.make_task(10)[-2:] == ("host", "unroll")
+  for r in loop.train_workdir(exp, tmp_path, progress=False)["runs"]:
     assert not r["diverged"] and r["test_accuracy"] > 0.7, r

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from bn import cli, config, data, pipeline, run, train
+from bn import cli, config, data, experiment, loop, pipeline, train
 
 REPO = Path(__file__).resolve().parent.parent
 O0 = {"xla_backend_optimization_level": 0}
@@ -102,7 +102,7 @@ KINDS = ("ghost", "renorm", "noisy", "population", "group", "layer")
 def train_kind(tiny, small_data, kind):
   """30 steps of one run with norm ``kind`` through the engine's step, compiled unoptimized (run once)."""
   c = tiny(seeds=(0,), norm__kind=kind, norm__ghost_batch_size=8 if kind == "ghost" else 0, norm__renorm_warmup=10)
-  task = run.make_task(c, 10)
+  task = experiment.from_config(c).make_task(10)
   x, y = small_data
   init = functools.partial(train.init_state, task, sample_x=x[:2], num_train=len(y))
   state = jax.jit(init, compiler_options=O0)(0, 0.1, 0.0)
@@ -110,16 +110,16 @@ def train_kind(tiny, small_data, kind):
 
 
 def stop_and_resume(c, wd):
-  first = run.train_workdir(c, wd, progress=False, stop_after=EVERY)
+  first = loop.train_workdir(experiment.from_config(c), wd, progress=False, stop_after=EVERY)
   seen = dict(first=first, summary=(wd / "summary.json").exists(), rows=rows(wd / "metrics.jsonl"), step=final_state(wd)[0])
-  return seen, run.train_workdir(c, wd, progress=False)
+  return seen, loop.train_workdir(experiment.from_config(c), wd, progress=False)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny, workdirs, small_data):
   """Every run the tests read, in three threads: XLA compiles outside the GIL, so both cores work.
   Runs that share programs follow each other in one thread and load them from the cache."""
-  train_ = lambda name, c: (workdirs / name, run.train_workdir(c, workdirs / name, progress=False))  # noqa: E731
+  train_ = lambda name, c: (workdirs / name, loop.train_workdir(experiment.from_config(c), workdirs / name, progress=False))  # noqa: E731
   chains = [
       [("main", lambda: train_("main", tiny())), ("again", lambda: train_("again", tiny())),
        ("diverge", lambda: train_("diverge", tiny(seeds=(0,), sweep__lr=(0.1, 1e6), probes__every=0)))],
@@ -174,7 +174,7 @@ def nobn_run(get):
 @pytest.fixture(scope="module")
 def small_data():
   ds = data.synthetic((8, 8, 1), 10, num_train=256, num_test=64)
-  return pipeline.to_device(ds.train, pipeline.channel_stats(ds.train.x))
+  return pipeline.to_device(ds.train, data.channel_stats(ds.train.x))
 
 
 def rows(path, drop=("wall_time",)):
@@ -366,7 +366,7 @@ def test_workdir_artifacts(tiny, main_run):
   c = tiny()
   cfg = json.loads((wd / "config.json").read_text())
   assert cfg["config"]["optimizer"]["lr"] == 0.1 and cfg["config"]["model"]["widths"] == [16]
-  assert cfg["runs"] == run.run_table(c) == [
+  assert cfg["runs"] == experiment.from_config(c).run_table == [
       {"run": 0, "seed": 0, "lr": 0.1, "weight_decay": 0.0}, {"run": 1, "seed": 1, "lr": 0.1, "weight_decay": 0.0}]
 
   m = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
@@ -408,7 +408,7 @@ def test_workdir_artifacts(tiny, main_run):
 def test_finished_workdir_is_not_run_again(tiny, main_run):
   wd, s = main_run
   files = {p: p.stat().st_mtime_ns for p in wd.rglob("*")}
-  assert run.train_workdir(tiny(), wd, progress=False) == s
+  assert loop.train_workdir(experiment.from_config(tiny()), wd, progress=False) == s
   assert {p: p.stat().st_mtime_ns for p in wd.rglob("*")} == files  # nothing written, nothing added
 
 
@@ -416,7 +416,7 @@ def test_workdir_of_another_config_is_refused(tiny, main_run):
   wd, _ = main_run
   before = (wd / "config.json").read_text()
   with pytest.raises(config.ConfigError, match="different config") as e:
-    run.train_workdir(tiny(optimizer__lr=0.2), wd, progress=False)
+    loop.train_workdir(experiment.from_config(tiny(optimizer__lr=0.2)), wd, progress=False)
   assert str(wd) in str(e.value) and "--workdir" in str(e.value)
   assert (wd / "config.json").read_text() == before
 

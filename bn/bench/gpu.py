@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import bn
-from bn import models, train
-from bn.bench import compile_timed, load_avg, log, measure, ratio, target
+from bn import models, programs, train
+from bn.bench.core import compile_timed, load_avg, log, measure, ratio, target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +92,14 @@ class AirbenchNet(nn.Module):
 
 def _gpu_task(model, batch: int, weight_decay: float):
   return train.Task(
-      model=CastModel(model), tx=train.make_optimizer("nesterov", momentum=0.9), schedule=train.make_schedule("constant", 1),
+      model=CastModel(model), direction=train.make_direction("nesterov", momentum=0.9), schedule=train.make_schedule("constant", 1),
       decoupled_wd=False, batch_size=batch, sampling="epoch", augment=False, renorm=None,
   ), weight_decay
 
 
-def _engine_fn(task, wd, x, y, steps):
-  state = train.vmapped_init(task, [0], [0.05], [wd], x[:2], x.shape[0])
-  compiled, secs = compile_timed(train.vmapped_chunk(task, steps), state, x, y)
+def _engine_fn(s, task, wd, x, y, steps):
+  state = programs.init(task, x.shape[0])(np.zeros(1, np.int32), np.full(1, 0.05, np.float32), np.full(1, wd, np.float32), x[:2])
+  compiled, secs = compile_timed(s, programs.chunk(task, steps), state, x, y)
   box = [state]
 
   def step():
@@ -234,7 +234,7 @@ def _bandwidth(s) -> dict:
     }
     fns, nbytes = {}, {}
     for name, (f, args, k) in progs.items():
-      compiled, _ = compile_timed(f, *args)
+      compiled, _ = compile_timed(s, f, *args)
       fns[name], nbytes[name] = functools.partial(compiled, *args), k * x.size * x.dtype.itemsize
     t = measure(fns, s)
     gbps = {k: nbytes[k] / t[k]["median_s"] / 1e9 for k in fns}
@@ -252,7 +252,7 @@ def gpu_section(s, res) -> dict:
   backend = jax.default_backend()
   if backend != "gpu" and not forced:
     return {"status": "not run", "note": f"not run (no GPU: backend is {backend})", "targets": None}
-  from bn.bench_cases import _data
+  from bn.bench.cases import _data
 
   out: dict[str, Any] = {"status": "run", "forced": forced, "load_avg": load_avg(), "nets": []}
   steps = s.gpu_steps
@@ -273,7 +273,7 @@ def gpu_section(s, res) -> dict:
   ratios = {}
   for name, (task, wd) in nets.items():
     fns, comp, notes = {}, {}, {}
-    fns["jax"], comp["jax"] = _engine_fn(task, wd, xd, yd, steps)
+    fns["jax"], comp["jax"] = _engine_fn(s, task, wd, xd, yd, steps)
     if torch_ok:
       fns["torch"], comp["torch"], notes["torch"] = _torch_fn(torch, tnets[name], xh, yh, batches[name], steps, wd)
     la = load_avg()

@@ -1,4 +1,4 @@
-"""The CPU/GPU-agnostic cases of ``bn bench`` (see :mod:`bn.bench` for the method).
+"""The CPU/GPU-agnostic cases of ``bn bench`` (see :mod:`bn.bench.suite` for the method).
 
 Each section is ``fn(settings, results_so_far) -> dict`` (JSON-safe).
 """
@@ -18,8 +18,8 @@ import optax
 from flax.training import train_state
 
 import bn
-from bn import artifacts, config as bn_config, run, train
-from bn.bench import compile_timed, load_avg, log, measure, ratio
+from bn import artifacts, config as bn_config, experiment, programs, train
+from bn.bench.core import compile_timed, load_avg, log, measure, ratio
 
 
 # ----------------------------------------------------------------------------- 1. one BN layer
@@ -72,7 +72,7 @@ def bn_layer(s, res) -> dict:
           for impl in impls:
             fwd, p, st = _layer_fns(impl, mode == "train", x)
             f, args = (fwd, (x, p, st)) if pas == "fwd" else (_fwd_bwd(fwd), (x, p, st, ct))
-            compiled, compile_s[impl] = compile_timed(jax.jit(f), *args)
+            compiled, compile_s[impl] = compile_timed(s, jax.jit(f), *args)
             fns[impl] = functools.partial(compiled, *args)
           la = load_avg()
           t = measure(fns, s)
@@ -193,19 +193,20 @@ class HostBatches:
 _ENGINES: dict = {}  # compiled engine programs, shared by the sections of one bench run
 
 
-def _engine(cfg, x, y, steps: int, seeds=(0,)):
-  """A vmapped engine chunk as :class:`bn.run.Trainer` runs it: ``(step_fn, compile_s, task)``."""
+def _engine(s, cfg, x, y, steps: int, seeds=(0,)):
+  """A stacked-runs engine chunk as :class:`bn.loop.Trainer` runs it: ``(step_fn, compile_s, task)``."""
   key = (cfg.to_json(), steps, tuple(seeds), id(x))
   if key not in _ENGINES:
-    _ENGINES[key] = _engine_build(cfg, x, y, steps, seeds)
+    _ENGINES[key] = _engine_build(s, cfg, x, y, steps, seeds)
   return _ENGINES[key]
 
 
-def _engine_build(cfg, x, y, steps, seeds):
-  task = run.make_task(cfg, 10)
+def _engine_build(s, cfg, x, y, steps, seeds):
+  task = experiment.from_config(cfg).make_task(10)
   n = len(seeds)
-  state = train.vmapped_init(task, list(seeds), [cfg.optimizer.lr] * n, [cfg.optimizer.weight_decay] * n, x[:2], x.shape[0])
-  compiled, secs = compile_timed(train.vmapped_chunk(task, steps), state, x, y)
+  state = programs.init(task, x.shape[0])(np.asarray(seeds, np.int32), np.full(n, cfg.optimizer.lr, np.float32),
+                                          np.full(n, cfg.optimizer.weight_decay, np.float32), x[:2])
+  compiled, secs = compile_timed(s, programs.chunk(task, steps), state, x, y)
   box = [state]
 
   def step():
@@ -215,7 +216,7 @@ def _engine_build(cfg, x, y, steps, seeds):
   return step, secs, task
 
 
-def _reference(model, tx, xh, yh, xd, yd, batch: int, steps: int):
+def _reference(s, model, tx, xh, yh, xd, yd, batch: int, steps: int):
   """The reference loop: ``(jit-per-step fn, lax.scan fn, compile_s)``; both run ``steps`` steps per call."""
   v = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), xd[:2])
   def make():  # a fresh copy each: the programs donate their state
@@ -223,10 +224,10 @@ def _reference(model, tx, xh, yh, xd, yd, batch: int, steps: int):
     return RefState.create(apply_fn=model.apply, params=v2["params"], batch_stats=v2["batch_stats"], tx=tx)
 
   st0 = make()
-  jstep, c1 = compile_timed(jax.jit(ref_step, donate_argnums=0), st0, xh[:batch], yh[:batch])
+  jstep, c1 = compile_timed(s, jax.jit(ref_step, donate_argnums=0), st0, xh[:batch], yh[:batch])
   scan = jax.jit(lambda st, xs, ys, idx: jax.lax.scan(lambda s_, i: ref_step(s_, xs[i], ys[i]), st, idx), donate_argnums=0)
   hb1, hb2 = HostBatches(xh.shape[0], batch, 1), HostBatches(xh.shape[0], batch, 1)
-  jscan, c2 = compile_timed(scan, make(), xd, yd, hb2.many(steps))
+  jscan, c2 = compile_timed(s, scan, make(), xd, yd, hb2.many(steps))
   box1, box2 = [make()], [make()]
 
   def per_step():
@@ -287,10 +288,10 @@ def train_steps(s, res) -> dict:
   xh, yh, xd, yd = _data(s.ioffe_train_size, (s.ioffe_image, s.ioffe_image, 1))
   k = s.ioffe_steps
   fns, comp = {}, {}
-  fns["engine"], comp["engine"], _ = _engine(ioffe_config(s), xd, yd, k)
-  fns["engine_none"], comp["engine_none"], _ = _engine(ioffe_config(s, kind="none"), xd, yd, k)
-  fns["matmul_only"], comp["matmul_only"], _ = _engine(ioffe_config(s, "linear", kind="none"), xd, yd, k)
-  fns["reference"], fns["reference_scan"], c = _reference(RefMLP(tuple(s.ioffe_widths)), optax.sgd(0.5), xh, yh, xd, yd, 60, k)
+  fns["engine"], comp["engine"], _ = _engine(s, ioffe_config(s), xd, yd, k)
+  fns["engine_none"], comp["engine_none"], _ = _engine(s, ioffe_config(s, kind="none"), xd, yd, k)
+  fns["matmul_only"], comp["matmul_only"], _ = _engine(s, ioffe_config(s, "linear", kind="none"), xd, yd, k)
+  fns["reference"], fns["reference_scan"], c = _reference(s, RefMLP(tuple(s.ioffe_widths)), optax.sgd(0.5), xh, yh, xd, yd, 60, k)
   comp.update(c)
   log("ioffe: compiled " + ", ".join(f"{a} {b:.1f}s" for a, b in comp.items()))
   out["ioffe"] = _step_group("ioffe", s, fns, comp, k, "reference", {
@@ -304,11 +305,11 @@ def train_steps(s, res) -> dict:
     k = s.resnet_steps
     cfg = resnet_config(s)
     fns, comp = {}, {}
-    fns["engine"], comp["engine"], _ = _engine(cfg, xd, yd, k)
+    fns["engine"], comp["engine"], _ = _engine(s, cfg, xd, yd, k)
     sched = optax.warmup_cosine_decay_schedule(0.0, 0.1, 1000, 64_000)
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(sched, momentum=0.9))
     model = RefResNet20(tuple(s.resnet_widths), s.resnet_blocks)
-    fns["reference"], fns["reference_scan"], c = _reference(model, tx, xh, yh, xd, yd, s.resnet_batch, k)
+    fns["reference"], fns["reference_scan"], c = _reference(s, model, tx, xh, yh, xd, yd, s.resnet_batch, k)
     comp.update(c)
     log("resnet20: compiled " + ", ".join(f"{a} {b:.1f}s" for a, b in comp.items()))
     out["resnet20"] = _step_group("resnet20", s, fns, comp, k, "reference", {"engine_vs_reference_scan": ("engine", "reference_scan")}, s.resnet_repeats)
@@ -326,11 +327,11 @@ def _flops(cost) -> float | None:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def step_flops(cfg, x, y) -> float | None:
+def step_flops(s, cfg, x, y) -> float | None:
   """FLOPs of one (unvmapped) engine step, from XLA's cost analysis."""
-  task = run.make_task(cfg, 10)
+  task = experiment.from_config(cfg).make_task(10)
   state = jax.eval_shape(lambda: train.init_state(task, 0, cfg.optimizer.lr, cfg.optimizer.weight_decay, x[:2], x.shape[0]))
-  compiled, _ = compile_timed(jax.jit(functools.partial(train.train_step, task)), state, x, y)
+  compiled, _ = compile_timed(s, jax.jit(functools.partial(train.train_step, task)), state, x, y)
   return _flops(compiled.cost_analysis())
 
 
@@ -338,7 +339,7 @@ def roofline(s, res) -> dict:
   n = s.matmul_n
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  mm, comp = compile_timed(jax.jit(jnp.dot), a, b)
+  mm, comp = compile_timed(s, jax.jit(jnp.dot), a, b)
   la = load_avg()
   t = measure({"matmul": functools.partial(mm, a, b)}, s)["matmul"]
   peak = 2 * n**3 / t["median_s"]
@@ -347,7 +348,7 @@ def roofline(s, res) -> dict:
   out = {"matmul_n": n, "matmul": t, "matmul_compile_s": comp, "load_avg": la, "peak_flops": peak, "best_flops": best}
   _, _, xd, yd = _data(s.ioffe_train_size, (s.ioffe_image, s.ioffe_image, 1))
   lin = ioffe_config(s, "linear", kind="none")
-  out["flops_per_step"] = {"engine": step_flops(ioffe_config(s), xd, yd), "matmul_only": step_flops(lin, xd, yd)}
+  out["flops_per_step"] = {"engine": step_flops(s, ioffe_config(s), xd, yd), "matmul_only": step_flops(s, lin, xd, yd)}
   io = res.get("train_step", {}).get("ioffe")
   if io:
     out["fraction_of_peak"] = {}
@@ -372,7 +373,7 @@ def seeds(s, res) -> dict:
   k = s.ioffe_steps
   fns, comp = {}, {}
   for n in s.seeds:
-    fns[f"n{n}"], comp[f"n{n}"], _ = _engine(ioffe_config(s), xd, yd, k, seeds=tuple(range(n)))
+    fns[f"n{n}"], comp[f"n{n}"], _ = _engine(s, ioffe_config(s), xd, yd, k, seeds=tuple(range(n)))
   la = load_avg()
   t = measure(fns, s, per_call=k)
   base = t[f"n{s.seeds[0]}"]

@@ -1,0 +1,38 @@
+"""What a claim of the ledger is: its experiments, its tests (one primary), its plots, its report text.
+
+A claim module in :mod:`bn.claims` defines ``CLAIM = Claim(...)``; the ledger, the
+analysis and the report find it through the registry (:func:`bn.claims.all_claims`),
+so adding a claim means adding one module here plus its experiment config(s) in
+``experiments/configs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+# results of one claim: {experiment name: {condition name: loaded run (see bn.analysis.load_condition)}}
+Results = Mapping[str, Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One explanation of BN put to the test.
+
+  ``experiments`` names configs of ``experiments/configs/`` (each with ``get_config(mode)``
+  and ``conditions(mode)``) whose finished conditions ``analyze`` reads; ``runners`` maps an
+  experiment that trains nothing to the function that measures it instead
+  (``runner(config, workdir, dataset)`` writing ``workdir/results.json``).
+  ``analyze(results) -> {"tests": [...], ...}`` computes the tests (:func:`bn.analysis.test`);
+  ``plot(results, analysis, out_dir) -> [png names]`` draws the figures."""
+
+  id: str
+  title: str
+  predicts: str
+  paper: str
+  experiments: tuple[str, ...]
+  analyze: Callable[[Results], dict]
+  plot: Callable[[Results, dict, Path], list[str]]
+  order: float
+  runners: Mapping[str, Callable] = dataclasses.field(default_factory=dict)

@@ -1,0 +1,103 @@
+"""C6 -- deep BN MLPs without skips have exploding gradients at initialization (Yang et al. 2019)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bn import analysis, artifacts, config as bn_config, data as bn_data, experiment, models, parallel, plotting, probes, train
+from bn.claims.base import Claim
+
+EXPERIMENT = "depth_init"
+
+
+# ----------------------------------------------------------------------------- the measurement (trains nothing)
+
+
+def grad_norms_at_init(c, depth: int, x, y):
+  """Per-seed gradient norms of every layer at init, shape (seeds, depth + 1)."""
+  model = models.create("mlp", widths=(c.model.widths[0],) * depth, num_classes=int(y.max()) + 1, act=c.model.act,
+                        norm=experiment.norm_spec(c.norm), init_std=c.model.init_std)
+
+  def one(seed):
+    variables = model.init(jax.random.PRNGKey(seed), x[:2], train=False)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+
+    def loss_fn(p):
+      logits, _ = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+      return train.cross_entropy(logits, y)
+
+    return probes.grad_norms(loss_fn, params, models.layer_names(params))
+
+  return jax.jit(jax.vmap(one))(jnp.asarray(c.seeds, jnp.int32))
+
+
+def measure(c, workdir: Path, dataset: bn_data.Dataset) -> dict:
+  """Writes ``results.json`` with per-depth, per-seed layer gradient norms (and ``config.json``)."""
+  out_file = workdir / "results.json"
+  if out_file.exists():
+    return artifacts.read_json(out_file)
+  exp = experiment.from_config(c)
+  ds = experiment.load_dataset(exp.data, dataset)
+  stats = bn_data.channel_stats(ds.train.x)
+  n = min(c.probes.batch_size, len(ds.train.y))
+  x, y = parallel.place_train(bn_data.Split(ds.train.x[:n], ds.train.y[:n]), stats)
+  t0 = time.perf_counter()
+  rows = []
+  for depth in c.depths:
+    norms = np.asarray(grad_norms_at_init(c, depth, x, y))
+    rows.append({"depth": depth, "grad_norms": norms.tolist()})
+  result = {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "act": c.model.act, "width": c.model.widths[0],
+            "batch": n, "depths": rows, "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
+  workdir.mkdir(parents=True, exist_ok=True)
+  artifacts.write_json(workdir / "config.json", {"config": bn_config.to_dict(c)})
+  artifacts.write_json(out_file, result)
+  return result
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def depth_slopes(result: dict) -> np.ndarray:
+  """Per seed: least-squares slope over depth of log10(||grad layer 0|| / ||grad last hidden layer||)."""
+  depths = np.array([r["depth"] for r in result["depths"]], float)
+  ratios = np.array([[math.log10(g[0] / g[-2]) for g in r["grad_norms"]] for r in result["depths"]])  # (D, seeds)
+  if len(depths) < 2:
+    return np.full(ratios.shape[1], np.nan)
+  x = depths - depths.mean()
+  return (x @ (ratios - ratios.mean(0))) / (x @ x)
+
+
+def analyze(results) -> dict:
+  r = results[EXPERIMENT]
+  s_bn, s_none = depth_slopes(r["bn"]["results"]), depth_slopes(r["none"]["results"])
+  return {"tests": [
+      analysis.test("gradients explode with depth under BN: slope of log10(‖g_first‖/‖g_last‖) per layer of depth, BN", s_bn, "higher", unit="decades/layer"),
+      analysis.test("more than without BN: slope BN - none", s_bn - s_none, "higher", unit="decades/layer"),
+  ]}
+
+
+def plot(results, _analysis, out) -> list[str]:
+  fig, ax = plotting.plt().subplots(figsize=(6, 4))
+  for cond in ("bn", "none"):
+    r = results[EXPERIMENT][cond]["results"]
+    depths = [d["depth"] for d in r["depths"]]
+    ratio = np.array([[np.log10(g[0] / g[-2]) for g in d["grad_norms"]] for d in r["depths"]])
+    ax.errorbar(depths, ratio.mean(1), yerr=ratio.std(1), marker="o", label=cond, color=plotting.COLORS[cond])
+  ax.set(xlabel="depth (hidden layers)", ylabel="log10 ‖∇W_first‖ / ‖∇W_last‖", title="gradient growth at initialization")
+  ax.legend()
+  return [plotting.save(fig, out, "c6_depth.png")]
+
+
+CLAIM = Claim(
+    id="C6", order=6.0,
+    title="Deep BN MLPs without skips have exploding gradients at initialization (Yang et al. 2019)",
+    predicts="the first layer's gradient grows exponentially with depth relative to the last, with BN",
+    paper="Yang et al. (2019): in fully-connected BN nets without skips, gradients explode exponentially with depth at init.",
+    experiments=(EXPERIMENT,), analyze=analyze, plot=plot, runners={EXPERIMENT: measure},
+)

@@ -1,0 +1,152 @@
+"""Compiled programs over stacked runs: initialization, chunks of training steps, evaluation.
+
+Runs that share shapes are stacked on a leading axis and trained together in one
+program. Two independent choices say how (``Task.loop`` / ``Task.runs``; see
+:func:`bn.experiment.choose_layout` for the defaults):
+
+* over steps: ``"scan"`` -- a chunk of steps is one ``lax.scan``; or ``"host"`` -- a
+  Python loop over one jitted (donating) step;
+* over runs: ``"vmap"`` -- ``jax.vmap``; or ``"unroll"`` -- one copy of the step per
+  run, in the same program (:func:`map_runs`).
+
+Every builder takes an optional ``mesh``: then the program runs inside
+``shard_map`` over the mesh's data axis (the task must come from
+:func:`bn.parallel.parallel_task`), with parameters and state replicated, so the
+same layouts serve one device and many.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from bn import pipeline, train
+
+# vmap axes of a stacked TrainState: everything per run, except the sampler's
+# position, which all runs share (same batch size, same step). Keeping it
+# unbatched keeps the sampler's epoch-reshuffle ``lax.cond`` a real branch; a
+# batched one becomes a select that sorts a new permutation on every step.
+STATE_AXES = train.TrainState(0, 0, 0, 0, 0, 0, pipeline.SamplerState(0, 0, None, None, None), 0)
+LOOPS = ("scan", "host")
+RUNS = ("vmap", "unroll")
+# Programs that run once (the stacked init) are compiled unoptimized: XLA:CPU's default
+# optimization level spends seconds per >= 3-D threefry draw, and their speed does not matter.
+ONCE = {"xla_backend_optimization_level": 0}
+
+
+def map_runs(fn, how: str, in_axes, out_axes):
+  """``fn`` over the stacked runs, like ``jax.vmap(fn, in_axes, out_axes)`` (axes 0 or None,
+  as pytree prefixes); ``how="unroll"`` traces one copy of ``fn`` per run instead and
+  stacks the results (shared outputs, axis None, are taken from the first run)."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+  if how != "unroll":
+    raise ValueError(f"runs={how!r}: expected one of {', '.join(RUNS)}.")
+
+  def unrolled(*args):
+    sizes = jax.tree.map(lambda axis, sub: None if axis is None else jax.tree.map(lambda x: x.shape[0], sub), in_axes, args, is_leaf=lambda x: x is None)
+    n = jax.tree.leaves(sizes)[0]
+    outs = [fn(*_on_run_axis(lambda x, i=i: x[i], in_axes, args)) for i in range(n)]
+    return jax.tree.map(
+        lambda axis, *subs: subs[0] if axis is None else jax.tree.map(lambda *xs: jnp.stack(xs), *subs),
+        out_axes, *outs, is_leaf=lambda x: x is None)
+
+  return unrolled
+
+
+def _on_run_axis(fn, axes, tree):
+  """``fn`` on every leaf of ``tree`` that has the run axis (``axes`` a prefix of 0/None)."""
+  return jax.tree.map(lambda axis, sub: sub if axis is None else jax.tree.map(fn, sub), axes, tree, is_leaf=lambda x: x is None)
+
+
+def take_run(state: train.TrainState, i: int) -> train.TrainState:
+  """Run ``i`` of a stacked state (leaves without the run axis are shared)."""
+  return _on_run_axis(lambda x: x[i], STATE_AXES, state)
+
+
+def _sharded(fn, mesh, in_specs, out_specs):
+  return fn if mesh is None else jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
+# ----------------------------------------------------------------------------- init
+
+
+def init(task: train.Task, num_train: int, mesh=None):
+  """``(seeds, lrs, weight_decays, sample_x) -> stacked TrainState`` (replicated over ``mesh``)."""
+  f = lambda s, lr, wd, x: train.init_state(task, s, lr, wd, x, num_train)  # noqa: E731
+  stacked = jax.vmap(f, in_axes=(0, 0, 0, None), out_axes=STATE_AXES)
+  shardings = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(mesh, P())}
+  return jax.jit(stacked, compiler_options=ONCE, **shardings)
+
+
+# ----------------------------------------------------------------------------- training chunks
+
+
+class HostLoop:
+  """A chunk of ``num_steps`` steps as a Python loop over one jitted (donating) step.
+
+  Follows the ``jit(...).lower(*args).compile()`` protocol of the scan chunk, so callers
+  treat both alike; the compiled object returns ``(state, metrics)`` with metrics
+  shaped ``(runs, num_steps)`` as the scan chunk does."""
+
+  def __init__(self, step_fn, num_steps: int, compiled=None):
+    self.step_fn, self.num_steps, self.compiled = step_fn, num_steps, compiled
+
+  def lower(self, *args):
+    return HostLoop(self.step_fn, self.num_steps, self.step_fn.lower(*args))
+
+  def compile(self, *args, **kw):
+    return HostLoop(self.step_fn, self.num_steps, self.compiled.compile(*args, **kw))
+
+  def __call__(self, state, images, labels):
+    step = self.compiled or self.step_fn
+    metrics = []
+    for _ in range(self.num_steps):
+      state, m = step(state, images, labels)
+      metrics.append(m)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *metrics)
+
+
+def chunk(task: train.Task, num_steps: int, mesh=None):
+  """``num_steps`` steps of every stacked run in one compiled program: ``(state, images, labels)
+  -> (state, metrics)``, metrics shaped (runs, steps); the data arrays are shared, the state is
+  donated. ``task.loop`` / ``task.runs`` choose scan or a host loop, vmap or unrolled runs.
+
+  On one device a stack of one run is trained without ``vmap`` (its run axis is taken off
+  and put back): XLA:CPU compiles size-1 batched dots and updates into slower kernels."""
+  one = functools.partial(train.train_step, task) if task.loop == "host" else functools.partial(train.train_chunk, task, num_steps)
+  if task.loop not in LOOPS:
+    raise ValueError(f"loop={task.loop!r}: expected one of {', '.join(LOOPS)}.")
+  many = map_runs(one, task.runs, (STATE_AXES, None, None), (STATE_AXES, 0))
+  body = _single_or_many(one, many) if mesh is None else _sharded(many, mesh, (P(), P(), P()), (P(), P()))
+  program = jax.jit(body, donate_argnums=0)
+  return HostLoop(program, num_steps) if task.loop == "host" else program
+
+
+def _single_or_many(one, many):
+  def f(state, images, labels):
+    if state.step.shape[0] != 1:
+      return many(state, images, labels)
+    new, metrics = one(take_run(state, 0), images, labels)
+    return _on_run_axis(lambda x: x[None], STATE_AXES, new), jax.tree.map(lambda x: x[None], metrics)
+
+  return f
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(task: train.Task, mesh=None):
+  """Eval metrics of every stacked run: ``(params, batch_stats, images, labels, weights) -> StepMetrics``
+  of shape (runs,), on a split laid out by :func:`bn.parallel.place_eval` (sharded over ``mesh``)."""
+  f = map_runs(functools.partial(train.evaluate, task), task.runs, (0, 0, None, None, None), 0)
+  rows = P(None, task.axis_name)  # (chunks, rows): each device holds its rows of every chunk
+  return jax.jit(_sharded(f, mesh, (P(), P(), rows, rows, rows), P()))
+
+
+def shape_of(tree: Any):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
