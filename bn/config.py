@@ -185,6 +185,7 @@ def base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=60, eval_every=100, checkpoint_every=1000, sampling="epoch", augment=False,
       target_accuracy=0.8, eval_chunk=1000,
+      precise_bn=0,  # >0: evaluate after re-estimating BN statistics on this many training examples (precise BN; bn.train.recalibrate)
       loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.experiment.choose_layout
       runs="auto",  # "vmap" | "unroll" (one copy of the step per run) | "auto": unroll for conv models on CPU
   ))

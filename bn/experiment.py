@@ -61,6 +61,7 @@ class Schedule:
   checkpoint_every: int
   eval_chunk: int
   target_accuracy: float
+  precise_bn: int  # > 0: before every evaluation, re-estimate BN statistics on this many training examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,10 @@ class Experiment:
     ``backend`` (default: JAX's; so call it after any ``jax.distributed`` set-up)."""
     model = self._model(num_classes)
     loop, runs = choose_layout(self._task.loop, self._task.runs, model, backend)
-    return self._task._replace(model=model, loop=loop, runs=runs)
+    precise = None
+    if self.schedule.precise_bn > 0 and getattr(getattr(model, "norm", None), "kind", "none") in models.BATCH_KINDS:
+      precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", ghost_batch_size=None))
+    return self._task._replace(model=model, loop=loop, runs=runs, precise_bn=precise)
 
   @property
   def run_table(self) -> list[dict]:
@@ -143,6 +147,7 @@ def _check(c) -> None:
   for key in ("steps", "batch_size", "eval_every", "eval_chunk", "checkpoint_every"):
     _positive(f"train.{key}", t[key])
   _positive("probes.every", c.probes.every, allow_zero=True)
+  _positive("train.precise_bn", t.precise_bn, allow_zero=True)
   _positive("data.train_size", c.data.train_size, allow_zero=True)
   _positive("data.train_eval_size", c.data.train_eval_size, allow_zero=True)
   if c.probes.every:
@@ -256,7 +261,7 @@ def from_config(c) -> Experiment:
                  enumerate(itertools.product(c.seeds, tuple(c.sweep.lr) or (o.lr,), tuple(c.sweep.weight_decay) or (o.weight_decay,)))),
       data=DataSpec(d.name, d.source, d.data_dir or None, d.val_size, d.split_seed, d.train_size, d.train_eval_size,
                     tuple(d.synthetic_shape), d.synthetic_classes, tuple(d.synthetic_sizes)),
-      schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy),
+      schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn),
       probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales)),
       parallel=ParallelSpec(str(p.devices), p.bn_stats, p.coordinator, int(p.num_processes), int(p.process_id),
                             bool(p.cluster_detect), int(p.init_timeout)),

@@ -40,8 +40,15 @@ class Trainer:
     self.train_x, self.train_y = parallel.place_train(dataset.train, stats, plan)
     chunk = exp.schedule.eval_chunk
     subset = bn_experiment.train_eval_subset(dataset.train, exp.data.train_eval_size, exp.data.split_seed)
-    self.eval_sets = [parallel.place_eval(s, stats, plan, chunk) for s in (subset, dataset.test)]
-    self._eval = programs.evaluate(self.ptask, self.mesh)
+    self.eval_sets = tuple(parallel.place_eval(s, stats, plan, chunk) for s in (subset, dataset.test))
+    self.recal_x = None
+    if self.task.precise_bn is not None:  # precise BN: a fixed random sample of the training set, in chunks
+      n = exp.schedule.precise_bn
+      k = max(1, n // min(chunk, n))
+      idx = np.sort(np.random.default_rng(exp.data.split_seed + 3).permutation(len(dataset.train.y))[: k * (n // k)])
+      x = parallel.place_train(bn_data.Split(dataset.train.x[idx], dataset.train.y[idx]), stats, plan).x
+      self.recal_x = x.reshape((k, n // k) + x.shape[1:])
+    self._eval = programs.evaluate(self.ptask, len(self.eval_sets), self.mesh)
     self._chunks: dict[int, object] = {}
     self.compile_time = 0.0
 
@@ -61,7 +68,7 @@ class Trainer:
 
   def evaluate(self, state) -> tuple[train.StepMetrics, ...]:
     """Eval-mode metrics on the train subset and the test split, per run."""
-    return tuple(self._eval(state.params, state.batch_stats, *xyw) for xyw in self.eval_sets)
+    return self._eval(state.params, state.batch_stats, self.eval_sets, self.recal_x)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -29,6 +29,7 @@ import bn
 from bn import linen as bn_linen
 
 NORM_KINDS = ("batch", "ghost", "renorm", "noisy", "population", "group", "layer", "none")
+BATCH_KINDS = ("batch", "ghost", "renorm", "noisy", "population")  # the kinds with running statistics
 ACTIVATIONS: dict[str, Callable] = {
     "sigmoid": nn.sigmoid,
     "relu": nn.relu,

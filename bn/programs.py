@@ -140,12 +140,15 @@ def _single_or_many(one, many):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(task: train.Task, mesh=None):
-  """Eval metrics of every stacked run: ``(params, batch_stats, images, labels, weights) -> StepMetrics``
-  of shape (runs,), on a split laid out by :func:`bn.parallel.place_eval` (sharded over ``mesh``)."""
-  f = map_runs(functools.partial(train.evaluate, task), task.runs, (0, 0, None, None, None), 0)
+def evaluate(task: train.Task, num_sets: int, mesh=None):
+  """Eval metrics of every stacked run: ``(params, batch_stats, sets, recal_images) -> (StepMetrics, ...)``,
+  one per set, each of shape (runs,). ``sets`` holds ``num_sets`` splits laid out by
+  :func:`bn.parallel.place_eval` (sharded over ``mesh``); ``recal_images`` (replicated) feeds
+  precise BN when ``task.precise_bn`` is set (else pass None)."""
+  f = map_runs(functools.partial(train.evaluate_all, task), task.runs, (0, 0, None, None), 0)
   rows = P(None, task.axis_name)  # (chunks, rows): each device holds its rows of every chunk
-  return jax.jit(_sharded(f, mesh, (P(), P(), rows, rows, rows), P()))
+  sets = ((rows, rows, rows),) * num_sets
+  return jax.jit(_sharded(f, mesh, (P(), P(), sets, P()), P()))
 
 
 def shape_of(tree: Any):

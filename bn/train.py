@@ -76,6 +76,7 @@ class Task(NamedTuple):
   axis_name: str | None = None  # data-parallel mesh axis: each device takes its slice of the batch; loss and metrics are averaged over it
   loop: str = "scan"  # "scan": a chunk of steps is one lax.scan; "host": a Python loop over one jitted step (bn.programs)
   runs: str = "vmap"  # "vmap": runs batched with jax.vmap; "unroll": one copy of the step per run, in the same program
+  precise_bn: Any = None  # a model that re-estimates the BN statistics before evaluation ("precise BN"); None: use the running statistics
 
 
 # ----------------------------------------------------------------------------- optimizer and schedules
@@ -225,6 +226,29 @@ def train_chunk(task: Task, num_steps: int, state: TrainState, images, labels):
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+
+def recalibrate(task: Task, params, batch_stats, images):
+  """Precise BN (Wu & Johnson 2021): every BN layer's statistics re-estimated as the equal-weight
+  average of full-batch training-mode statistics over the ``K`` batches ``images (K, B, ...)``.
+
+  ``task.precise_bn`` is the model with plain batch statistics (no ghost batches, noise,
+  renorm or population mode), so each layer sees its input as it is when every earlier
+  layer normalizes with the statistics of a batch of ``B`` examples. This removes the bias of
+  a ghost-BN running variance (the mean within-ghost variance, (g-1)/g of the variance) and
+  the lag of an exponential average. Returns the new ``batch_stats``; training is untouched."""
+  from bn import linen as bn_linen  # the Flax adapter's recalibration (models use its BatchNorm)
+
+  apply_fn = functools.partial(task.precise_bn.apply, train=True)
+  return bn_linen.recalibrate(apply_fn, {"params": params, "batch_stats": batch_stats}, images)["batch_stats"]
+
+
+def evaluate_all(task: Task, params, batch_stats, sets, recal_images=None) -> tuple[StepMetrics, ...]:
+  """:func:`evaluate` on every ``(images, labels, weights)`` of ``sets``, after :func:`recalibrate`
+  on ``recal_images`` when the task asks for precise BN."""
+  if task.precise_bn is not None:
+    batch_stats = recalibrate(task, params, batch_stats, recal_images)
+  return tuple(evaluate(task, params, batch_stats, *s) for s in sets)
 
 
 def evaluate(task: Task, params, batch_stats, images, labels, weights) -> StepMetrics:

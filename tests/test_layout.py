@@ -45,7 +45,7 @@ def train_with(c, split, loop_, runs):
   init = programs.init(task, len(y))
   state = init(np.asarray([q.seed for q in r]), np.asarray([q.lr for q in r], np.float32), np.asarray([q.weight_decay for q in r], np.float32), x[:2])
   state, metrics = programs.chunk(task, STEPS).lower(state, x, y).compile()(state, x, y)
-  ev = programs.evaluate(task)(state.params, state.batch_stats, *parallel.place_eval(split, stats, None, 16))
+  ev = programs.evaluate(task, 1)(state.params, state.batch_stats, (parallel.place_eval(split, stats, None, 16),), None)
   return state, metrics, ev
 
 

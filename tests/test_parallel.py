@@ -143,13 +143,13 @@ def test_mesh_path_honours_loop_and_runs(trained, tmp_path):
 def test_sharded_evaluation_equals_one_device(trained):
   task, ds, stats = trained["task"], trained["dataset"], trained["stats"]
   (state, _), (ref, _) = trained["sync"], trained["plain"]
-  args = (ref.params, ref.batch_stats, *parallel.place_eval(ds.test, stats, None, 16))
-  expected = programs.evaluate(task).lower(*args).compile(UNOPTIMIZED)(*args)
+  args = (ref.params, ref.batch_stats, (parallel.place_eval(ds.test, stats, None, 16),), None)
+  expected = programs.evaluate(task, 1).lower(*args).compile(UNOPTIMIZED)(*args)
   plan = mesh_plan()
   gx, gy, gw = parallel.place_eval(ds.test, stats, plan, 16)
   assert gx.shape[:2] == (1, 64) and float(np.sum(gw)) == 61  # 61 examples: 8 rows per device, 3 of them padding
-  args = (state.params, state.batch_stats, gx, gy, gw)
-  close(programs.evaluate(parallel.parallel_task(task), plan.mesh).lower(*args).compile(UNOPTIMIZED)(*args), expected)
+  args = (state.params, state.batch_stats, ((gx, gy, gw),), None)
+  close(programs.evaluate(parallel.parallel_task(task), 1, plan.mesh).lower(*args).compile(UNOPTIMIZED)(*args), expected)
   assert parallel.eval_layout(1000, 8, 100) == (2, 63)  # 125 rows per device in 2 chunks of 63 (1 padding row)
 
 
