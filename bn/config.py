@@ -176,7 +176,13 @@ def base() -> ml_collections.ConfigDict:
   c.norm = ml_collections.ConfigDict(dict(
       kind="batch", position="pre", momentum=0.99, epsilon=1e-5, variance="two_pass",
       ghost_batch_size=0, num_groups=8, r_max=3.0, d_max=5.0, renorm_warmup=5000,
-      noise=ml_collections.ConfigDict(dict(layer_mean=(-0.5, 0.5), layer_scale=(1.0, 1.25), unit_mean_halfwidth=0.1, unit_scale_std=0.1)),
+      stats_gradient=True,  # False: no gradient through the batch mean/variance
+      population_noise=0,  # kind="population": >0 adds the sampling noise of batch statistics of this many examples
+      affine=True,  # False: frozen scale 1 and bias 0
+      # kind="noisy" (Santurkar et al. 2018, Alg. 1): per unit mu ~ U(mean_range), sigma ~ U(scale_range);
+      # per sample m ~ U(mu +- mean_halfwidth), s ~ N(sigma, scale_std); y -> s*y + m; dose scales every deviation
+      noise=ml_collections.ConfigDict(dict(mean_range=(-0.5, 0.5), scale_range=(1.0, 1.25), mean_halfwidth=0.1, scale_std=0.1,
+                                           per_sample=True, dose=1.0)),
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.5, momentum=0.9, weight_decay=0.0, schedule="constant", warmup=0, decay_steps=(),

@@ -175,6 +175,11 @@ def _check(c) -> None:
     raise ConfigError(f"--config.norm.epsilon={c.norm.epsilon!r} must be > 0.")
   g = c.norm.ghost_batch_size
   _positive("norm.ghost_batch_size", g, allow_zero=True)
+  _positive("norm.population_noise", c.norm.population_noise, allow_zero=True)
+  if c.norm.population_noise and t.batch_size % c.norm.population_noise:
+    raise ConfigError(f"--config.norm.population_noise={c.norm.population_noise} does not divide --config.train.batch_size={t.batch_size}.")
+  if c.norm.noise.dose < 0:
+    raise ConfigError(f"--config.norm.noise.dose={c.norm.noise.dose} must be >= 0 (0 is no noise, 1 Santurkar et al.'s).")
   if g and t.batch_size % g:
     raise ConfigError(f"--config.norm.ghost_batch_size={g} does not divide --config.train.batch_size={t.batch_size}.")
   if c.norm.kind == "ghost" and not g:
@@ -213,10 +218,12 @@ def choose_layout(loop: str, runs: str, model, backend: str | None = None) -> tu
 
 
 def norm_spec(n) -> models.NormSpec:
+  z = n.noise
   return models.NormSpec(
       kind=n.kind, position=n.position, momentum=n.momentum, epsilon=n.epsilon, variance=n.variance,
       ghost_batch_size=n.ghost_batch_size or None, num_groups=n.num_groups,
-      noise=bn.Noise(tuple(n.noise.layer_mean), tuple(n.noise.layer_scale), n.noise.unit_mean_halfwidth, n.noise.unit_scale_std),
+      noise=bn.Noise(tuple(z.mean_range), tuple(z.scale_range), z.mean_halfwidth, z.scale_std, bool(z.per_sample), float(z.dose)),
+      stats_gradient=bool(n.stats_gradient), population_noise=n.population_noise or None, affine=bool(n.affine),
   )
 
 

@@ -49,8 +49,11 @@ class NormSpec:
   epsilon: float = 1e-5
   variance: str = "two_pass"  # the core's estimator (bn.batch_norm's variance=)
   ghost_batch_size: int | None = None  # kind="ghost" (required); also honoured by batch/renorm/noisy/population
-  num_groups: int = 8  # kind="group" (clipped to the channel count)
+  num_groups: int = 8  # kind="group" (the largest divisor of the channel count not above it)
   noise: bn.Noise = bn.Noise()  # kind="noisy"
+  stats_gradient: bool = True  # False: no gradient through the batch mean and variance (Ioffe & Szegedy §2's ablation)
+  population_noise: int | None = None  # kind="population": plus the sampling noise of the statistics of this many examples (Luo et al. 2019)
+  affine: bool = True  # False: scale and bias frozen at 1 and 0 (BN and the per-example norms)
   axis_name: str | None = None  # data-parallel mesh axis (set by bn.parallel); None on one device
   per_device: bool = False  # with axis_name: each device normalizes with its own shard (ghost BN, ghost = shard)
 
@@ -63,6 +66,9 @@ class NormSpec:
       raise ValueError("norm kind 'ghost' needs ghost_batch_size (e.g. --config.norm.ghost_batch_size=16).")
     if self.variance not in bn.norm.VARIANCES:
       raise ValueError(f"norm variance {self.variance!r} is not one of {bn.norm.VARIANCES}.")
+    if self.population_noise and self.kind != "population":
+      raise ValueError(f"norm population_noise={self.population_noise} needs norm kind 'population' (it perturbs the running statistics "
+                       "population mode normalizes with); set --config.norm.kind=population.")
 
 
 def activation(name: str) -> Callable:
@@ -78,11 +84,15 @@ class PerExampleNorm(nn.Module):
   kind: str
   num_groups: int = 8
   epsilon: float = 1e-5
+  affine: bool = True
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    params = bn.BNParams(self.param("scale", nn.initializers.ones, (c,)), self.param("bias", nn.initializers.zeros, (c,)))
+    if self.affine:
+      params = bn.BNParams(self.param("scale", nn.initializers.ones, (c,)), self.param("bias", nn.initializers.zeros, (c,)))
+    else:
+      params = bn.BNParams(None, None)
     if self.kind == "layer":
       return bn.layer_norm(x, params, None, epsilon=self.epsilon)[0]
     groups = _divisor_at_most(c, self.num_groups)
@@ -111,7 +121,7 @@ class Norm(nn.Module):
     if s.kind == "none":
       return x
     if s.kind in ("layer", "group"):
-      return PerExampleNorm(s.kind, s.num_groups, s.epsilon, name="norm")(x)
+      return PerExampleNorm(s.kind, s.num_groups, s.epsilon, s.affine, name="norm")(x)
     ghost = s.ghost_batch_size
     if s.per_device and s.axis_name is not None and ghost is None:
       ghost = x.shape[0]  # the device's whole shard is one ghost batch: per-device statistics
@@ -125,6 +135,10 @@ class Norm(nn.Module):
         d_max=0.0 if s.kind == "renorm" else None,
         noise=s.noise if s.kind == "noisy" else None,
         population=s.kind == "population",
+        population_noise=s.population_noise or None,
+        stats_gradient=s.stats_gradient,
+        use_scale=s.affine,
+        use_bias=s.affine,
         name="bn",
     )
     return layer(x, use_running_average=not train, renorm=renorm if s.kind == "renorm" else None)

@@ -243,7 +243,7 @@ def _compare(g, g2, tiny):
 
 
 def gradient_ics(loss_fn: Callable, params: dict, update_fn: Callable, layers: Layers, *,
-                 batch_size: int | None = None) -> GradICS:
+                 batch_size: int | None = None, select: Callable | None = None) -> GradICS:
   """Gradient internal covariate shift (Santurkar et al. 2018, arXiv 1805.11604, Def. 2.1).
 
   With all layers at step t and ``U = update_fn(grad L(params))``, for layer k
@@ -255,6 +255,8 @@ def gradient_ics(loss_fn: Callable, params: dict, update_fn: Callable, layers: L
   on the same batch (``loss_fn``): the change of layer k's gradient caused only
   by the update of the layers before it. ``G'_0 = G_0``, so ``l2[0] = 0`` and
   ``cos[0] = 1``. Costs K gradient evaluations (``lax.map`` over k = 1..K-1).
+  ``select(layer_subtree) -> subtree`` restricts the *compared* gradients (e.g. to a
+  layer's weight matrix); the earlier layers still move by their whole update.
   """
   groups = _groups(layers)
   _check(params, groups)
@@ -262,11 +264,12 @@ def gradient_ics(loss_fn: Callable, params: dict, update_fn: Callable, layers: L
   g = jax.grad(loss_fn)(params)
   updates = update_fn(g)
   tiny = jnp.finfo(jnp.float32).tiny
-  first = jnp.stack(_compare(_pick(g, groups[0]), _pick(g, groups[0]), tiny))
+  pick = (lambda t, gr: _pick(t, gr)) if select is None else (lambda t, gr: {n: select(t[n]) for n in gr})
+  first = jnp.stack(_compare(pick(g, groups[0]), pick(g, groups[0]), tiny))
 
   def row(k):
     g2 = jax.grad(loss_fn)(_moved(params, updates, (jnp.arange(K) < k).astype(jnp.float32), groups))
-    per_layer = jnp.stack([jnp.stack(_compare(_pick(g, gr), _pick(g2, gr), tiny)) for gr in groups])
+    per_layer = jnp.stack([jnp.stack(_compare(pick(g, gr), pick(g2, gr), tiny)) for gr in groups])
     return per_layer[k]
 
   rows = [first[None]]
@@ -327,6 +330,62 @@ def landscape(loss_fn: Callable, params, lr, scales: Sequence[float] = SCALES, *
       loss_variation=jnp.max(losses) - jnp.min(losses),
       grad_predictiveness=jnp.max(diffs),
       beta_smoothness=jnp.max(diffs / jnp.maximum(etas * gnorm, jnp.finfo(dtype).tiny)),
+  )
+
+
+class RelativeLandscape(NamedTuple):
+  """Loss and gradient along each layer's own gradient direction, in relative units; see :func:`landscape_relative`."""
+
+  steps: Array
+  losses: Array
+  grad_changes: Array
+  loss_variation: Array
+  grad_predictiveness: Array
+  beta_smoothness: Array
+
+
+def landscape_relative(loss_fn: Callable, weights: dict, layers: Layers, rho, scales: Sequence[float] = SCALES, *,
+                       batch_size: int | None = None) -> RelativeLandscape:
+  """The landscape probe of :func:`landscape` in units that BN's weight-scale symmetry cannot change.
+
+  ``weights = {layer: W_k}`` (one array per layer, e.g. its weight matrix) and ``loss_fn(weights)``.
+  With ``g_k = grad_{W_k} L`` and step ``s = scales[i] * rho``, every layer moves by the same
+  *relative* distance along its own gradient direction, and gradient changes are measured in
+  units of ``1 / ||W_k||``::
+
+      W_k(s)              = W_k - s ||W_k|| g_k / ||g_k||          (||W_k(s) - W_k|| / ||W_k|| = s)
+      grad_changes[i]     = sqrt(sum_k (||W_k|| ||grad_k L(W(s)) - g_k||)^2)
+      loss_variation      = max_i L(W(s_i)) - min_i L(W(s_i))
+      grad_predictiveness = max_i grad_changes[i]
+      beta_smoothness     = max_i grad_changes[i] / (s_i sqrt(K))   (relative distance moved: s sqrt(K))
+
+  If ``L(c W_k) = L(W_k)`` for every ``c > 0`` (a layer followed by BN, up to epsilon), rescaling
+  ``W_k`` leaves all three unchanged: ``g_k`` scales by ``1/c``, the moved point by ``c``.
+  Raw step sizes (:func:`landscape`) instead compare BN and no-BN nets at effective step sizes
+  that differ by ``||W||^2`` (van Laarhoven 2017; Hoffer et al. 2018)."""
+  groups = _groups(layers)
+  _check(weights, groups)
+  names = [g[0] for g in groups]
+  if any(len(g) != 1 for g in groups):
+    raise ValueError("landscape_relative takes one array per layer: layers=('W0', 'W1', ...), not groups.")
+  g = jax.grad(loss_fn)(weights)
+  tiny = jnp.finfo(jnp.float32).tiny
+  wn = {n: jnp.sqrt(_sq_norm(weights[n])) for n in names}
+  gn = {n: jnp.sqrt(_sq_norm(g[n])) for n in names}
+  dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(weights)), jnp.float32)
+  steps = jnp.asarray(scales, dtype) * jnp.asarray(rho, dtype)
+
+  def probe(step):
+    moved = {n: (weights[n] - step * wn[n] * g[n] / jnp.maximum(gn[n], tiny)).astype(weights[n].dtype) for n in names}
+    loss, g2 = jax.value_and_grad(loss_fn)(moved)
+    change = jnp.sqrt(sum(jnp.square(wn[n]) * _sq_norm(_sub(g2[n], g[n])) for n in names))
+    return _f(loss), change
+
+  losses, changes = lax.map(probe, steps, batch_size=batch_size)
+  return RelativeLandscape(
+      steps=steps, losses=losses, grad_changes=changes,
+      loss_variation=jnp.max(losses) - jnp.min(losses), grad_predictiveness=jnp.max(changes),
+      beta_smoothness=jnp.max(changes / (steps * np.sqrt(len(names)))),
   )
 
 
@@ -393,11 +452,14 @@ def coupling(loss_fn: Callable, params: dict, updates: dict, layers: Layers, *, 
 
 
 class HessianCoupling(NamedTuple):
-  """``blocks (K, K)``, per-layer ``ratio (K,)`` and ``summary ()``; see :func:`hessian_coupling`."""
+  """``blocks (K, K)``, per-layer ``ratio (K,)``, ``summary ()``, ``normalized (K, K)`` and
+  ``normalized_summary ()``; see :func:`hessian_coupling`."""
 
   blocks: Array
   ratio: Array
   summary: Array
+  normalized: Array
+  normalized_summary: Array
 
 
 def hessian_coupling(loss_fn: Callable, params: dict, key: Array, layers: Layers, *, num_probes: int = 1,
@@ -412,6 +474,13 @@ def hessian_coupling(loss_fn: Callable, params: dict, key: Array, layers: Layers
                                                           since E||M v||^2 = ||M||_F^2)
       ratio[k]     = sqrt(sum_{j != k} blocks[j, k]^2) / blocks[k, k]
       summary      = sqrt(sum_{j != k} blocks[j, k]^2 / sum_k blocks[k, k]^2)
+      normalized[j, k]   = blocks[j, k] / sqrt(blocks[j, j] blocks[k, k])   (1 on the diagonal)
+      normalized_summary = mean_{j < k} normalized[j, k]
+
+  ``normalized`` is the scale-free coupling of two layers: when each layer is one weight
+  array and ``L(c W_j) = L(W_j)`` (a layer followed by BN), ``H_jk`` scales by ``1/c``
+  and ``H_jj`` by ``1/c^2`` under ``W_j -> c W_j``, so the ratio is unchanged (and, since
+  the same probe vectors are used, so is its estimate), whatever the layers' norms.
 
   Zero off-diagonal blocks mean the gradient of each layer does not depend on
   the other layers' weights (to first order). Costs K * num_probes HVPs
@@ -441,10 +510,14 @@ def hessian_coupling(loss_fn: Callable, params: dict, key: Array, layers: Layers
   blocks = jnp.sqrt(jnp.mean(sq.reshape(K, num_probes, K), axis=1)).T
   diag = jnp.diag(blocks)
   off2 = jnp.sum(jnp.where(jnp.eye(K, dtype=bool), 0.0, jnp.square(blocks)), axis=0)
+  norm = blocks / jnp.maximum(jnp.sqrt(diag[:, None] * diag[None, :]), tiny)
+  j, k = np.triu_indices(K, 1)
   return HessianCoupling(
       blocks=blocks,
       ratio=jnp.sqrt(off2) / jnp.maximum(diag, tiny),
       summary=jnp.sqrt(jnp.sum(off2) / jnp.maximum(jnp.sum(jnp.square(diag)), tiny)),
+      normalized=norm,
+      normalized_summary=jnp.mean(norm[j, k]) if K > 1 else jnp.full((), jnp.nan, blocks.dtype),
   )
 
 

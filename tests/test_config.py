@@ -32,7 +32,7 @@ def set_(c, key, raw):
     ("seeds", "[4, 5]", (4, 5)),  # lists become tuples
     ("seeds", "7", (7,)),  # a scalar into a tuple field becomes a 1-tuple
     ("model.widths", "(8,)", (8,)),
-    ("norm.noise.unit_scale_std", "0.25", 0.25),  # three levels deep
+    ("norm.noise.scale_std", "0.25", 0.25),  # three levels deep
     ("model.init_std", "0.05", 0.05),  # a None default takes any literal
     ("norm.kind", "none", "none"),  # strings stay strings: not None
     ("norm.kind", "None", "None"),
