@@ -2,7 +2,16 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Exact versions behind the README's numbers (`pip freeze` of the tested venv).
+CONSTRAINTS := requirements/constraints.txt
+# ACCEL=cuda12 (NVIDIA GPU) or ACCEL=tpu (Cloud TPU VM): also install jax's accelerator build.
+ACCEL  ?=
+comma  := ,
+EXTRAS := dev$(if $(ACCEL),$(comma)$(ACCEL))
+STAMP  := $(VENV)/.installed$(if $(ACCEL),-$(ACCEL))
+# Wheels of the core install only (jax, jaxlib, numpy, ...) for tests/test_packaging.py,
+# which installs `bn` without extras into a fresh venv from them, offline.
+WHEELS := $(VENV)/wheelhouse
 FMNIST := /usr/share/datasets/fashion-mnist
 # Test files run in parallel, one worker per core (a file stays on one worker, so its
 # module-scoped fixtures are built once); the tests are bound by XLA compile time.
@@ -10,25 +19,38 @@ PYTEST_ARGS ?= -m "not slow" -n auto --dist loadfile
 OUT    ?= reproduce
 MODE   ?= quick
 
+ifneq ($(filter-out cuda12 tpu,$(ACCEL)),)
+$(error ACCEL=$(ACCEL): use ACCEL=cuda12 (NVIDIA GPU), ACCEL=tpu (Cloud TPU) or leave it unset (CPU))
+endif
+
 .PHONY: install data test test-slow reproduce clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip uninstall -q -y bn 2>/dev/null || true  # a venv from before the rename to bn-lab
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --upgrade pip
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip wheel -q -c $(CONSTRAINTS) -w $(WHEELS) . setuptools
+	rm -f $(WHEELS)/bn_lab-*.whl
 	touch $(STAMP)
 
-# The offline Fashion-MNIST (Debian/Ubuntu package dataset-fashion-mnist).
-data:
+# Fashion-MNIST as IDX files: the Debian/Ubuntu package dataset-fashion-mnist (offline,
+# through apt-get); without apt-get, `bn data prepare fashion_mnist` downloads the four
+# files (31 MB, needs network) into ~/.cache/bn/datasets/fashion_mnist and checks them.
+PREPARE = { echo "Fashion-MNIST: bn data prepare fashion_mnist (downloads 31 MB once; needs network)" >&2; \
+  $(BIN)/bn data prepare fashion_mnist >/dev/null || \
+  echo "warning: no Fashion-MNIST (see above); tests that need it are skipped and make reproduce fails." >&2; }
+
+data: install
 	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || $(PREPARE); \
 	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || $(PREPARE); \
 	else \
-	  echo "warning: cannot install dataset-fashion-mnist (needs apt-get as root); tests that need it are skipped." >&2; \
+	  $(PREPARE); \
 	fi
 
 test: install data

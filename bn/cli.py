@@ -143,8 +143,9 @@ def data(argv: list[str]) -> int:
 
   p = argparse.ArgumentParser(
       prog="bn data", description="List, inspect and prepare datasets.",
-      epilog="Sources: idx (MNIST-format files; $BN_IDX_DIR, /usr/share/datasets/fashion-mnist), "
-             "tfds (array_record under $TFDS_DATA_DIR or ~/tensorflow_datasets), synthetic (generated).")
+      epilog="Sources: idx (MNIST-format files; --data-dir, $BN_IDX_DIR, ~/.cache/bn/datasets, "
+             "/usr/share/datasets/fashion-mnist), tfds (array_record under $TFDS_DATA_DIR or "
+             "~/tensorflow_datasets), synthetic (generated).")
   sub = p.add_subparsers(dest="command", required=True)
   ls = sub.add_parser("list", help="which datasets are available, from which source and where")
   ls.add_argument("--data-dir", help="also look here (IDX files or a TFDS data dir)")
@@ -154,19 +155,57 @@ def data(argv: list[str]) -> int:
   info.add_argument("--data-dir", help="directory with IDX files, or a TFDS data dir")
   info.add_argument("--val-size", type=int, default=0, help="examples to move from train to val")
   info.add_argument("--seed", type=int, default=0, help="seed for the val split and synthetic data")
-  prep = sub.add_parser("prepare", help="download + convert with TFDS (needs TensorFlow and internet)")
-  prep.add_argument("name", help=f"a TFDS name, e.g. {', '.join(bn_data.CATALOG)}")
-  prep.add_argument("--data-dir", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  prep = sub.add_parser(
+      "prepare", help="mnist, fashion_mnist: download the IDX files (HTTPS, checksums, no TensorFlow); "
+                      "others: download + convert with TFDS (needs TensorFlow)",
+      description="mnist and fashion_mnist: download the four IDX files from the dataset's home and check "
+                  "their sizes and SHA-256, into DATA_DIR/NAME, else $BN_IDX_DIR/NAME, else "
+                  "~/.cache/bn/datasets/NAME ($XDG_CACHE_HOME), where bn looks for them. Needs network "
+                  "access. Other datasets: TFDS download + conversion (needs TensorFlow and network).")
+  prep.add_argument("name", help=f"a dataset, e.g. {', '.join(bn_data.CATALOG)}")
+  prep.add_argument("--data-dir", help="put the files here (IDX: in DATA_DIR/NAME; TFDS: the TFDS data dir, "
+                                       "default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  prep.add_argument("--tfds", action="store_true", help="mnist/fashion_mnist: go through TFDS instead")
+  prep.add_argument("--mirror", action="append", metavar="URL",
+                    help="IDX download: base URL to fetch the files from instead of the built-in ones "
+                         "(repeatable; the checksums still apply)")
   a = p.parse_args(argv)
   if a.command == "list":
-    print(bn_data.describe_all(a.data_dir))
+    print(bn_data.describe_all(a.data_dir, "--data-dir"))
   elif a.command == "info":
-    print(bn_data.describe(bn_data.load(a.name, source=a.source, data_dir=a.data_dir, val_size=a.val_size, seed=a.seed)))
+    print(bn_data.describe(bn_data.load(a.name, source=a.source, data_dir=a.data_dir, val_size=a.val_size,
+                                        seed=a.seed, flag="--data-dir")))
   else:
-    where = bn_data.prepare(a.name, a.data_dir)
-    print(f"prepared {a.name} under {where}; read it with `bn data info {a.name} --source tfds"
-          + (f" --data-dir {a.data_dir}`" if a.data_dir else "`"))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    where = bn_data.prepare(a.name, a.data_dir, tfds=a.tfds, mirrors=a.mirror, log=log)
+    if a.name in bn_data.IDX_FILES and not a.tfds:
+      print(f"{a.name}: the four IDX files are in {where} (sizes and SHA-256 checked).")
+      if a.data_dir:
+        print(f"Use them with --data-dir {a.data_dir} (bn data) or --config.data.data_dir={a.data_dir} (bn train).")
+      elif bn_data.find_idx(a.name) != where:
+        print(f"Note: bn reads {bn_data.find_idx(a.name)} first (see `bn data list`).")
+    else:
+      print(f"prepared {a.name} under {where}; read it with `bn data info {a.name} --source tfds"
+            + (f" --data-dir {a.data_dir}`" if a.data_dir else "`"))
   return 0
+
+
+# Optional dependencies and the extra of the distribution that installs each.
+DISTRIBUTION = "bn-lab"
+EXTRAS = {
+    "flax": "train", "optax": "train", "ml_collections": "train", "orbax": "train", "tqdm": "train",
+    "scipy": "train", "matplotlib": "report", "tensorflow_datasets": "tfds", "importlib_resources": "tfds",
+    "array_record": "tfds", "tensorboardX": "tensorboard",
+}
+
+
+def missing_extra(e: ImportError) -> str | None:
+  """For a missing optional dependency, the line saying which extra installs it; else None."""
+  top = (getattr(e, "name", None) or "").split(".")[0]
+  if not isinstance(e, ModuleNotFoundError) or top not in EXTRAS:
+    return None
+  extra = EXTRAS[top]
+  return f"{top} is missing: pip install '{DISTRIBUTION}[{extra}]' (in a clone of bn: pip install -e '.[{extra}]')"
 
 
 HANDLERS = {"train": train, "reproduce": reproduce, "report": report, "bench": bench, "data": data}
@@ -191,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
   except (RunError, OSError) as e:
     print(f"bn {name}: error: {e}", file=sys.stderr)
     return 1
+  except ImportError as e:  # an optional dependency this command needs is not installed
+    if (line := missing_extra(e)) is None:
+      raise
+    print(f"bn {name}: error: {line}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print(f"bn {name}: interrupted; re-run the same command to resume.", file=sys.stderr)
     return 130

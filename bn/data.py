@@ -4,15 +4,21 @@
     ds.train.x   # uint8 (N, H, W, C)
     ds.train.y   # int32 (N,)
     ds.val, ds.test, ds.num_classes, ds.shape, ds.source, ds.location
+    ds.files     # the files read: (path, size, sha256) each, for provenance
 
 Sources (``source="auto"`` tries them in this order):
 
 * ``"idx"``: MNIST-format IDX files (``train-images-idx3-ubyte[.gz]``,
   ``train-labels-idx1-ubyte[.gz]``, ``t10k-...``) for ``mnist`` and
   ``fashion_mnist``. Searched in ``data_dir``, then ``$BN_IDX_DIR`` (each also
-  with ``NAME/`` appended, first), then the Debian/Ubuntu package
-  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, the embedded
-  default). Headers and file lengths are checked.
+  with ``NAME/`` appended, first), then the user cache
+  (``$XDG_CACHE_HOME/bn/datasets/NAME``, default ``~/.cache/bn/datasets/NAME``,
+  where :func:`download_idx` puts them), then the Debian/Ubuntu package
+  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``). An explicit
+  ``data_dir`` or ``$BN_IDX_DIR`` that does not exist is an error, not a reason to
+  fall back. Headers and file lengths are checked. :func:`download_idx` (``bn data
+  prepare mnist|fashion_mnist``) fetches the four files over HTTP(S) from the
+  dataset's home and checks their sizes and SHA-256 (no TensorFlow).
 * ``"tfds"``: a dataset prepared in array_record format under ``data_dir`` (TFDS's
   default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` when None), read with
   ``tfds.data_source`` -- no TensorFlow needed to read, only to prepare.
@@ -32,17 +38,22 @@ from __future__ import annotations
 import dataclasses
 import glob
 import gzip
+import hashlib
+import http.client
 import importlib.util
 import math
 import os
 import socket
 import struct
 import tempfile
+import urllib.error
+import urllib.request
 import zlib
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from bn.artifacts import publish
 from bn.errors import RunError, UsageError
 
 SOURCES = ("auto", "idx", "tfds", "synthetic")
@@ -58,11 +69,66 @@ CATALOG = {
 IDX_DATASETS = ("mnist", "fashion_mnist")
 SYSTEM_IDX_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 IDX_PREFIX = {"train": "train", "test": "t10k"}  # split -> file-name prefix
+IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")
+
+# Where `bn data prepare mnist|fashion_mnist` downloads the IDX files from, tried in order.
+# Fashion-MNIST: its home, the zalandoresearch/fashion-mnist repository (data/fashion/), and
+# the S3 site its README links (plain HTTP only). MNIST: Google's CVDF mirror (the one TFDS
+# uses) and the mirror torchvision uses (LeCun's original files). The checksums below decide
+# whether a file is accepted, whatever the mirror or transport.
+IDX_MIRRORS = {
+    "fashion_mnist": ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+                      "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+    "mnist": ("https://storage.googleapis.com/cvdf-datasets/mnist/",
+              "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+}
+# file name -> (size in bytes, SHA-256) of the files as published (the values of TFDS's
+# url_checksums for these URLs; for Fashion-MNIST the same files as the MD5s in its README).
+# Cross-check: the Debian package's .gz files are these files with the gzip header's file
+# name dropped and its time stamp changed -- restoring both gives exactly these SHA-256s
+# (tests/test_download.py), so the IDX content is the same byte for byte.
+IDX_FILES = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    },
+}
+# How data directories are named in messages when the caller does not say (bn train, bn data, Python).
+DATA_DIR_FLAGS = "--config.data.data_dir (bn train), --data-dir (bn data) or data_dir= (Python)"
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 class DataError(UsageError):
   """A dataset is missing, truncated or corrupt; the message says which file and how to get it."""
+
+
+class DataFile(NamedTuple):
+  """One file a dataset was read from: absolute path, size in bytes, SHA-256 (hex). ``_asdict()`` for JSON."""
+
+  path: str
+  size: int
+  sha256: str
+
+
+def file_record(path: str, data: bytes | None = None) -> DataFile:
+  """:class:`DataFile` of ``path``; from ``data`` (its bytes, already read) when given, else streamed."""
+  if data is None:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return DataFile(os.path.abspath(path), size, h.hexdigest())
+  return DataFile(os.path.abspath(path), len(data), hashlib.sha256(data).hexdigest())
 
 
 class Split(NamedTuple):
@@ -77,7 +143,9 @@ class Dataset:
   """A loaded dataset. ``val`` is carved from the original train split (None when ``val_size=0``).
 
   ``source`` is ``"idx" | "tfds" | "synthetic"``; ``location`` the directory read
-  (or the synthetic recipe)."""
+  (or the synthetic recipe); ``files`` the files actually read, each a :class:`DataFile`
+  (path, size, sha256; empty for synthetic data), so that a run can record which bytes it
+  trained on."""
 
   name: str
   source: str
@@ -86,6 +154,7 @@ class Dataset:
   train: Split
   test: Split
   val: Split | None = None
+  files: tuple[DataFile, ...] = ()
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -93,34 +162,63 @@ class Dataset:
     return tuple(self.train.x.shape[1:])
 
 
-def how_to_get(name: str) -> str:
-  """One paragraph on how to obtain ``name`` on this machine."""
+def how_to_get(name: str, flag: str | None = None) -> str:
+  """One paragraph on how to obtain ``name`` on this machine. ``flag``: how the caller names
+  the data directory (e.g. ``--data-dir``); by default every way is named."""
+  where = f"a directory passed as {flag or DATA_DIR_FLAGS}, or in $BN_IDX_DIR"
   tfds_way = (f"`bn data prepare {name}` (TFDS download + conversion; needs `pip install tensorflow` "
-              "and internet), then load it with the same data_dir")
-  if name == "fashion_mnist":
-    return ("Get it with `apt-get install dataset-fashion-mnist` (IDX files in /usr/share/datasets/fashion-mnist), "
-            f"or {tfds_way}, or put the four IDX files (train-images-idx3-ubyte.gz, ...) in a directory "
-            "passed as data_dir= / --data-dir or $BN_IDX_DIR.")
-  if name == "mnist":
-    return (f"Get it with {tfds_way}, or put the four MNIST IDX files (train-images-idx3-ubyte.gz, "
-            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory "
-            "passed as data_dir= / --data-dir or $BN_IDX_DIR.")
+              "and internet), then load it with the same data directory")
+  if name in IDX_FILES:
+    mb = sum(size for size, _ in IDX_FILES[name].values()) / 1e6
+    way = (f"Get it with `bn data prepare {name}`: it downloads the four IDX files ({mb:.0f} MB) over HTTPS "
+           f"into {idx_download_dir(name)} and checks their SHA-256 (needs network, not TensorFlow)")
+    if name == "fashion_mnist":
+      way += (". Offline on Debian/Ubuntu: `apt-get install dataset-fashion-mnist` "
+              "(IDX files in /usr/share/datasets/fashion-mnist)")
+    return f"{way}. Or put the four files ({', '.join(IDX_NAMES)}) in {where}."
   return f"Get it with {tfds_way}."
+
+
+def user_cache_dir() -> str:
+  """Where ``bn`` keeps downloaded datasets: ``$XDG_CACHE_HOME/bn/datasets`` (default ``~/.cache/bn/datasets``)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "bn", "datasets")
+
+
+def idx_download_dir(name: str, data_dir: str | None = None) -> str:
+  """Where :func:`download_idx` puts ``name``'s files: ``data_dir/NAME``, else ``$BN_IDX_DIR/NAME``,
+  else the user cache (``user_cache_dir()/NAME``) -- each a place :func:`idx_dirs` searches."""
+  base = data_dir or os.environ.get("BN_IDX_DIR")
+  return os.path.join(base or user_cache_dir(), name)
+
+
+def check_data_dir(data_dir: str | None, flag: str | None = None, *, idx: bool = True) -> None:
+  """An explicit location must exist: raises :class:`DataError` naming the path and the flag
+  when ``data_dir`` (or, with ``idx``, ``$BN_IDX_DIR``) is set but is not a directory."""
+  if data_dir and not os.path.isdir(data_dir):
+    raise DataError(f"data directory {data_dir} (given as {flag or DATA_DIR_FLAGS}) does not exist. "
+                    "Fix the path, or leave it out to use the default locations.")
+  env = os.environ.get("BN_IDX_DIR")
+  if idx and env and not os.path.isdir(env):
+    raise DataError(f"$BN_IDX_DIR={env} does not exist. Fix the path, or unset BN_IDX_DIR to use the default "
+                    "locations.")
 
 
 # ----------------------------------------------------------------------------- IDX files
 
 
-def _read_bytes(path: str, name: str) -> bytes:
+def _read_bytes(path: str, name: str) -> tuple[bytes, DataFile]:
+  """The (decompressed) content of ``path`` and the record of the file as stored (hashed once, from memory)."""
   try:
     with open(path, "rb") as f:
       raw = f.read()
   except FileNotFoundError:
     raise DataError(f"{path}: file not found. {how_to_get(name)}") from None
+  record = file_record(path, raw)
   if raw[:2] != b"\x1f\x8b":
-    return raw
+    return raw, record
   try:
-    return gzip.decompress(raw)
+    return gzip.decompress(raw), record
   except (EOFError, OSError, zlib.error) as e:
     raise DataError(f"{path}: truncated or corrupt gzip file ({e}). {how_to_get(name)}") from None
 
@@ -131,7 +229,11 @@ def read_idx(path: str, name: str = "this dataset") -> np.ndarray:
   The header is ``00 00 TYPE NDIM`` then NDIM big-endian uint32 dims; the data
   must be exactly ``prod(dims)`` items long. Raises :class:`DataError` naming
   ``path`` (and how to get ``name``) if the file is missing, truncated or corrupt."""
-  raw = _read_bytes(path, name)
+  return _read_idx(path, name)[0]
+
+
+def _read_idx(path: str, name: str) -> tuple[np.ndarray, DataFile]:
+  raw, record = _read_bytes(path, name)
   if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
     raise DataError(f"{path}: not an IDX file (magic number {raw[:4].hex()!r}; expected 0000 08 0N for uint8 "
                     f"data of N dims). {how_to_get(name)}")
@@ -146,7 +248,7 @@ def read_idx(path: str, name: str = "this dataset") -> np.ndarray:
     raise DataError(f"{path}: {'truncated' if len(raw) < expected else 'trailing bytes'}: the header promises "
                     f"{'x'.join(map(str, dims))} items ({expected} bytes uncompressed) but the file holds "
                     f"{len(raw)}. {how_to_get(name)}")
-  return np.frombuffer(raw, dtype, count, offset=header).reshape(dims)
+  return np.frombuffer(raw, dtype, count, offset=header).reshape(dims), record
 
 
 def idx_files(directory: str, split: str) -> tuple[str, str]:
@@ -168,6 +270,7 @@ def idx_dirs(name: str, data_dir: str | None = None) -> list[str]:
   for base in (data_dir, os.environ.get("BN_IDX_DIR")):
     if base:
       dirs += [os.path.join(base, name), base]
+  dirs.append(os.path.join(user_cache_dir(), name))
   if name in SYSTEM_IDX_DIRS:
     dirs.append(SYSTEM_IDX_DIRS[name])
   return dirs
@@ -185,8 +288,12 @@ def find_idx(name: str, data_dir: str | None = None) -> str | None:
 
 def read_idx_split(directory: str, split: str, name: str, num_classes: int = 10) -> Split:
   """Reads and cross-checks one split: images (N, H, W) uint8 and labels (N,) in [0, num_classes)."""
+  return _read_idx_split(directory, split, name, num_classes)[0]
+
+
+def _read_idx_split(directory: str, split: str, name: str, num_classes: int) -> tuple[Split, tuple[DataFile, ...]]:
   images_path, labels_path = idx_files(directory, split)
-  images, labels = read_idx(images_path, name), read_idx(labels_path, name)
+  (images, images_file), (labels, labels_file) = _read_idx(images_path, name), _read_idx(labels_path, name)
   if images.ndim != 3 or images.dtype != np.uint8:
     raise DataError(f"{images_path}: expected uint8 images with 3 dims (magic 0x00000803), got {images.dtype} "
                     f"{images.shape}. {how_to_get(name)}")
@@ -198,14 +305,14 @@ def read_idx_split(directory: str, split: str, name: str, num_classes: int = 10)
                     f"{how_to_get(name)}")
   if labels.size and labels.max() >= num_classes:
     raise DataError(f"{labels_path}: label {labels.max()} is not below {num_classes}. {how_to_get(name)}")
-  return Split(images[..., None], labels.astype(np.int32))
+  return Split(images[..., None], labels.astype(np.int32)), (images_file, labels_file)
 
 
 def load_idx(name: str, directory: str) -> Dataset:
   """``name`` (mnist or fashion_mnist) from the IDX files in ``directory``."""
   num_classes = CATALOG.get(name, (None, 10))[1]
-  train, test = (read_idx_split(directory, s, name, num_classes) for s in ("train", "test"))
-  return Dataset(name, "idx", directory, num_classes, train, test)
+  (train, train_files), (test, test_files) = (_read_idx_split(directory, s, name, num_classes) for s in ("train", "test"))
+  return Dataset(name, "idx", directory, num_classes, train, test, files=train_files + test_files)
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -263,7 +370,7 @@ def _write_npz(path: str, split: Split):
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, x=split.x, y=split.y)
-    os.replace(tmp, path)
+    publish(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise
@@ -287,7 +394,7 @@ def load_tfds(name: str, data_dir: str | None = None, *, cache_dir: str | None =
 
   cache_dir = cache_dir or os.environ.get("BN_CACHE_DIR")
   where = data_dir or tfds_default_dir()
-  splits = {}
+  splits, files = {}, []
   for split in ("train", "test"):
     try:
       source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -296,13 +403,17 @@ def load_tfds(name: str, data_dir: str | None = None, *, cache_dir: str | None =
                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {how_to_get(name)}") from e
     info = source.dataset_info
     read = lambda: read_source(source)  # noqa: E731
+    version_dir = os.path.join(where, name, str(info.version))
     if cache_dir:
-      splits[split] = _read_cached(os.path.join(cache_dir, f"{name}-{info.version}-{split}.npz"), read)
+      cached = os.path.join(cache_dir, f"{name}-{info.version}-{split}.npz")
+      splits[split] = _read_cached(cached, read)
+      files.append(cached)
     else:
       splits[split] = read()
+      files += sorted(glob.glob(os.path.join(version_dir, f"{name}-{split}.array_record*")))
   num_classes = int(info.features["label"].num_classes)
-  return Dataset(name, "tfds", os.path.join(where, name, str(info.version)), num_classes,
-                 splits["train"], splits["test"])
+  return Dataset(name, "tfds", version_dir, num_classes, splits["train"], splits["test"],
+                 files=tuple(file_record(f) for f in files))
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -346,34 +457,39 @@ def split_val(ds: Dataset, val_size: int, seed: int = 0) -> Dataset:
   return dataclasses.replace(ds, train=take(train_idx), val=take(val_idx))
 
 
-def resolve_source(name: str, source: str = "auto", data_dir: str | None = None) -> str:
-  """The source ``load`` would use: idx if its files are found, else tfds if prepared, else an error."""
+def resolve_source(name: str, source: str = "auto", data_dir: str | None = None, *, flag: str | None = None) -> str:
+  """The source ``load`` would use: idx if its files are found, else tfds if prepared, else an error.
+
+  ``flag`` names the data directory in messages (e.g. ``--data-dir``)."""
   if source not in SOURCES:
     raise ValueError(f"source={source!r} is not one of {SOURCES}.")
+  if source == "synthetic" or (source == "auto" and name == "synthetic"):
+    return "synthetic"
+  check_data_dir(data_dir, flag, idx=name in IDX_DATASETS and source in ("auto", "idx"))
   if source != "auto":
     return source
-  if name == "synthetic":
-    return "synthetic"
   if find_idx(name, data_dir):
     return "idx"
   if find_tfds(name, data_dir):
     return "tfds"
   searched = idx_dirs(name, data_dir) if name in IDX_DATASETS else []
   searched.append(os.path.join(data_dir or tfds_default_dir(), name))
-  raise DataError(f"{name}: not found (looked in {', '.join(searched)}). {how_to_get(name)}")
+  raise DataError(f"{name}: not found (looked in {', '.join(searched)}). {how_to_get(name, flag)}")
 
 
 def load(name: str = "fashion_mnist", *, source: str = "auto", data_dir: str | None = None, val_size: int = 0,
          seed: int = 0, cache_dir: str | None = None, synthetic_shape: Sequence[int] | None = None,
          synthetic_classes: int | None = None, synthetic_sizes: tuple[int, int] = (6000, 1000),
-         synthetic_noise: float = 64.0) -> Dataset:
+         synthetic_noise: float = 64.0, flag: str | None = None) -> Dataset:
   """Loads ``name`` from ``source`` (see the module docstring) and carves a validation split.
 
   ``seed`` chooses the ``val_size`` validation examples (and the synthetic data);
   the synthetic shape/classes default to the catalog entry of ``name``, else
   (28, 28, 1) and 10. Raises :class:`DataError` with instructions when the data
-  is missing or damaged."""
-  source = resolve_source(name, source, data_dir)
+  is missing or damaged, or when ``data_dir`` / ``$BN_IDX_DIR`` is set but does not
+  exist; ``flag`` is how the caller's user gives ``data_dir`` (e.g.
+  ``--config.data.data_dir``), named in those messages."""
+  source = resolve_source(name, source, data_dir, flag=flag)
   if source == "synthetic":
     shape, classes = CATALOG.get(name, ((28, 28, 1), 10))
     ds = synthetic(synthetic_shape or shape, synthetic_classes or classes, num_train=synthetic_sizes[0],
@@ -381,8 +497,7 @@ def load(name: str = "fashion_mnist", *, source: str = "auto", data_dir: str | N
   elif source == "idx":
     directory = find_idx(name, data_dir)
     if directory is None:
-      where = ", ".join(idx_dirs(name, data_dir)) or "(no directory given: pass data_dir= or set $BN_IDX_DIR)"
-      raise DataError(f"{name}: no IDX files in {where}. {how_to_get(name)}")
+      raise DataError(f"{name}: no IDX files in {', '.join(idx_dirs(name, data_dir))}. {how_to_get(name, flag)}")
     ds = load_idx(name, directory)
   else:
     ds = load_tfds(name, data_dir, cache_dir=cache_dir)
@@ -429,21 +544,27 @@ def _is_network_error(e: BaseException) -> bool:
   return False
 
 
-def prepare(name: str, data_dir: str | None = None) -> str:
-  """Downloads and converts ``name`` to array_record with TFDS; returns the data directory.
+def prepare(name: str, data_dir: str | None = None, *, tfds: bool = False, mirrors: Sequence[str] | None = None,
+            log: Callable[[str], None] | None = None) -> str:
+  """Makes ``name`` available locally; returns the directory it is in.
 
-  Raises :class:`DataError` when TensorFlow is missing, :class:`~bn.errors.RunError` when the download fails."""
+  mnist and fashion_mnist (unless ``tfds``): :func:`download_idx` (HTTP(S), checksums,
+  no TensorFlow). Others: TFDS download + conversion to array_record (needs TensorFlow).
+  Raises :class:`DataError` when TensorFlow is missing, :class:`~bn.errors.RunError`
+  when a download fails."""
+  if name in IDX_FILES and not tfds:
+    return download_idx(name, idx_download_dir(name, data_dir), mirrors=mirrors, log=log)
   no_tf = (f"cannot prepare {name}: TensorFlow is not installed, and TFDS needs it to download and convert "
            f"{name}. Install it with `pip install tensorflow` (the download also needs internet), then re-run.")
-  if name == "fashion_mnist":
-    no_tf += " Offline alternative: `apt-get install dataset-fashion-mnist` (read directly as IDX files)."
+  if name in IDX_FILES:
+    no_tf += f" Without TensorFlow: `bn data prepare {name}` (no --tfds) downloads the IDX files."
   if not _has_tensorflow():
     raise DataError(no_tf)
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds_lib
 
   where = data_dir or tfds_default_dir()
   try:
-    tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
+    tfds_lib.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
   except ImportError as e:
     raise DataError(f"{no_tf} ({e})") from None
   except Exception as e:  # report, don't dump a traceback
@@ -455,8 +576,104 @@ def prepare(name: str, data_dir: str | None = None) -> str:
   return where
 
 
-def describe_all(data_dir: str | None = None) -> str:
+# ----------------------------------------------------------------------------- IDX download
+
+
+class _Refused(Exception):
+  """A download that arrived but is not the file we want (size or checksum)."""
+
+
+def _matches(path: str, size: int, sha256: str) -> bool:
+  return os.path.isfile(path) and os.path.getsize(path) == size and file_record(path).sha256 == sha256
+
+
+def _fetch(url: str, path: str, size: int, sha256: str, timeout: float) -> None:
+  """Downloads ``url`` to a temporary file next to ``path``; renames it to ``path`` only when its
+  size and SHA-256 are the expected ones. Nothing is left behind on any failure."""
+  directory = os.path.dirname(path)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part")
+  try:
+    with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+      length = r.headers.get("Content-Length")
+      if length is not None and length.isdigit() and int(length) != size:
+        raise _Refused(f"the server announces {int(length)} bytes, expected {size}")
+      h, got = hashlib.sha256(), 0
+      while chunk := r.read(1 << 20):
+        got += len(chunk)
+        if got > size:
+          raise _Refused(f"more than the expected {size} bytes")
+        h.update(chunk)
+        f.write(chunk)
+      if got != size:
+        raise _Refused(f"{got} bytes, expected {size}")
+      if h.hexdigest() != sha256:
+        raise _Refused(f"SHA-256 {h.hexdigest()}, expected {sha256}")
+      f.flush()
+      os.fsync(f.fileno())
+    publish(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def download_idx(name: str, directory: str | None = None, *, mirrors: Sequence[str] | None = None,
+                 timeout: float = 60.0, log: Callable[[str], None] | None = None) -> str:
+  """Downloads ``name``'s (mnist or fashion_mnist) four IDX files into ``directory`` (default
+  :func:`idx_download_dir`) over HTTP(S) with the standard library, no TensorFlow.
+
+  Each file is tried from each of ``mirrors`` (base URLs; default ``IDX_MIRRORS[name]``) in
+  turn and kept only if its size and SHA-256 are those of ``IDX_FILES[name]``; it is written
+  to a temporary file and renamed into place, so a failed or corrupt download leaves nothing.
+  Files already there with the right checksum are not downloaded again. Returns ``directory``;
+  raises :class:`~bn.errors.RunError` when a file cannot be had from any mirror."""
+  if name not in IDX_FILES:
+    raise DataError(f"{name}: no IDX download known; `bn data prepare {name}` goes through TFDS.")
+  directory = directory or idx_download_dir(name)
+  mirrors = list(mirrors or IDX_MIRRORS[name])
+  log = log or (lambda _: None)
+  created = not os.path.isdir(directory)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise RunError(f"cannot create {directory} for {name}'s files: {e}") from None
+  try:
+    _download_all(name, directory, mirrors, timeout, log)
+  except BaseException:
+    if created and not os.listdir(directory):
+      os.rmdir(directory)
+    raise
+  return directory
+
+
+def _download_all(name: str, directory: str, mirrors: list[str], timeout: float, log: Callable[[str], None]) -> None:
+  for fname, (size, sha256) in IDX_FILES[name].items():
+    path = os.path.join(directory, fname)
+    if _matches(path, size, sha256):
+      log(f"{name}: {fname} already in {directory} (SHA-256 checked)")
+      continue
+    failures = []
+    for base in mirrors:
+      url = base.rstrip("/") + "/" + fname
+      log(f"{name}: downloading {url} ({size / 1e6:.1f} MB)")
+      try:
+        _fetch(url, path, size, sha256, timeout)
+        break
+      except _Refused as e:
+        failures.append(f"{url}: refused, {e}")
+      except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
+        failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+    else:
+      raise RunError(f"cannot download {name}'s {fname}; nothing was saved for it. Tried: " + "; ".join(failures)
+                     + f". Downloading needs network access over HTTP(S). Without it, copy the four files "
+                       f"({', '.join(IDX_FILES[name])}) from a connected machine into {directory}"
+                     + (", or `apt-get install dataset-fashion-mnist` on Debian/Ubuntu." if name == "fashion_mnist"
+                        else "."))
+
+
+def describe_all(data_dir: str | None = None, flag: str | None = None) -> str:
   """``bn data list``: every catalog dataset, where it was found (or how to get it)."""
+  check_data_dir(data_dir, flag)
   lines = [f"{'dataset':<14} {'shape':<9} {'classes':>7}  source"]
   for name, (shape, classes) in CATALOG.items():
     found = [("idx", find_idx(name, data_dir)), ("tfds", find_tfds(name, data_dir))]
@@ -466,7 +683,7 @@ def describe_all(data_dir: str | None = None) -> str:
       lines.append((head if i == 0 else " " * len(head)) + f"{s:<5} {d}")
     if not found:
       lines.append(head + "missing")
-      lines.append(" " * len(head) + how_to_get(name))
+      lines.append(" " * len(head) + how_to_get(name, flag))
   lines.append(f"{'synthetic':<14} {'any':<9} {'any':>7}  generated: `bn data info NAME --source synthetic`")
   return "\n".join(lines)
 

@@ -1,7 +1,6 @@
 """Host-side statistics for reports: confidence intervals over seeds, convergence speed, gaps.
 
-Pure NumPy and the standard library (no SciPy at run time; the tests check the
-Student-t quantile against ``scipy.stats.t``). Not meant for ``jit``.
+NumPy, plus SciPy for the Student-t quantile (SciPy comes with jax). Not meant for ``jit``.
 
 NaN policy: a diverged seed (NaN metric) makes ``mean_ci`` return NaN rather
 than being dropped silently; filter explicitly if that is what you mean.
@@ -12,63 +11,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-
-# ----------------------------------------------------------------------------- Student t quantile
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-  """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes §6.4)."""
-  fpmin, eps = 1e-300, 1e-16
-  c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-  d = 1.0 / (d if abs(d) > fpmin else fpmin)
-  h = d
-  for m in range(1, 1000):
-    for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-      d = 1.0 + num * d
-      d = 1.0 / (d if abs(d) > fpmin else fpmin)
-      c = 1.0 + num / c
-      c = c if abs(c) > fpmin else fpmin
-      h *= d * c
-    if abs(d * c - 1.0) < eps:
-      break
-  return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-  """Regularized incomplete beta function I_x(a, b) for a, b > 0, 0 <= x <= 1."""
-  if x <= 0.0:
-    return 0.0
-  if x >= 1.0:
-    return 1.0
-  front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-  if x < (a + 1.0) / (a + b + 2.0):
-    return front * _betacf(a, b, x) / a
-  return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+import scipy.stats
 
 
 def t_ppf(q: float, df: float) -> float:
-  """Quantile of Student's t with ``df > 0`` degrees of freedom, 0 < q < 1.
+  """Quantile of Student's t with ``df > 0`` degrees of freedom, 0 < q < 1 (``scipy.stats.t.ppf``).
 
-  Uses ``P(|T| > t) = I_{df/(df+t^2)}(df/2, 1/2)``: bisection (200 halvings) on
-  ``x = df/(df+t^2)`` in (0, 1], where the right side is increasing, then
-  ``t = sqrt(df (1-x)/x)``; accurate to ~1e-10 relative or better."""
+  Raises ``ValueError`` outside that range (SciPy would return NaN)."""
   if not (0.0 < q < 1.0) or not df > 0:
     raise ValueError(f"t_ppf needs 0 < q < 1 and df > 0, got q={q}, df={df}.")
-  if q == 0.5:
-    return 0.0
-  tail = 2.0 * min(q, 1.0 - q)  # two-sided tail probability P(|T| > |t|)
-  lo, hi = 0.0, 1.0
-  for _ in range(200):
-    mid = 0.5 * (lo + hi)
-    if betainc(0.5 * df, 0.5, mid) < tail:
-      lo = mid
-    else:
-      hi = mid
-  x = 0.5 * (lo + hi)
-  t = math.sqrt(df * (1.0 - x) / x)
-  return t if q > 0.5 else -t
+  return float(scipy.stats.t.ppf(q, df))
 
 
 # ----------------------------------------------------------------------------- intervals

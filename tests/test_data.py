@@ -5,6 +5,7 @@ References are independent of the code under test: bytes written here by hand
 """
 
 import gzip
+import hashlib
 import os
 import struct
 
@@ -24,10 +25,13 @@ HAVE_FMNIST = all(
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
-  """No stray BN_IDX_DIR / cache; an empty TFDS data dir."""
+  """No stray BN_IDX_DIR / cache; an empty TFDS data dir and user cache; downloads go nowhere
+  (a closed local port: no test reaches the internet)."""
   monkeypatch.delenv("BN_IDX_DIR", raising=False)
   monkeypatch.delenv("BN_CACHE_DIR", raising=False)
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_empty"))
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg_cache"))
+  monkeypatch.setattr(data, "IDX_MIRRORS", {k: ("http://127.0.0.1:9/",) for k in data.IDX_MIRRORS})
 
 
 # ----------------------------------------------------------------------------- IDX fixtures
@@ -123,10 +127,64 @@ def test_read_idx_other_dtypes(tmp_path):
 
 def test_missing_dataset_message(tmp_path, monkeypatch):
   monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
-  with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):
+  with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist") as e:
     data.load("fashion_mnist", data_dir=str(tmp_path))
+  msg = str(e.value)
+  assert "`bn data prepare fashion_mnist`: it downloads" in msg and "not TensorFlow" in msg
+  assert "--config.data.data_dir (bn train), --data-dir (bn data)" in msg  # real flags only
+  assert str(tmp_path / "xdg_cache" / "bn" / "datasets" / "fashion_mnist") in msg  # where prepare puts it
+  with pytest.raises(data.DataError, match="passed as --config.data.data_dir, or in .BN_IDX_DIR"):
+    data.load("mnist", data_dir=str(tmp_path), flag="--config.data.data_dir")
   with pytest.raises(data.DataError, match="bn data prepare cifar10"):
     data.load("cifar10", source="tfds", data_dir=str(tmp_path))
+
+
+def test_explicit_location_that_does_not_exist_is_an_error(tmp_path, monkeypatch, capsys):
+  missing = str(tmp_path / "nowhere")
+  for source in ("auto", "idx", "tfds"):
+    with pytest.raises(data.DataError, match=f"data directory {missing} .*does not exist"):
+      data.load("fashion_mnist", source=source, data_dir=missing)
+  with pytest.raises(data.DataError, match=r"given as --config.data.data_dir\)"):
+    data.load("fashion_mnist", data_dir=missing, flag="--config.data.data_dir")
+  assert cli.main(["data", "info", "fashion_mnist", "--data-dir", missing]) == 2
+  assert f"data directory {missing} (given as --data-dir) does not exist" in capsys.readouterr().err
+  assert cli.main(["data", "list", "--data-dir", missing]) == 2
+  monkeypatch.setenv("BN_IDX_DIR", missing)
+  with pytest.raises(data.DataError, match=f"BN_IDX_DIR={missing} does not exist"):
+    data.load("fashion_mnist")
+  data.load("synthetic", synthetic_sizes=(20, 10))  # nothing to read: no check
+  data.load("cifar10", source="synthetic", synthetic_sizes=(20, 10), data_dir=missing)
+
+
+def test_user_cache_dir_is_searched(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {})
+  cache = tmp_path / "xdg_cache" / "bn" / "datasets" / "mnist"
+  write_idx_set(cache, gz=True)
+  assert data.idx_download_dir("mnist") == str(cache)
+  assert data.load("mnist").location == str(cache)
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert data.user_cache_dir() == str(tmp_path / "home" / ".cache" / "bn" / "datasets")
+  # order: data_dir, $BN_IDX_DIR (each NAME/ first), the user cache, the Debian package
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {"mnist": "/usr/share/x"})
+  monkeypatch.setenv("BN_IDX_DIR", "/env")
+  assert data.idx_dirs("mnist", "/d") == ["/d/mnist", "/d", "/env/mnist", "/env",
+                                         str(tmp_path / "home" / ".cache" / "bn" / "datasets" / "mnist"), "/usr/share/x"]
+  assert data.idx_download_dir("mnist", "/d") == "/d/mnist" and data.idx_download_dir("mnist") == "/env/mnist"
+
+
+def test_dataset_files_record_what_was_read(tmp_path):
+  write_idx_set(tmp_path, gz=True)
+  ds = data.load("mnist", data_dir=str(tmp_path), val_size=5)
+  names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+           "t10k-labels-idx1-ubyte.gz"]
+  assert [os.path.basename(f.path) for f in ds.files] == names  # val split kept them
+  for f in ds.files:
+    raw = open(f.path, "rb").read()
+    assert os.path.isabs(f.path) and f.size == len(raw) and f.sha256 == hashlib.sha256(raw).hexdigest()
+    assert f._asdict() == {"path": f.path, "size": f.size, "sha256": f.sha256}  # JSON-ready
+  assert data.file_record(ds.files[0].path) == ds.files[0]  # streamed == from memory
+  assert data.load("synthetic", synthetic_sizes=(20, 10)).files == ()
 
 
 # ----------------------------------------------------------------------------- real Fashion-MNIST
@@ -382,14 +440,16 @@ def test_cli_info_fashion_mnist(capsys):
 
 def test_cli_prepare_without_tensorflow(capsys, monkeypatch):
   monkeypatch.setattr(data, "_has_tensorflow", lambda: False)
-  assert cli.main(["data", "prepare", "mnist"]) != 0
+  assert cli.main(["data", "prepare", "cifar10"]) == 2
   err = capsys.readouterr().err
   assert "TensorFlow is not installed" in err and "pip install tensorflow" in err and "Traceback" not in err
+  assert cli.main(["data", "prepare", "mnist", "--tfds"]) == 2  # IDX datasets need no TensorFlow without --tfds
+  assert "`bn data prepare mnist` (no --tfds) downloads the IDX files" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(data._has_tensorflow(), reason="TensorFlow is installed here")
 def test_cli_prepare_real_environment(capsys):
-  assert cli.main(["data", "prepare", "mnist"]) == 2  # a set-up problem: TensorFlow is missing
+  assert cli.main(["data", "prepare", "cifar10"]) == 2  # a set-up problem: TensorFlow is missing
   assert "pip install tensorflow" in capsys.readouterr().err
 
 
