@@ -19,13 +19,17 @@ Conventions (they differ between libraries; stated once here):
   ``unbiased=True`` stores ``var * n / (n - 1)`` like PyTorch (with ghost
   batches: the pooled within-ghost variance ``sum_g SS_g / sum_g (n_g - 1)``);
   normalization always uses the biased batch variance.
-* **Variance estimator**: ``variance="shifted"`` (default) is one pass over the
-  data, ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
-  the data (the first value of the batch), as stable as two passes for large
-  offsets; ``variance="two_pass"`` computes ``E[(x - E[x])^2]``;
-  ``variance="fast"`` computes ``E[x^2] - E[x]^2`` (Flax's default; loses
-  precision when the mean is large against the spread). The latter two are
-  clamped at 0 like the first.
+* **Variance estimator**: ``variance="shifted"`` (default) reads the data
+  once: ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
+  the batch (its first value; no gradient flows through ``K``, and the
+  derivatives are exact because the statistics do not depend on it). Its
+  rounding error grows with ``((mean - K) / std)^2`` instead of
+  ``(mean / std)^2``: as stable as two passes for large offsets, unless the
+  first value is a far outlier. Under a mask it is computed in two passes (the
+  same numbers as ``"two_pass"``). ``variance="two_pass"`` computes
+  ``E[(x - E[x])^2]``; ``variance="fast"`` computes ``E[x^2] - E[x]^2`` (Flax's
+  default; in float32 it cannot resolve e.g. std 1 at mean 1e4). ``"shifted"``
+  and ``"fast"`` are clamped at 0.
 * **Precision**: statistics are accumulated and stored in float32 even for
   bf16/fp16 inputs (float64 stays float64); the output has ``x``'s dtype unless
   ``dtype`` is given. Integer and bool inputs are promoted to float32 (as Flax
@@ -50,7 +54,8 @@ them. ``strict_batch=False`` follows Flax: a single value gives variance 0
 (the output is ``bias``) and is folded into the running statistics; only a
 feature with *no* valid value keeps its running statistics and is normalized
 with them (Flax returns NaN there). ``count`` increments when at least one
-feature was updated.
+feature was updated (so with ``momentum=None`` a feature skipped in some call
+is afterwards averaged as if it had taken part with its old value).
 
 Batch statistics with ``mask`` and ``axis_name`` are merged by *count*:
 devices holding different numbers of valid examples still give the exact
@@ -59,6 +64,7 @@ statistics of the global batch (Flax averages per-device means instead).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -332,6 +338,29 @@ def _is_traced(v) -> bool:
   return isinstance(v, jax.core.Tracer)
 
 
+def _check_options(train, params, state, *, momentum, epsilon, variance, renorm, noise, ghost_batch_size, population,
+                   population_noise, flags):
+  """Checks every argument that needs no input; returns ``(train, ghost_batch_size, population_noise)``."""
+  train = _check_flag("train", train)
+  for name, flag in flags.items():
+    _check_flag(name, flag)
+  _check_params(params, state, need_state=True)
+  _check_momentum(momentum)
+  _check_epsilon(epsilon)
+  _check_variance(variance)
+  _check_renorm(renorm)
+  _check_noise(noise)
+  if ghost_batch_size is not None:
+    ghost_batch_size = _check_int("ghost_batch_size", ghost_batch_size, 1)
+  if population_noise is not None:
+    population_noise = _check_int("population_noise", population_noise, 1)
+    if not population:
+      raise ValueError(
+          f"population_noise={population_noise} perturbs population-mode normalization: it needs population=True."
+      )
+  return train, ghost_batch_size, population_noise
+
+
 # ----------------------------------------------------------------------------- the call's layout
 
 
@@ -406,7 +435,7 @@ def _prepare_mask(mask, x):
   return mask, concrete
 
 
-def _check_counts(x, lay: _Layout, mask_np, strict: bool, axis_name, axis_index_groups):
+def _check_counts(x, lay: _Layout, mask_np, strict: bool, axis_index_groups):
   """Trace-time checks of the number of values per feature in each (ghost) batch."""
   per_group = math.prod(lay.view_shape[a] for a in lay.reduce_axes)
   what = f"a ghost batch of {lay.ghost}" if lay.ghost is not None else "a training batch of one example"
@@ -441,6 +470,26 @@ def _check_counts(x, lay: _Layout, mask_np, strict: bool, axis_name, axis_index_
     )
 
 
+def _check_training(x32, lay: _Layout, mask_np, *, axis_name, axis_index_groups, renorm, noise, population_noise, key,
+                    strict_batch):
+  """Trace-time checks of a training call against its input."""
+  _check_axis_name(axis_name)
+  if jnp.iscomplexobj(x32) and (renorm is not None or population_noise is not None):
+    raise ValueError("complex inputs support plain, ghost, masked, noisy and population BN; not renorm= or population_noise=.")
+  if (noise is not None or population_noise is not None) and key is None:
+    what = "noise=" if noise is not None else "population_noise="
+    raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(...) (a fresh one each step).")
+  _check_counts(x32, lay, mask_np, strict_batch, axis_index_groups)
+  if population_noise is not None:
+    _group_size("population_noise", population_noise, x32, lay.feature_axes)
+    per_example = math.prod(x32.shape[a] for a in range(1, x32.ndim) if a not in lay.feature_axes)
+    if population_noise * per_example < 2:
+      raise ValueError(
+          f"population_noise={population_noise} gives groups of {population_noise * per_example} value(s) per feature; "
+          "the noise of a variance estimate needs at least 2 (a larger population_noise)."
+      )
+
+
 # ----------------------------------------------------------------------------- statistics
 
 
@@ -449,6 +498,45 @@ def _pilot(xs, reduce_axes):
   (ghost) batch. No gradient flows through ``K`` (the statistics do not depend on it)."""
   idx = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(xs.ndim))
   return lax.stop_gradient(xs[idx])
+
+
+def _stage_size(size: int) -> int | None:
+  """The largest divisor of ``size`` in [8, 32], or None."""
+  return next((d for d in range(32, 7, -1) if size % d == 0), None)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _sum_and_sum_sq(d, reduce_axes):
+  """``(sum(d), sum(d^2))`` over ``reduce_axes`` (kept), reading ``d`` once.
+
+  The first stage is one variadic reduction over a chunk of 8 to 32 slices of the
+  first reduced axis (XLA emits both sums, and the subtraction that produced ``d``,
+  in a single loop); the second sums the small partials. Without such a chunk, or
+  for complex ``d``, two plain sums."""
+  if jnp.iscomplexobj(d):
+    return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
+  zero = np.zeros((), d.dtype)
+
+  def both(t, axes):
+    return lax.reduce((t, lax.square(t)), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
+
+  keep = lambda t: lax.expand_dims(t, reduce_axes)  # noqa: E731
+  if math.prod(d.shape[a] for a in reduce_axes) <= 64:  # small: one stage
+    return tuple(keep(t) for t in both(d, reduce_axes))
+  a0 = reduce_axes[0]
+  k = _stage_size(d.shape[a0])
+  if k is None:
+    return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
+  p1, p2 = both(d.reshape(d.shape[:a0] + (k, d.shape[a0] // k) + d.shape[a0 + 1:]), (a0,))
+  return jnp.sum(p1, reduce_axes, keepdims=True), jnp.sum(p2, reduce_axes, keepdims=True)
+
+
+@_sum_and_sum_sq.defjvp
+def _sum_and_sum_sq_jvp(reduce_axes, primals, tangents):
+  (d,), (t,) = primals, tangents
+  out = _sum_and_sum_sq(d, reduce_axes)
+  t_sq = 2.0 * (lax.real(d) * lax.real(t) + lax.imag(d) * lax.imag(t)) if jnp.iscomplexobj(d) else 2.0 * d * t
+  return out, (jnp.sum(t, reduce_axes, keepdims=True), jnp.sum(t_sq, reduce_axes, keepdims=True))
 
 
 def _moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance):
@@ -485,9 +573,10 @@ def _moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance):
       if axis_name:  # one shift for all devices, so their sums add up
         k = lax.pmean(k, axis_name, axis_index_groups=axis_index_groups)
       d = select(xs - k)
+      s1, s2 = _sum_and_sum_sq(d, reduce_axes) if reduce_axes else (d, _abs_sq(d))
     else:
       k, d = None, select(xs)
-    s1, s2 = jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
+      s1, s2 = jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
     if count is not None:
       s1, s2, count = psum((s1, s2, count))
       n = jnp.maximum(count, 1.0)
@@ -499,6 +588,21 @@ def _moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance):
   if count is None:
     count = jnp.full(mean.shape, n, rdt)
   return mean, var, count
+
+
+def _batch_statistics(x_in, lay: _Layout, mask, run_mean, run_var, *, variance, axis_index_groups, strict_batch):
+  """Per (ghost) batch: mean, biased variance, valid count (in the view, reduced axes kept)
+  and ``valid`` (None: all features usable, known statically). Under a mask, features
+  with too few valid values get the running statistics instead."""
+  mask_v = None if mask is None else _to_view(jnp.broadcast_to(mask, x_in.shape), lay)
+  mean_b, var_b, count_b = _moments(_to_view(x_in, lay), lay.reduce_axes, mask_v, lay.local_axis, axis_index_groups,
+                                    variance)
+  if mask is None:
+    return mean_b, var_b, count_b, None
+  valid = count_b >= (2.0 if strict_batch else 1.0)
+  mean_b = jnp.where(valid, mean_b, _lift(run_mean, lay))
+  var_b = jnp.where(valid, var_b, _lift(run_var, lay))
+  return mean_b, var_b, count_b, valid
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -583,7 +687,7 @@ def _affine_bias(y, params: BNParams, bshape):
   return y
 
 
-def _finish(y, x32, mask, ok, out_dtype):
+def _finish(y, x32, ok, out_dtype):
   """Masked non-finite inputs pass through; cast to the output dtype."""
   if ok is not None:
     y = jnp.where(ok, y, x32)
@@ -643,6 +747,17 @@ def _update(state: BNState, mean, var, momentum, updated=None) -> BNState:
       jnp.where(updated, new_var, state.var),
       state.count + jnp.any(updated).astype(state.count.dtype),
   )
+
+
+def _running_update(state: BNState, lay: _Layout, mean_b, var_b, count_b, valid, *, momentum, unbiased, axis_name,
+                    axis_index_groups) -> tuple[BNState, BatchStats]:
+  """The new running statistics (no gradient) and the :class:`BatchStats` behind them."""
+  mean_u, var_u, stored, n_stat, updated = _pool(lay, mean_b, var_b, count_b, valid, axis_name, axis_index_groups, unbiased)
+  mean_u, var_u, stored = lax.stop_gradient(mean_u), lax.stop_gradient(var_u), lax.stop_gradient(stored)
+  new_state = _update(state, mean_u, stored, momentum, updated)
+  if updated is not None:
+    mean_u, var_u = jnp.where(updated, mean_u, state.mean), jnp.where(updated, var_u, state.var)
+  return new_state, BatchStats(mean_u, var_u, n_stat)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -735,25 +850,11 @@ def batch_norm(
     ``(y, new_state)`` or ``(y, new_state, batch_stats)`` with ``return_stats``;
     in eval ``batch_stats`` is the running statistics.
   """
-  train = _check_flag("train", train)
-  for name, flag in (("unbiased", unbiased), ("population", population), ("stats_gradient", stats_gradient),
-                     ("strict_batch", strict_batch), ("return_stats", return_stats)):
-    _check_flag(name, flag)
-  _check_params(params, state, need_state=True)
-  _check_momentum(momentum)
-  _check_epsilon(epsilon)
-  _check_variance(variance)
-  _check_renorm(renorm)
-  _check_noise(noise)
-  if ghost_batch_size is not None:
-    ghost_batch_size = _check_int("ghost_batch_size", ghost_batch_size, 1)
-  if population_noise is not None:
-    population_noise = _check_int("population_noise", population_noise, 1)
-    if not population:
-      raise ValueError(
-          f"population_noise={population_noise} perturbs population-mode normalization: it needs population=True."
-      )
-
+  train, ghost_batch_size, population_noise = _check_options(
+      train, params, state, momentum=momentum, epsilon=epsilon, variance=variance, renorm=renorm, noise=noise,
+      ghost_batch_size=ghost_batch_size, population=population, population_noise=population_noise,
+      flags=dict(unbiased=unbiased, population=population, stats_gradient=stats_gradient, strict_batch=strict_batch,
+                 return_stats=return_stats))
   x = jnp.asarray(x)
   out_dtype = _out_dtype(x, dtype)
   lay = _layout(x, axis, ghost_batch_size if train else None, axis_name if train else None)
@@ -767,56 +868,30 @@ def batch_norm(
 
   if not train:
     y = _affine_bias(_normalize(x_in, run_mean, run_var, scale, epsilon), params, lay.bshape)
-    y = _finish(y, x32, mask, ok, out_dtype)
+    y = _finish(y, x32, ok, out_dtype)
     if return_stats:
       return y, state, BatchStats(state.mean, state.var, jnp.zeros((), jnp.float32))
     return y, state
 
-  _check_axis_name(axis_name)
-  if jnp.iscomplexobj(x32) and (renorm is not None or population_noise is not None):
-    raise ValueError("complex inputs support plain, ghost, masked, noisy and population BN; not renorm= or population_noise=.")
-  if (noise is not None or population_noise is not None) and key is None:
-    what = "noise=" if noise is not None else "population_noise="
-    raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(...) (a fresh one each step).")
-  _check_counts(x, lay, mask_np, strict_batch, axis_name, axis_index_groups)
-  if population_noise is not None:
-    _group_size("population_noise", population_noise, x, lay.feature_axes)
-    per_example = math.prod(x.shape[a] for a in range(1, x.ndim) if a not in lay.feature_axes)
-    if population_noise * per_example < 2:
-      raise ValueError(
-          f"population_noise={population_noise} gives groups of {population_noise * per_example} value(s) per feature; "
-          "the noise of a variance estimate needs at least 2 (a larger population_noise)."
-      )
+  _check_training(x32, lay, mask_np, axis_name=axis_name, axis_index_groups=axis_index_groups, renorm=renorm, noise=noise,
+                  population_noise=population_noise, key=key, strict_batch=strict_batch)
   key_noise = key_pop = key
   if noise is not None and population_noise is not None:
     key_noise, key_pop = jax.random.split(key)
 
-  # Statistics, per ghost batch in the ghost view.
-  mask_v = None if mask is None else _to_view(jnp.broadcast_to(mask, x.shape), lay)
-  mean_b, var_b, count_b = _moments(_to_view(x_in, lay), lay.reduce_axes, mask_v, lay.local_axis, axis_index_groups,
-                                    variance)
-  valid = None
-  if mask is not None:  # too few valid values: keep (and use) the running statistics
-    valid = count_b >= (2.0 if strict_batch else 1.0)
-    mean_b = jnp.where(valid, mean_b, _lift(run_mean, lay))
-    var_b = jnp.where(valid, var_b, _lift(run_var, lay))
-
+  mean_b, var_b, count_b, valid = _batch_statistics(x_in, lay, mask, run_mean, run_var, variance=variance,
+                                                    axis_index_groups=axis_index_groups, strict_batch=strict_batch)
   y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=epsilon, renorm=renorm,
                        population=population, population_noise=population_noise, key=key_pop, mask=mask,
                        stats_gradient=stats_gradient)
   y = _affine_bias(y, params, lay.bshape)
   if noise is not None:
     y = _apply_noise(y, noise, key_noise, lay.bshape)
-  y = _finish(y, x32, mask, ok, out_dtype)
+  y = _finish(y, x32, ok, out_dtype)
 
-  mean_u, var_u, stored, n_stat, updated = _pool(lay, mean_b, var_b, count_b, valid, axis_name, axis_index_groups, unbiased)
-  mean_u, var_u, stored = lax.stop_gradient(mean_u), lax.stop_gradient(var_u), lax.stop_gradient(stored)
-  new_state = _update(state, mean_u, stored, momentum, updated)
-  if return_stats:
-    if updated is not None:
-      mean_u, var_u = jnp.where(updated, mean_u, state.mean), jnp.where(updated, var_u, state.var)
-    return y, new_state, BatchStats(mean_u, var_u, n_stat)
-  return y, new_state
+  new_state, used = _running_update(state, lay, mean_b, var_b, count_b, valid, momentum=momentum, unbiased=unbiased,
+                                    axis_name=axis_name, axis_index_groups=axis_index_groups)
+  return (y, new_state, used) if return_stats else (y, new_state)
 
 
 # ----------------------------------------------------------------------------- comparison normalizers

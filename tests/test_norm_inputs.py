@@ -296,6 +296,37 @@ def test_shifted_gradients_equal_two_pass_gradients(kw):
       assert_close(a, b, 1e-10, 1e-12)
 
 
+@pytest.mark.parametrize("shape", [(16, 3), (96, 2), (8, 3, 3, 2)])
+def test_shifted_single_read_path_under_jit_grad_vmap(shape):
+  """The single-read (variadic) reductions: one stage for at most 64 values per feature,
+  else two stages when the first axis has a divisor in [8, 32]."""
+  from test_norm import np_bn_grads
+
+  x, scale, bias, mean, var = random_setup(shape, (len(shape) - 1,), seed=15, offset=2.0)
+  params, state = as_bn(scale, bias, mean, var)
+  f = jax.jit(functools.partial(bn.batch_norm, train=True, momentum=0.9))
+  y, new = f(x, params, state)
+  y_ref, m_ref, v_ref = np_bn(x, scale, bias, mean, var, feature_axes=(len(shape) - 1,), momentum=0.9)
+  assert_close(y, y_ref, 1e-5, 2e-5)
+  assert_close(new.mean, m_ref)
+  assert_close(new.var, v_ref)
+  ys, news = jax.vmap(f, in_axes=(0, None, None))(np.stack([x, 2 * x]), params, state)
+  assert_close(ys[0], y, 1e-6, 1e-6)
+  assert_close(news.var[1], np_bn(2 * x, scale, bias, mean, var, feature_axes=(len(shape) - 1,), momentum=0.9)[2])
+  if len(shape) == 2:
+    dy = np.random.default_rng(16).normal(size=shape).astype(np.float32)
+    grads = jax.jit(jax.grad(lambda x, p: jnp.sum(bn.batch_norm(x, p, state, train=True)[0] * dy), (0, 1)))(x, params)
+    rx, rs, rb = np_bn_grads(x, scale, dy)
+    assert_close(grads[0], rx, 1e-4, 1e-5)
+    assert_close(grads[1].scale, rs, 1e-5, 1e-5)
+    assert_close(grads[1].bias, rb, 1e-5, 1e-5)
+    # second order (e.g. gradient penalties) goes through the custom JVP too
+    hvp = jax.jvp(jax.grad(lambda x: jnp.sum(jnp.tanh(bn.batch_norm(x, params, state, train=True)[0]))), (x,), (dy,))[1]
+    hvp2 = jax.jvp(jax.grad(lambda x: jnp.sum(jnp.tanh(bn.batch_norm(x, params, state, train=True, variance="two_pass")[0]))),
+                   (x,), (dy,))[1]
+    assert_close(hvp, hvp2, 1e-3, 1e-4)
+
+
 # ----------------------------------------------------------------------------- argument checks
 
 
