@@ -195,7 +195,13 @@ def base() -> ml_collections.ConfigDict:
       loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.experiment.choose_layout
       runs="auto",  # "vmap" | "unroll" (one copy of the step per run) | "auto": unroll for conv models on CPU
   ))
-  c.probes = ml_collections.ConfigDict(dict(every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0), layers=()))
+  c.probes = ml_collections.ConfigDict(dict(
+      every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0),
+      kinds=(),  # which probes (bn.run_probes.KINDS); empty: all
+      rho=1e-3,  # relative step (||dW|| / ||W||) of the matched gradient ICS and the relative-units landscape
+      hessian_probes=2,  # random vectors per layer for the Hessian-block norms
+      eval_batch_size=1000,  # test examples for the eval-mode layer-input percentiles
+  ))
   c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see docs/scale-out.md
       devices="1",  # "1" (no mesh), "all", or a count N: the global batch is split over a 'data' mesh axis
       bn_stats="sync",  # "sync": global batch statistics; "local": per-device statistics (ghost BN, ghost = shard)

@@ -26,6 +26,7 @@ from bn import config as bn_config, data as bn_data, models, pipeline, train
 from bn.config import ConfigError
 
 LAUNCH_KEYS = ("coordinator", "num_processes", "process_id", "cluster_detect", "init_timeout")
+PROBE_KINDS = ("act", "eval_act", "norms", "grad_ics", "landscape", "coupling", "hessian")  # bn.run_probes.KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,10 @@ class ProbeSpec:
   every: int  # 0: no probes
   batch_size: int
   landscape_scales: tuple[float, ...]
+  kinds: tuple[str, ...] = ()  # empty: every kind of bn.run_probes.KINDS
+  rho: float = 1e-3
+  hessian_probes: int = 2
+  eval_batch_size: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +157,13 @@ def _check(c) -> None:
   _positive("data.train_eval_size", c.data.train_eval_size, allow_zero=True)
   if c.probes.every:
     _positive("probes.batch_size", c.probes.batch_size)
+    _positive("probes.hessian_probes", c.probes.hessian_probes)
+    _positive("probes.eval_batch_size", c.probes.eval_batch_size)
+    unknown = set(c.probes.kinds) - set(PROBE_KINDS)
+    if unknown:
+      raise ConfigError(f"--config.probes.kinds has unknown probes {sorted(unknown)}; choose from {', '.join(PROBE_KINDS)} (empty: all).")
+    if not c.probes.rho > 0:
+      raise ConfigError(f"--config.probes.rho={c.probes.rho} must be > 0.")
     if c.probes.every % t.eval_every:
       raise ConfigError(f"--config.probes.every={c.probes.every} must be a multiple of --config.train.eval_every={t.eval_every} "
                         "(probes run at evaluation points).")
@@ -269,7 +281,8 @@ def from_config(c) -> Experiment:
       data=DataSpec(d.name, d.source, d.data_dir or None, d.val_size, d.split_seed, d.train_size, d.train_eval_size,
                     tuple(d.synthetic_shape), d.synthetic_classes, tuple(d.synthetic_sizes)),
       schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn),
-      probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales)),
+      probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales), tuple(pr.kinds), float(pr.rho),
+                       int(pr.hessian_probes), int(pr.eval_batch_size)),
       parallel=ParallelSpec(str(p.devices), p.bn_stats, p.coordinator, int(p.num_processes), int(p.process_id),
                             bool(p.cluster_detect), int(p.init_timeout)),
       config=cfg,

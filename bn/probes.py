@@ -393,12 +393,13 @@ def landscape_relative(loss_fn: Callable, weights: dict, layers: Layers, rho, sc
 
 
 class Coupling(NamedTuple):
-  """``raw``, ``normalized`` ``(K, K)`` and summaries ``()``; see :func:`coupling`."""
+  """``raw``, ``normalized`` ``(K, K)``, summaries ``()`` and ``single (K,)``; see :func:`coupling`."""
 
   raw: Array
   normalized: Array
   summary: Array
   cross_fraction: Array
+  single: Array
 
 
 def _coupling_points(K: int) -> np.ndarray:
@@ -420,6 +421,7 @@ def coupling(loss_fn: Callable, params: dict, updates: dict, layers: Layers, *, 
       normalized[j, k] = raw[j, k] / (|L_j - L_0| + |L_k - L_0| + eps)
       summary          = mean_{j<k} |normalized[j, k]|           (NaN if K = 1)
       cross_fraction   = sum_{j<k} |raw[j,k]| / (sum_{j<k} |raw[j,k]| + 1/2 sum_j |raw[j,j]| + eps)
+      single[k]        = L_k - L_0       (the loss change of layer k's own update alone)
 
   ``raw[j, k]`` is a mixed second difference: ``Delta_j^T H_jk Delta_k`` up to
   third order (exact for a quadratic), zero when L separates into per-layer
@@ -448,6 +450,7 @@ def coupling(loss_fn: Callable, params: dict, updates: dict, layers: Layers, *, 
       raw=raw, normalized=normalized,
       summary=jnp.mean(jnp.abs(normalized[j, k])) if K > 1 else jnp.full((), jnp.nan, losses.dtype),
       cross_fraction=cross / (cross + 0.5 * jnp.sum(jnp.abs(jnp.diag(raw))) + eps),
+      single=lj - l0,
   )
 
 

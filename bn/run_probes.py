@@ -1,21 +1,35 @@
 """Probes wired into training: one compiled, vmapped probe program at the probe cadence.
 
-At every probe point (``config.probes.every`` steps, a multiple of the eval
-cadence) the engine calls one jitted ``vmap`` program over all runs on a fixed
-probe batch (``config.probes.batch_size`` training examples, the same for every
-run and every step). It never adds a host round-trip between training steps.
-Per run and probe step it records, in ``probes.jsonl``:
+At every probe point (``probes.every`` steps, a multiple of the eval cadence) the
+loop calls one jitted ``vmap`` program over all runs on a fixed probe batch
+(``probes.batch_size`` training examples, the same for every run and step) and a
+fixed test batch (``probes.eval_batch_size`` examples, eval mode). It never adds a
+host round-trip between training steps. ``probes.kinds`` chooses what is measured
+(empty: everything); per run and probe step ``probes.jsonl`` records:
 
-* ``act``: per layer, unit-averaged mean/std/percentiles/saturation of the
-  inputs of the nonlinearity (train mode), and ``unit0`` -- the 15/50/85th
-  percentiles of unit 0 of every layer (Ioffe & Szegedy Fig. 1b/c);
-* ``shift``: distributional ICS against the previous probe point, per layer;
-* ``bn_gap``: batch vs running statistics of every BN layer;
-* ``grad_ics``: Santurkar et al.'s gradient ICS per layer (l2, cos, rel) under
-  the run's actual optimizer update (LR schedule, momentum state, weight decay);
-* ``landscape``: loss variation, gradient predictiveness, effective beta-smoothness;
-* ``coupling``: the layer-interaction summary, its cross fraction, the matrix;
-* ``grad_norm``: per-layer gradient norms.
+* always: ``loss`` on the probe batch; ``bn_gap`` (batch vs running statistics of every BN layer);
+* ``act``: per layer, unit-averaged mean/std/percentiles/saturation of the input of the
+  nonlinearity (train mode); ``units`` -- every unit's mean and std (so the analysis can
+  measure the shift of each unit's distribution against a fixed reference scale); ``unit0``
+  -- the 15/50/85th percentiles of unit 0 of every layer (Ioffe & Szegedy Fig. 1b/c);
+* ``eval_act``: the same percentiles (and unit statistics) in eval mode on the test batch;
+* ``norms``: per layer, the weight matrix norm ``||W_k||``, the effective learning rate
+  ``lr_t / ||W_k||^2``, the gradient norm, and the relative size of the update the
+  optimizer takes ``||dW_k|| / ||W_k||``;
+* ``grad_ics``: Santurkar et al.'s gradient ICS per layer (l2, cos, rel), comparing the
+  layers' weight-matrix gradients, under the run's actual update (``raw``) and with every
+  earlier layer's weight-matrix update rescaled to ``probes.rho`` of its norm (``matched``:
+  the same relative update size in every net; other parameters take their actual update);
+* ``landscape``: Santurkar et al.'s loss variation, gradient predictiveness and effective
+  beta-smoothness along ``-grad`` at ``landscape_scales x lr`` (``raw``) and in relative units
+  (:func:`bn.probes.landscape_relative` with ``rho``: invariant to BN's weight-scale symmetry);
+* ``coupling``: the layer-interaction summary of two layers' updates, its cross fraction,
+  the matrix, and each layer's own-update loss change ``L(w + dW_k) - L(w)``;
+* ``hessian``: the normalized Hessian blocks ``||H_jk|| / sqrt(||H_jj|| ||H_kk||)`` of the
+  weight matrices (scale-invariant) and their mean over layer pairs.
+
+Noisy layers draw fresh noise at every probe point (the key folds in the step). Probes
+are pure functions of the state: nothing is carried from one probe point to the next.
 """
 
 from __future__ import annotations
@@ -26,8 +40,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from bn import artifacts, models, probes, programs, train
+from bn import models, probes, programs, train
+
+KINDS = ("act", "eval_act", "norms", "grad_ics", "landscape", "coupling", "hessian")
 
 
 def _tree_get(tree, path):
@@ -45,140 +62,182 @@ def _bn_leaves(tree, prefix=()):
   return []
 
 
-def probe_one(task: train.Task, scales, state: train.TrainState, x, y, prev_units):
-  """All probes for one run on the probe batch ``(x, y)``; pure, vmap over runs."""
+# ----------------------------------------------------------------------------- weight matrices
+
+
+def kernel_paths(params) -> dict[str, tuple]:
+  """``{name: path}`` of every weight matrix (leaf named ``kernel``) in forward layer order;
+  ``name`` is the layer (``layer0``, ..., ``head``), or ``layer/sub/path`` when a layer has several."""
+  out = {}
+  for layer in models.layer_names(params):
+    paths = [p for p in flatten_dict(dict(params[layer])) if p[-1] == "kernel"]
+    for p in paths:
+      out[layer if len(paths) == 1 else "/".join((layer,) + p)] = (layer,) + p
+  return out
+
+
+def kernels(params, paths) -> dict:
+  return {n: _tree_get(params, p) for n, p in paths.items()}
+
+
+def with_kernels(params, paths, kv) -> dict:
+  flat = flatten_dict(params)
+  for n, p in paths.items():
+    flat[p] = kv[n]
+  return unflatten_dict(flat)
+
+
+def _layer_kernels(subtree):
+  return [v for p, v in flatten_dict(dict(subtree)).items() if p[-1] == "kernel"]
+
+
+def _sq(tree):
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- the probe program
+
+
+def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
+  """All probes of ``spec.kinds`` for one run: probe batch ``(x, y)`` (train mode), test batch
+  ``xt`` (eval mode). Pure; vmap it over runs."""
+  kinds = set(spec.kinds or KINDS)
   params, batch_stats = state.params, state.batch_stats
-  key = jax.random.fold_in(state.key, 2**31 - 1)  # a fixed noise key for every probe evaluation
+  key = jax.random.fold_in(jax.random.fold_in(state.key, 2**31 - 1), state.step)  # fresh noise at every probe point
   renorm = train.renorm_clips(task, state.step)
   variables = {"params": params, "batch_stats": batch_stats}
-  logits, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"], rngs={"noise": key})
-  acts = models.preacts(mut["intermediates"])
-  stats = probes.activation_stats(acts)
-
-  out = {"act": stats.layers, "unit0": {k: u.percentiles[:, 0] for k, u in stats.units.items()},
-         "shift": probes.distribution_shift(prev_units, stats.units).layers}
-  gaps = {}
-  for path in _bn_leaves(batch_stats):
-    used = _tree_get(mut["bn_stats"], path)
-    run = _tree_get(batch_stats, path)
-    gaps["/".join(path)] = probes.bn_stat_gap(used["mean"][0], used["var"][0], run["mean"], run["var"])
-  out["bn_gap"] = gaps
+  _, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"], rngs={"noise": key})
+  out = {}
+  if "act" in kinds:
+    stats = probes.activation_stats(models.preacts(mut["intermediates"]))
+    out["act"] = stats.layers
+    out["units"] = {k: (u.mean, u.std) for k, u in stats.units.items()}
+    out["unit0"] = {k: u.percentiles[:, 0] for k, u in stats.units.items()}
+  if "eval_act" in kinds:
+    _, mut_e = task.model.apply(variables, xt, train=False, mutable=["intermediates"])
+    stats = probes.activation_stats(models.preacts(mut_e["intermediates"]))
+    out["eval_units"] = {k: (u.mean, u.std) for k, u in stats.units.items()}
+    out["eval_unit0"] = {k: u.percentiles[:, 0] for k, u in stats.units.items()}
+  out["bn_gap"] = {"/".join(p): probes.bn_stat_gap(_tree_get(mut["bn_stats"], p)["mean"][0], _tree_get(mut["bn_stats"], p)["var"][0],
+                                                   _tree_get(batch_stats, p)["mean"], _tree_get(batch_stats, p)["var"])
+                   for p in _bn_leaves(batch_stats)}
 
   def loss_fn(p):
     return train.loss_and_updates(task, p, batch_stats, x, y, key, state.step)[0]
 
   lr = state.hparams.lr * task.schedule(state.step)
   rule = train.update_rule(task, state.hparams)
-
-  def update_fn(g):  # the update the optimizer would take from this state: the same chain that trains
-    return rule.update(g, state.opt_state, params)[0]
-
   layers = models.layer_names(params)
-  grads = jax.grad(loss_fn)(params)
-  out["loss"] = loss_fn(params)
-  out["grad_norm"] = probes.layer_norms(grads, layers)
-  out["grad_ics"] = probes.gradient_ics(loss_fn, params, update_fn, layers)
-  out["landscape"] = probes.landscape(loss_fn, params, lr, scales)
-  c = probes.coupling(loss_fn, params, update_fn(grads), layers)
-  out["coupling"] = {"summary": c.summary, "cross_fraction": c.cross_fraction, "normalized": c.normalized}
-  return out, stats.units
+  paths = kernel_paths(params)
+  names = tuple(paths)
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  out["loss"] = loss
+  updates = rule.update(grads, state.opt_state, params)[0]  # the update the optimizer would take: the chain that trains
+  w_norm = jnp.stack([jnp.sqrt(_sq(_layer_kernels(params[n]))) for n in layers])
+  u_norm = jnp.stack([jnp.sqrt(_sq(_layer_kernels(updates[n]))) for n in layers])
+  if "norms" in kinds:
+    out["norms"] = {"weight": w_norm, "effective_lr": lr / jnp.maximum(jnp.square(w_norm), 1e-30),
+                    "grad": probes.layer_norms(grads, layers), "relative_update": u_norm / jnp.maximum(w_norm, 1e-30)}
+  if "grad_ics" in kinds:
+    select = lambda t: _layer_kernels(t)  # noqa: E731  (compare the weight-matrix gradients)
+    raw = probes.gradient_ics(loss_fn, params, lambda g: updates, layers, select=select)
+    # matched: each earlier layer's weight matrix moves by rho of its norm along its update; its other
+    # parameters (BN scale/bias, biases) by their actual update -- so that rescaling a layer followed by BN
+    # (W -> cW, its update -> update / c) changes nothing
+    factor = spec.rho * w_norm / jnp.maximum(u_norm, 1e-30)
+    matched_updates = {n: unflatten_dict({p: (u * factor[i] if p[-1] == "kernel" else u) for p, u in flatten_dict(dict(updates[n])).items()})
+                       for i, n in enumerate(layers)}
+    matched = probes.gradient_ics(loss_fn, params, lambda g: matched_updates, layers, select=select)
+    out["grad_ics"] = {"raw": raw, "matched": matched}
+  kv = kernels(params, paths)
+  loss_kv = lambda w: loss_fn(with_kernels(params, paths, w))  # noqa: E731
+  if "landscape" in kinds:
+    out["landscape"] = probes.landscape(loss_fn, params, lr, spec.landscape_scales)
+    out["landscape_rel"] = probes.landscape_relative(loss_kv, kv, names, spec.rho, spec.landscape_scales)
+  if "coupling" in kinds:
+    c = probes.coupling(loss_fn, params, updates, layers)
+    out["coupling"] = {"summary": c.summary, "cross_fraction": c.cross_fraction, "normalized": c.normalized, "own": c.single}
+  if "hessian" in kinds:
+    h = probes.hessian_coupling(loss_kv, kv, jax.random.fold_in(key, 7), names, num_probes=spec.hessian_probes)
+    out["hessian"] = {"normalized": h.normalized, "summary": h.normalized_summary}
+  return out
 
 
 class Prober:
-  """Owns the compiled probe program, the probe batch and ``probes.jsonl``."""
+  """Owns the compiled probe program and the probe batches; :meth:`measure` returns a probe
+  point's rows, which the loop (:mod:`bn.loop`) appends to ``probes.jsonl`` and truncates on resume."""
 
-  def __init__(self, spec, trainer, workdir, steps_done: int, seed: int):
-    """``spec``: a :class:`bn.experiment.ProbeSpec`; the probe batch is drawn with ``seed + 1``."""
-    self.path = workdir / "probes.jsonl"
-    self.rows = [r for r in artifacts.read_jsonl(self.path) if r["step"] <= steps_done]
+  def __init__(self, spec, trainer, seed: int, test_x=None):
+    """``spec``: a :class:`bn.experiment.ProbeSpec`; the probe batch is drawn with ``seed + 1``,
+    the eval-mode test batch (the first ``spec.eval_batch_size`` of ``test_x``) is fixed."""
     rng = np.random.default_rng(seed + 1)
     n = len(trainer.train_y)
     idx = np.sort(rng.choice(n, size=min(spec.batch_size, n), replace=False))
     self.x = trainer.train_x[idx]
     self.y = trainer.train_y[idx]
+    self.xt = self.x[:2] if test_x is None else test_x[: spec.eval_batch_size]
     self.runs = trainer.runs
     self.task = trainer.task
-    self.layers = None
-    scales = spec.landscape_scales
-    # One compiled program; at the first point the shift is computed against placeholder
-    # statistics and dropped.
-    self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, scales), in_axes=(programs.STATE_AXES, None, None, 0)))
-    self.prev = None  # per-run unit stats of the previous probe point (recomputed after a resume)
+    self.spec = spec
+    self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, spec), in_axes=(programs.STATE_AXES, None, None, None)))
     self.compiled = None
-    self.time = 0.0  # seconds spent probing (running the program, writing probes.jsonl), compile excluded
+    self.time = 0.0  # seconds spent probing (running the program; the loop adds writing probes.jsonl), compile excluded
     self.compile_time = 0.0
     self.points = 0
 
-  def _program(self, state, prev):
+  def _program(self, state):
     """The compiled probe program (compiled on first use, its time kept apart)."""
     if self.compiled is None:
       t0 = time.perf_counter()
-      self.compiled = self.fn.lower(state, self.x, self.y, prev).compile()
+      self.compiled = self.fn.lower(state, self.x, self.y, self.xt).compile()
       self.compile_time += time.perf_counter() - t0
     return self.compiled
 
-  def _placeholder(self, state):
-    return _ones_like_units(self, state)
-
-  def measure(self, state, step: int) -> None:
-    has_prev = self.prev is not None
-    prev = self.prev if has_prev else self._placeholder(state)
-    program = self._program(state, prev)
+  def measure(self, state, step: int) -> list[dict]:
+    """The rows (one per run) of the probe point ``step``."""
+    program = self._program(state)
     t0 = time.perf_counter()
-    out, units = program(state, self.x, self.y, prev)
-    if not has_prev:
-      out.pop("shift")
-    self.prev = units
-    out = jax.device_get(out)
+    out = jax.device_get(program(state, self.x, self.y, self.xt))
     layers = models.layer_names(jax.tree.map(lambda t: t[0], state.params))
+    kernel_names = list(kernel_paths(jax.tree.map(lambda t: t[0], state.params)))
+    rows = []
     for i, r in enumerate(self.runs):
       pick = jax.tree.map(lambda t: np.asarray(t)[i], out)
-      row = {"step": step, "run": r["run"], "seed": r["seed"], "lr": r["lr"], "layers": list(layers)}
-      row.update(_to_json(pick, layers))
-      self.rows.append(row)
-    if jax.process_index() == 0:  # many hosts: process 0 writes
-      artifacts.write_jsonl(self.path, self.rows)
+      row = {"step": step, "run": r["run"], "seed": r["seed"], "lr": r["lr"], "layers": list(layers), "kernels": kernel_names}
+      row.update(to_json(pick))
+      rows.append(row)
     self.time += time.perf_counter() - t0
     self.points += 1
+    return rows
 
-  def prime(self, state) -> None:
-    """After a resume: recompute the previous point's statistics so the next shift matches an uninterrupted run."""
-    prev = self._placeholder(state)
-    _, self.prev = self._program(state, prev)(state, self.x, self.y, prev)
-
-
-def _ones_like_units(prober, state):
-  """Unit statistics of the right structure, found by tracing the model once (no compile)."""
-  def units(st, x, y):
-    acts = models.preacts(prober_model_apply(prober.task, st, x))
-    return probes.activation_stats(acts).units
-
-  return jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), jax.eval_shape(jax.vmap(units, in_axes=(programs.STATE_AXES, None, None)), state, prober.x, prober.y))
+def _floats(a, digits: int = 7):
+  return [float(f"{v:.{digits}g}") for v in np.ravel(a)]
 
 
-def prober_model_apply(task, state, x):
-  _, mut = task.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
-                            renorm=train.renorm_clips(task, state.step), mutable=["batch_stats", "intermediates"],
-                            rngs={"noise": jax.random.fold_in(state.key, 2**31 - 1)})
-  return mut["intermediates"]
-
-
-def _to_json(o, layers):
-  """Probe outputs as plain JSON: NamedTuples become dicts, per-layer arrays stay lists in ``layers`` order."""
-  act = {k: {"mean": float(np.mean(u.mean)), "std": float(np.mean(u.std)),
-             "p15": float(u.percentiles[0]), "p50": float(u.percentiles[1]), "p85": float(u.percentiles[2]),
-             "saturated": float(u.saturated)} for k, u in o["act"].items()}
-  row = {
-      "loss": float(o["loss"]),
-      "act": act,
-      "unit0": {k: [float(v) for v in p] for k, p in o["unit0"].items()},
-      "bn_gap": {k: {"mean": float(g.mean), "log_var": float(g.log_var)} for k, g in o["bn_gap"].items()},
-      "grad_norm": [float(v) for v in o["grad_norm"]],
-      "grad_ics": {k: [float(v) for v in getattr(o["grad_ics"], k)] for k in ("l2", "cos", "rel")},
-      "landscape": {k: float(getattr(o["landscape"], k)) for k in ("loss_variation", "grad_predictiveness", "beta_smoothness", "loss0", "grad_norm")},
-      "coupling": {"summary": float(o["coupling"]["summary"]), "cross_fraction": float(o["coupling"]["cross_fraction"]),
-                   "normalized": np.asarray(o["coupling"]["normalized"]).tolist()},
-  }
-  if "shift" in o:
-    row["shift"] = {k: {"mean": float(s.mean), "std": float(s.std), "w2": float(s.w2)} for k, s in o["shift"].items()}
+def to_json(o) -> dict:
+  """Probe outputs as plain JSON: per-layer arrays become lists in layer order."""
+  row = {"loss": float(o["loss"]),
+         "bn_gap": {k: {"mean": float(g.mean), "log_var": float(g.log_var)} for k, g in o["bn_gap"].items()}}
+  if "act" in o:
+    row["act"] = {k: {"mean": float(np.mean(u.mean)), "std": float(np.mean(u.std)), "p15": float(u.percentiles[0]),
+                      "p50": float(u.percentiles[1]), "p85": float(u.percentiles[2]), "saturated": float(u.saturated)}
+                  for k, u in o["act"].items()}
+    row["units"] = {k: {"mean": _floats(m, 5), "std": _floats(s, 5)} for k, (m, s) in o["units"].items()}
+    row["unit0"] = {k: _floats(p) for k, p in o["unit0"].items()}
+  if "eval_units" in o:
+    row["eval_units"] = {k: {"mean": _floats(m, 5), "std": _floats(s, 5)} for k, (m, s) in o["eval_units"].items()}
+    row["eval_unit0"] = {k: _floats(p) for k, p in o["eval_unit0"].items()}
+  if "norms" in o:
+    row["norms"] = {k: _floats(v) for k, v in o["norms"].items()}
+  if "grad_ics" in o:
+    row["grad_ics"] = {m: {k: _floats(getattr(g, k)) for k in ("l2", "cos", "rel")} for m, g in o["grad_ics"].items()}
+  if "landscape" in o:
+    row["landscape"] = {k: float(getattr(o["landscape"], k)) for k in ("loss_variation", "grad_predictiveness", "beta_smoothness", "loss0", "grad_norm")}
+    row["landscape_rel"] = {k: float(getattr(o["landscape_rel"], k)) for k in ("loss_variation", "grad_predictiveness", "beta_smoothness")}
+  if "coupling" in o:
+    c = o["coupling"]
+    row["coupling"] = {"summary": float(c["summary"]), "cross_fraction": float(c["cross_fraction"]),
+                       "normalized": np.asarray(c["normalized"]).tolist(), "own": _floats(c["own"])}
+  if "hessian" in o:
+    row["hessian"] = {"summary": float(o["hessian"]["summary"]), "normalized": np.asarray(o["hessian"]["normalized"]).tolist()}
   return row
