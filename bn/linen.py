@@ -142,7 +142,8 @@ class BatchNorm(nn.Module):
     Args:
       x: input, features on ``self.axis``.
       use_running_average: overrides the attribute (one of the two must be set).
-      mask: boolean, broadcastable to ``x``; only True positions enter the statistics.
+      mask: boolean, broadcastable to ``x``; only True positions enter the statistics
+        (values at False positions never matter, NaN included).
       renorm: ``(r_max, d_max)`` or :class:`bn.Renorm` of (traced) scalars;
         overrides the ``r_max``/``d_max`` attributes for this call.
 

@@ -203,7 +203,8 @@ class BatchNorm(nnx.Module):
     Args:
       x: input, features on ``self.axis``.
       use_running_average: overrides the attribute (takes precedence, as in Flax).
-      mask: boolean, broadcastable to ``x``; only True positions enter the statistics.
+      mask: boolean, broadcastable to ``x``; only True positions enter the statistics
+        (values at False positions never matter, NaN included).
       renorm: ``(r_max, d_max)`` or :class:`bn.Renorm` of (traced) scalars;
         overrides the ``r_max``/``d_max`` attributes for this call.
       rngs: key source for ``noise`` (``nnx.Rngs`` -> its ``'noise'`` stream,
@@ -256,8 +257,8 @@ class BatchNorm(nnx.Module):
       return rngs
     if rngs is None:
       raise ValueError(
-          "BatchNorm(noise=... or population_noise=...) draws random noise in training but has no rng stream: construct it with "
-          "rngs=nnx.Rngs(0) (or a 'noise' stream) or call layer(x, rngs=nnx.Rngs(noise=key))."
+          "BatchNorm(noise=... or population_noise=...) draws random noise in training but has no rng stream: "
+          "construct it with rngs=nnx.Rngs(0) (or a 'noise' stream) or call layer(x, rngs=nnx.Rngs(noise=key))."
       )
     raise TypeError(f"rngs must be nnx.Rngs, nnx.RngStream or a key array, got {type(rngs).__name__}.")
 
