@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Exact versions behind the README's numbers (`pip freeze` of the tested venv).
 CONSTRAINTS := requirements/constraints.txt
-# ACCEL=cuda12 (NVIDIA GPU) or ACCEL=tpu (Cloud TPU VM): also install jax's accelerator build.
+# ACCEL=cuda12 or cuda13 (NVIDIA GPU), or ACCEL=tpu (Cloud TPU VM): also install jax's accelerator build.
 ACCEL  ?=
 comma  := ,
 EXTRAS := dev$(if $(ACCEL),$(comma)$(ACCEL))
@@ -19,8 +19,8 @@ PYTEST_ARGS ?= -m "not slow" -n auto --dist loadfile
 OUT    ?= reproduce
 MODE   ?= quick
 
-ifneq ($(filter-out cuda12 tpu,$(ACCEL)),)
-$(error ACCEL=$(ACCEL): use ACCEL=cuda12 (NVIDIA GPU), ACCEL=tpu (Cloud TPU) or leave it unset (CPU))
+ifneq ($(filter-out cuda12 cuda13 tpu,$(ACCEL)),)
+$(error ACCEL=$(ACCEL): use ACCEL=cuda12 or ACCEL=cuda13 (NVIDIA GPU), ACCEL=tpu (Cloud TPU) or leave it unset (CPU))
 endif
 
 .PHONY: install data test test-slow reproduce clean

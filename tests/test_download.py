@@ -229,16 +229,36 @@ def test_no_download_for_other_datasets():
 # ----------------------------------------------------------------------------- the recorded checksums
 
 
-def test_recorded_checksums_are_those_of_the_real_files():
-  """The Debian package's gzip files are upstream's with the header's file name dropped and the
-  time stamp changed; putting both back must give exactly the recorded sizes and SHA-256s."""
+def upstream_fashion_mnist() -> dict[str, bytes]:
+  """The published Fashion-MNIST files, rebuilt offline from the Debian package's copies: those are
+  the published files with the gzip header's file name dropped and its time stamp changed."""
   if not all(os.path.exists(os.path.join(FMNIST, n)) for n in data.IDX_NAMES):
     pytest.skip("apt-get install dataset-fashion-mnist")
   mtimes = {"train": 1504176606, "t10k": 1504176627}  # 2017-08-31, as published
-  for name, (size, sha256) in data.IDX_FILES["fashion_mnist"].items():
+  files = {}
+  for name in data.IDX_NAMES:
     raw = open(os.path.join(FMNIST, name), "rb").read()
-    assert raw[3] == 0 and len(raw) + len(name) - 2 == size  # FLG without FNAME; 'name.gz' minus '.gz' plus NUL
-    upstream = raw[:3] + b"\x08" + struct.pack("<I", mtimes[name[:name.index("-")]]) + raw[8:10] \
-        + name[:-3].encode() + b"\0" + raw[10:]
-    assert (len(upstream), hashlib.sha256(upstream).hexdigest()) == (size, sha256), name
+    assert raw[3] == 0  # FLG: no file name
+    files[name] = (raw[:3] + b"\x08" + struct.pack("<I", mtimes[name[:name.index("-")]]) + raw[8:10]
+                   + name[:-3].encode() + b"\0" + raw[10:])
+  return files
+
+
+def test_recorded_checksums_are_those_of_the_real_files():
+  """Putting the file name and time stamp back must give exactly the recorded sizes and SHA-256s
+  (which are also TFDS's, and match the MD5s in Fashion-MNIST's README)."""
+  for name, body in upstream_fashion_mnist().items():
+    assert (len(body), hashlib.sha256(body).hexdigest()) == data.IDX_FILES["fashion_mnist"][name], name
   assert set(data.IDX_FILES["mnist"]) == set(data.IDX_NAMES) and all(len(s) == 64 for _, s in data.IDX_FILES["mnist"].values())
+
+
+def test_real_fashion_mnist_round_trip(server, tmp_path, capsys):
+  """The real files through the real checks: served locally, downloaded, found and read by bn."""
+  for name, body in upstream_fashion_mnist().items():
+    server.routes[f"/fm/{name}"] = body
+  assert cli.main(["data", "prepare", "fashion_mnist", "--mirror", server.url + "/fm/"]) == 0
+  ds = data.load("fashion_mnist")
+  assert ds.location == str(tmp_path / "cache" / "bn" / "datasets" / "fashion_mnist")
+  assert (len(ds.train.y), len(ds.test.y)) == (60000, 10000)
+  np.testing.assert_array_equal(data.class_counts(ds.train, 10), np.full(10, 6000))
+  assert [(f.size, f.sha256) for f in ds.files] == [data.IDX_FILES["fashion_mnist"][n] for n in data.IDX_NAMES]

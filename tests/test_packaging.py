@@ -42,8 +42,9 @@ def test_distribution_name_extras_and_bounds():
   assert project["name"] == "bn-lab"  # `bn` on PyPI is another project; the import name stays `bn`
   assert {requirement_name(r) for r in project["dependencies"]} == {"jax", "numpy"}
   extras = project["optional-dependencies"]
-  assert set(extras) == {"flax", "train", "tfds", "report", "tensorboard", "cuda12", "tpu", "all", "dev"}
-  assert extras["cuda12"] == ["jax[cuda12]>=0.10.2"] and extras["tpu"] == ["jax[tpu]>=0.10.2"]
+  assert set(extras) == {"flax", "train", "tfds", "report", "tensorboard", "cuda12", "cuda13", "tpu", "all", "dev"}
+  for accel in ("cuda12", "cuda13", "tpu"):
+    assert extras[accel] == [f"jax[{accel}]>=0.10.2"]
   assert extras["all"] == ["bn-lab[flax,train,tfds,report,tensorboard]"] and "bn-lab[all]" in extras["dev"]
   # Every lower bound is the version pinned in the constraints file (the tested one).
   pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines() if "==" in line and not line.startswith("#"))
