@@ -509,10 +509,13 @@ def _stage_size(size: int) -> int | None:
 def _sum_and_sum_sq(d, reduce_axes):
   """``(sum(d), sum(d^2))`` over ``reduce_axes`` (kept), reading ``d`` once.
 
-  The first stage is one variadic reduction over a chunk of 8 to 32 slices of the
-  first reduced axis (XLA emits both sums, and the subtraction that produced ``d``,
-  in a single loop); the second sums the small partials. Without such a chunk, or
-  for complex ``d``, two plain sums."""
+  Both sums come from one variadic reduction, in which XLA also fuses the
+  subtraction that produced ``d`` (a pair of plain sums over ``x - K`` reads the
+  data twice, or materializes ``x - K``). At most 64 values per feature: one
+  stage. Otherwise the first reduced axis with a divisor ``k`` in [8, 32] is
+  split and the variadic reduction runs over its ``k`` chunks (XLA:CPU emits
+  such a loop fast, a longer one slowly); plain sums finish the small
+  partials. Without such an axis, or for complex ``d``: two plain sums."""
   if jnp.iscomplexobj(d):
     return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
   zero = np.zeros((), d.dtype)
@@ -520,15 +523,14 @@ def _sum_and_sum_sq(d, reduce_axes):
   def both(t, axes):
     return lax.reduce((t, lax.square(t)), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
 
-  keep = lambda t: lax.expand_dims(t, reduce_axes)  # noqa: E731
-  if math.prod(d.shape[a] for a in reduce_axes) <= 64:  # small: one stage
-    return tuple(keep(t) for t in both(d, reduce_axes))
-  a0 = reduce_axes[0]
-  k = _stage_size(d.shape[a0])
-  if k is None:
-    return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
-  p1, p2 = both(d.reshape(d.shape[:a0] + (k, d.shape[a0] // k) + d.shape[a0 + 1:]), (a0,))
-  return jnp.sum(p1, reduce_axes, keepdims=True), jnp.sum(p2, reduce_axes, keepdims=True)
+  if math.prod(d.shape[a] for a in reduce_axes) <= 64:
+    return tuple(lax.expand_dims(t, reduce_axes) for t in both(d, reduce_axes))
+  for a in reduce_axes:
+    k = _stage_size(d.shape[a])
+    if k is not None:
+      p1, p2 = both(d.reshape(d.shape[:a] + (k, d.shape[a] // k) + d.shape[a + 1:]), (a,))
+      return jnp.sum(p1, reduce_axes, keepdims=True), jnp.sum(p2, reduce_axes, keepdims=True)
+  return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
 
 
 @_sum_and_sum_sq.defjvp
