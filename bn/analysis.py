@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bn import artifacts, stats
+from bn.errors import RunError
 
 RULE = ("A claim is *supported* when every test that counts for it came out as predicted (the 95% CI over seeds of the "
         "paired per-seed difference lies entirely on the predicted side of 0, or inside the equivalence margin); "
@@ -39,16 +40,26 @@ RULE = ("A claim is *supported* when every test that counts for it came out as p
 def load_condition(workdir: Path) -> dict | None:
   """What one condition wrote: ``{summary, metrics, probes, config}`` of a trained workdir, or
   ``{results, config}`` of a measured one (``results.json``); None if it has not finished."""
+  def damaged(what: str) -> RunError:
+    return RunError(f"{workdir}: {what} although the condition finished; delete {workdir} and re-run "
+                    "`bn reproduce` with the same --out to run this condition again.")
+
+  def need(name: str) -> Path:
+    if not (workdir / name).exists():
+      raise damaged(f"{name} is missing")
+    return workdir / name
+
   if (workdir / "results.json").exists():
-    return {"results": artifacts.read_json(workdir / "results.json"), "config": artifacts.read_json(workdir / "config.json")}
+    return {"results": artifacts.read_json(workdir / "results.json"), "config": artifacts.read_json(need("config.json"))}
   if not (workdir / "summary.json").exists():
     return None
-  return {
-      "summary": artifacts.read_json(workdir / "summary.json"),
-      "metrics": artifacts.read_jsonl(workdir / "metrics.jsonl"),
-      "probes": artifacts.read_jsonl(workdir / "probes.jsonl"),
-      "config": artifacts.read_json(workdir / "config.json"),
-  }
+  config = artifacts.read_json(need("config.json"))
+  probed = ((config.get("config") or {}).get("probes") or {}).get("every", 0) > 0
+  out = {"summary": artifacts.read_json(workdir / "summary.json"), "metrics": artifacts.read_jsonl(need("metrics.jsonl")),
+         "probes": artifacts.read_jsonl(need("probes.jsonl")) if probed else [], "config": config}
+  if not isinstance(out["summary"], dict) or not out["summary"].get("runs"):
+    raise damaged("summary.json lists no runs")
+  return out
 
 
 def per_seed(summary: dict, key: str, *, lr: float | None = None) -> np.ndarray:

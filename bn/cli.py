@@ -52,6 +52,8 @@ def train(argv: list[str]) -> int:
   p.add_argument("--workdir", help="output directory (config.json, metrics.jsonl, summary.json, checkpoints/)")
   p.add_argument("--print-config", action="store_true", help="print the resolved config (after overrides) and exit")
   p.add_argument("--no-progress", action="store_true", help="no progress output")
+  p.add_argument("--extend", action="store_true", help="train a finished (or interrupted) run in --workdir on to a larger "
+                 "--config.train.steps; the result equals one longer run (refused where it would not, e.g. a cosine schedule)")
   a = p.parse_args(rest)
   c = bn_config.load(a.config, overrides)
   if a.print_config:
@@ -61,11 +63,13 @@ def train(argv: list[str]) -> int:
     raise UsageError("--workdir is required (the directory the run writes to).")
   from bn import experiment, loop
 
-  summary = loop.train_workdir(experiment.from_config(c), a.workdir, progress=not a.no_progress)
+  summary = loop.train_workdir(experiment.from_config(c), a.workdir, progress=not a.no_progress, extend=a.extend,
+                               log=lambda line: print(f"bn train: {line}", file=sys.stderr, flush=True))
   for r in summary["runs"]:
     status = f"diverged at step {r['diverged_step']}" if r["diverged"] else f"test acc {r['test_accuracy']:.4f}, train acc {r['train_accuracy']:.4f}"
     print(f"run {r['run']} seed {r['seed']} lr {r['lr']:g}: {status}")
-  print(f"wall {summary['wall_time_s']:.1f}s (+{summary['compile_time_s']:.1f}s compile), {summary['steps_per_s']:.0f} steps/s; artifacts in {a.workdir}")
+  rate = f", {summary['steps_per_s']:.0f} steps/s" if summary.get("steps_per_s") else ""
+  print(f"wall {summary['wall_time_s']:.1f}s (+{summary['compile_time_s']:.1f}s compile){rate}; artifacts in {a.workdir}")
   return 0
 
 
@@ -90,8 +94,8 @@ def reproduce(argv: list[str]) -> int:
   mode, out = a.mode or "quick", Path(a.out)
   if mode in ledger.EXPECTED and not a.no_progress:
     print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
-  timings = ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress)
-  ledger.record_timings(out, mode, timings)
+  ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress,
+                    log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True))  # records OUT/timings.json as it goes
   from bn import report as bn_report
 
   print(f"report: {bn_report.build(out)}")
@@ -208,6 +212,19 @@ def missing_extra(e: ImportError) -> str | None:
   return f"{top} is missing: pip install '{DISTRIBUTION}[{extra}]' (in a clone of bn: pip install -e '.[{extra}]')"
 
 
+def one_line(e: BaseException) -> str:
+  """An error as one line; an OSError as ``FILE: reason`` (not ``[Errno 28] ...``)."""
+  if isinstance(e, OSError) and e.strerror:
+    text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+      text += "; check the path"
+    else:
+      text += "; free disk space or fix the permissions, then re-run the same command (runs resume from their last checkpoint)"
+  else:
+    text = str(e)
+  return " ".join(text.split())
+
+
 HANDLERS = {"train": train, "reproduce": reproduce, "report": report, "bench": bench, "data": data}
 
 
@@ -218,17 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   name, rest = argv[0], argv[1:]
   if name not in HANDLERS:
-    print(f"bn: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+    print(f"bn: error: unknown command {name!r}; choose one of {', '.join(HANDLERS)} (`bn --help` says what each does).", file=sys.stderr)
     return 2
   try:
     return int(HANDLERS[name](rest) or 0)
   except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
     return int(e.code or 0) if not isinstance(e.code, str) else 2
   except (UsageError, ValueError) as e:
-    print(f"bn {name}: error: {e}", file=sys.stderr)
+    print(f"bn {name}: error: {one_line(e)}", file=sys.stderr)
     return 2
   except (RunError, OSError) as e:
-    print(f"bn {name}: error: {e}", file=sys.stderr)
+    print(f"bn {name}: error: {one_line(e)}", file=sys.stderr)
     return 1
   except ImportError as e:  # an optional dependency this command needs is not installed
     if (line := missing_extra(e)) is None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop
+from bn.errors import UsageError
 from bn.report import MANIFEST
 
 MODES = ("tiny", "quick", "full")
@@ -50,8 +51,34 @@ def condition_configs(name: str, mode: str, dataset: str | None = None) -> dict:
   return out
 
 
-def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None = None, progress: bool = True) -> dict:
-  """Runs every (selected) experiment into ``out``; returns ``{experiment: wall seconds}``."""
+def check_out(out: Path, mode: str, dataset: str | None) -> dict | None:
+  """The manifest of an existing ledger in ``out`` (None for a new one). Raises UsageError when
+  ``out`` is a file, a training workdir, or a ledger of another mode or dataset (whose finished
+  conditions would otherwise be reported as this mode's), and when it cannot be written."""
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--out {out} is a file; give a directory.")
+  manifest = out / MANIFEST
+  if manifest.exists():
+    m = artifacts.read_json(manifest)
+    if m.get("mode") != mode or m.get("dataset") != dataset:
+      was = f"--{m.get('mode')}" + (f" --dataset {m['dataset']}" if m.get("dataset") else "")
+      now = f"--{mode}" + (f" --dataset {dataset}" if dataset else "")
+      raise UsageError(f"--out {out} holds a `bn reproduce {was}` ledger, not {now}: its finished conditions would be "
+                                 f"reported as {now}. Give another --out (or delete {out}).")
+  elif out.is_dir() and ((out / "config.json").exists() or (out / "summary.json").exists()):
+    raise UsageError(f"--out {out} is a `bn train` workdir; give a new directory (or an earlier --out of bn reproduce).")
+  else:
+    m = None
+  loop.check_writable(out)
+  return m
+
+
+def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None = None, progress: bool = True,
+               log=None) -> dict:
+  """Runs every (selected) experiment into ``out``; returns ``{experiment: wall seconds, "total": ...}``
+  of this invocation, which ``OUT/timings.json`` records after every condition (a killed ledger
+  keeps the time it spent; see :func:`record_timings`)."""
+  say = log or ((lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None))
   known = bn_claims.experiments()
   names = tuple(only) if only else known
   unknown = set(names) - set(known)
@@ -60,37 +87,55 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   configs = {name: condition_configs(name, mode, dataset) for name in names}
   plan = [(name, cond, c, experiment.from_config(c)) for name in names for cond, c in configs[name].items()]  # every config checked first
   out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "experiments": {n: list(configs[n]) for n in names}})
+  previous = check_out(out, mode, dataset)
   data_cache: dict = {}
-  timings: dict = {}
-  t_all = time.perf_counter()
-  for i, (name, cond, c, exp) in enumerate(plan):
+  for *_, exp in plan:  # every dataset loaded (and checked) before anything is written
     key = experiment.dataset_key(exp.data)
     if key not in data_cache:
       d = exp.data
       data_cache[key] = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
                                      synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes)
+  runs = sum(len(exp.runs) for *_, exp in plan)
+  steps = sum(exp.schedule.steps * len(exp.runs) for *_, exp in plan)
+  say(loop.startup_line(list(data_cache.values()), f"{len(plan)} conditions, {runs} runs, {steps} run-steps in all; out {out}"))
+  if (warning := loop.gpu_warning()) is not None:
+    say(warning)
+  out.mkdir(parents=True, exist_ok=True)
+  experiments = {**(previous or {}).get("experiments", {}), **{n: list(configs[n]) for n in names}}
+  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "experiments": experiments})
+  timings: dict = {}
+  done: dict = {"trained": [], "skipped": []}
+  prev_timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
+  t_all = time.perf_counter()
+  for i, (name, cond, c, exp) in enumerate(plan):
     workdir = out / name / cond
     desc = f"[{i + 1}/{len(plan)}] {name}/{cond}"
     t0 = time.perf_counter()
     measure = bn_claims.runner(name)
+    finished = (workdir / ("results.json" if measure is not None else "summary.json")).exists()
     if measure is not None:
-      if progress:
-        print(f"{desc}: measuring (no training)", file=sys.stderr, flush=True)
-      measure(c, workdir, data_cache[key])
+      if progress and not finished:
+        say(f"{desc}: measuring (no training)")
+      measure(c, workdir, data_cache[experiment.dataset_key(exp.data)])
     else:
-      loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[key], desc=desc)
+      loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[experiment.dataset_key(exp.data)], desc=desc,
+                         log=say, startup=False)
+    done["skipped" if finished else "trained"].append(f"{name}/{cond}")
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-  timings["total"] = time.perf_counter() - t_all
+    timings["total"] = time.perf_counter() - t_all
+    record_timings(out, mode, timings, previous=prev_timings, conditions=done)
   return timings
 
 
-def record_timings(out: Path, mode: str, timings: dict) -> None:
-  """``OUT/timings.json``: this invocation's seconds, the previous invocation's, and ``cumulative_s``
-  summed over invocations with the same mode (an interrupted and resumed ledger adds up to its
-  whole cost; a re-run of a finished one adds only the seconds it took to skip)."""
-  prev = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
+def record_timings(out: Path, mode: str, timings: dict, *, previous: dict | None = None, conditions: dict | None = None) -> None:
+  """``OUT/timings.json``: this invocation's seconds so far (``last_invocation_s``; rewritten after
+  every condition, so a killed ledger keeps what it spent), the previous invocation's, and
+  ``cumulative_s`` summed over invocations with the same mode (an interrupted and resumed
+  ledger adds up to its whole cost; a re-run of a finished one adds only the seconds it took
+  to skip). ``conditions``: which conditions this invocation trained (or measured) and which it
+  found finished. ``previous``: the file as it was before this invocation (default: as it is)."""
+  prev = previous if previous is not None else (artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {})
   cum = dict(prev.get("cumulative_s") or {}) if prev.get("mode") == mode else {}
   cum = {k: cum.get(k, 0.0) + timings.get(k, 0.0) for k in {**cum, **timings}}
-  artifacts.write_json(out / "timings.json", {"mode": mode, "last_invocation_s": timings, "previous": prev.get("last_invocation_s"), "cumulative_s": cum})
+  artifacts.write_json(out / "timings.json", {"mode": mode, "last_invocation_s": timings, "previous": prev.get("last_invocation_s"),
+                                              "cumulative_s": cum, **({"conditions": conditions} if conditions is not None else {})})

@@ -64,7 +64,8 @@ def read_manifest(out: Path) -> dict:
   """The ledger manifest ``OUT/ledger.json`` (mode, experiments and their conditions)."""
   path = out / MANIFEST
   if not path.exists():
-    raise UsageError(f"{out} is not the output directory of `bn reproduce` (it has no {MANIFEST}); "
+    what = " but a `bn train` workdir" if (out / "config.json").exists() or (out / "summary.json").exists() else ""
+    raise UsageError(f"{out} is not the output directory of `bn reproduce`{what} (it has no {MANIFEST}); "
                      "give the --out directory of a ledger run.")
   return artifacts.read_json(path)
 

@@ -182,12 +182,9 @@ def rows(path, drop=("wall_time",)):
 
 
 def final_state(wd):
-  """The last checkpoint of a workdir as a plain tree of NumPy arrays."""
-  import orbax.checkpoint as ocp
-
-  with ocp.CheckpointManager((Path(wd) / "checkpoints").absolute()) as mgr:
-    step = mgr.latest_step()
-    return step, jax.tree.map(np.asarray, mgr.restore(step, args=ocp.args.StandardRestore()))
+  """The last checkpoint of a workdir as a plain tree of NumPy arrays (through the public loader)."""
+  r = loop.restore(wd)
+  return r.step, r.state
 
 
 def run_results(summary):
@@ -264,7 +261,7 @@ def test_vmapped_seeds_equal_runs_one_by_one(main_run, single_runs):
     mine = [{**r, "run": 0} for r in together if r["seed"] == seed]
     close_rows(mine, alone)
     step1, one = final_state(wd1)
-    assert step1 == step == STEPS - EVERY  # the last checkpoint (none is written at the end)
+    assert step1 == step == STEPS  # the final state is checkpointed
     for a, b in zip(jax.tree.leaves(both["params"]), jax.tree.leaves(one["params"])):
       np.testing.assert_allclose(a[seed], b[0], rtol=1e-4, atol=1e-5)
 
@@ -467,20 +464,23 @@ def test_probes_rows(main_run):
   assert s["probe_points"] == len(range(0, STEPS + 1, EVERY)) and s["probe_time_s"] > 0 and s["probe_compile_time_s"] > 0
   layers = ["layer0", "head"]
   for r in p:
-    assert r["layers"] == layers and r["seed"] == r["run"] and r["lr"] == 0.1
-    assert set(r["act"]) == set(r["unit0"]) == {"layer0"}
+    assert r["layers"] == layers == r["kernels"] and r["seed"] == r["run"] and r["lr"] == 0.1
+    assert set(r["act"]) == set(r["unit0"]) == set(r["units"]) == set(r["eval_unit0"]) == {"layer0"}
     assert all(len(v) == 3 for v in r["unit0"].values())  # 15/50/85th percentiles
-    assert ("shift" in r) == (r["step"] > 0)  # from the second probe point on
-    if "shift" in r:
-      assert set(r["shift"]) == {"layer0"} and all(v["w2"] >= 0 for v in r["shift"].values())
+    assert len(r["units"]["layer0"]["mean"]) == len(r["units"]["layer0"]["std"]) == 16  # every unit
     assert set(r["bn_gap"]) == {"layer0/norm/bn"}
-    for k in ("l2", "cos", "rel"):
-      assert len(r["grad_ics"][k]) == 2
+    for mode in ("raw", "matched"):
+      for k in ("l2", "cos", "rel"):
+        assert len(r["grad_ics"][mode][k]) == 2
     assert set(r["landscape"]) >= {"loss_variation", "grad_predictiveness", "beta_smoothness", "loss0", "grad_norm"}
-    assert set(r["coupling"]) == {"summary", "cross_fraction", "normalized"} and np.shape(r["coupling"]["normalized"]) == (2, 2)
-    assert len(r["grad_norm"]) == 2 and all(g > 0 for g in r["grad_norm"])
+    assert set(r["landscape_rel"]) == {"loss_variation", "grad_predictiveness", "beta_smoothness"}
+    assert set(r["coupling"]) == {"summary", "cross_fraction", "normalized", "own"} and np.shape(r["coupling"]["normalized"]) == (2, 2)
+    assert np.shape(r["hessian"]["normalized"]) == (2, 2) and 0 <= r["hessian"]["summary"]
+    n = r["norms"]
+    assert len(n["grad"]) == 2 and all(g > 0 for g in n["grad"]) and all(w > 0 for w in n["weight"])
+    assert n["effective_lr"][0] == pytest.approx(0.1 / n["weight"][0] ** 2, rel=1e-4)
     # consistency between probes: per-layer gradient norms make up the total; loss0 is the probe loss
-    assert math.hypot(*r["grad_norm"]) == pytest.approx(r["landscape"]["grad_norm"], rel=1e-4)
+    assert math.hypot(*n["grad"]) == pytest.approx(r["landscape"]["grad_norm"], rel=1e-4)
     assert r["landscape"]["loss0"] == pytest.approx(r["loss"], rel=1e-5)
   # BN before the nonlinearity: in training its input is standardized per unit (scale 1, bias 0 at init)
   for r in p[:2]:
@@ -494,5 +494,4 @@ def test_probes_of_a_model_without_bn(nobn_run):
   assert [r["step"] for r in p] == list(range(0, STEPS + 1, EVERY))
   for r in p:
     assert r["bn_gap"] == {}
-    assert set(r["act"]) == {"layer0"} and r["layers"] == ["layer0", "head"] and len(r["grad_norm"]) == 2
-    assert ("shift" in r) == (r["step"] > 0)
+    assert set(r["act"]) == {"layer0"} and r["layers"] == ["layer0", "head"] and len(r["norms"]["grad"]) == 2

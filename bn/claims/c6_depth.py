@@ -40,7 +40,13 @@ def grad_norms_at_init(c, depth: int, x, y):
 def measure(c, workdir: Path, dataset: bn_data.Dataset) -> dict:
   """Writes ``results.json`` with per-depth, per-seed layer gradient norms (and ``config.json``)."""
   out_file = workdir / "results.json"
-  if out_file.exists():
+  if out_file.exists():  # measured before: by this config only (another mode's results must not pass for this one's)
+    cfg_file = workdir / "config.json"
+    recorded = artifacts.read_json(cfg_file).get("config") if cfg_file.exists() else None
+    if recorded != bn_config.to_dict(c):
+      keys = "; ".join(f"{k}: {a!r} (workdir) vs {b!r} (this run)" for k, a, b in artifacts.config_diff(recorded or {}, bn_config.to_dict(c)))
+      raise bn_config.ConfigError(f"{workdir} holds results of a different config ({keys}); use another --out, "
+                                  f"or delete {workdir} to measure again.")
     return artifacts.read_json(out_file)
   exp = experiment.from_config(c)
   ds = experiment.load_dataset(exp.data, dataset)
