@@ -51,10 +51,10 @@ from bn.progress import Progress
 
 # Fault injection for tests (tests/test_reliability.py): "EVENT:STEP" makes the process SIGKILL
 # itself at that point. Events: "probes" / "metrics" (rows of STEP appended), "probes-partial" /
-# "metrics-partial" (half of those rows written), "checkpoint" (the checkpoint of STEP written
+# "metrics-partial" (those rows written up to the middle of the last), "checkpoint" (the checkpoint of STEP written
 # but not committed), "checkpointed" (committed).
 KILL_ENV = "BN_TEST_KILL_AT"
-# "metrics:STEP" / "probes:STEP": that append writes half its rows, then fails as on a full disk.
+# "metrics:STEP" / "probes:STEP": that append stops in the middle of its last row and fails as on a full disk.
 ENOSPC_ENV = "BN_TEST_ENOSPC_AT"
 
 
@@ -135,10 +135,10 @@ def _fault(event: str, step: int) -> None:
 def _append(path: Path, rows: list[dict], event: str, step: int) -> None:
   """Appends ``rows`` to a JSON-lines file, with the fault-injection points of ``event``."""
   kill, full = _armed(KILL_ENV, f"{event}-partial", step), _armed(ENOSPC_ENV, event, step)
-  if kill or full:  # a write cut short half-way
+  if kill or full:  # a write cut short in the middle of its last row
     text = artifacts.jsonl_text(rows)
     with open(path, "a") as f:
-      f.write(text[: max(1, len(text) // 2)])
+      f.write(text[: len(text) - len(artifacts.jsonl_text(rows[-1:])) // 2])
       f.flush()
     if kill:
       os.kill(os.getpid(), signal.SIGKILL)
@@ -436,13 +436,13 @@ def check_writable(workdir: Path) -> None:
     probe = probe.parent
   if probe.exists() and not probe.is_dir():
     raise UsageError(f"--workdir {workdir}: {probe} is a file, not a directory; give a directory path.")
-  try:
-    artifacts.check_writable(probe)
-    if (Path(workdir) / "checkpoints").is_dir():
-      artifacts.check_writable(Path(workdir) / "checkpoints")
-  except OSError as e:
-    raise UsageError(f"--workdir {workdir}: cannot write in {probe} ({e.strerror or e}); give a writable directory "
-                     "(a read-only filesystem or missing permissions?).") from None
+  for d in (probe, Path(workdir) / "checkpoints"):
+    if d.is_dir():
+      try:
+        artifacts.check_writable(d)
+      except OSError as e:
+        raise UsageError(f"--workdir {workdir}: cannot write in {d} ({e.strerror or e}); give a writable directory "
+                         "(a read-only filesystem or missing permissions?).") from None
 
 
 class _Cleanup:
@@ -558,7 +558,7 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
   ckpt = Checkpoints(workdir, warn=say)
   bar = None
   try:
-    got = ckpt.restore(state, delete_bad=writer)
+    got = ckpt.restore(state, delete_bad=True)  # every process: orbax deletes behind a barrier
     acc = {k: got.meta.get(k, 0) for k in ACCUMULATED}
     if got.step is None:  # a fresh start: rows of an attempt killed before its first checkpoint go
       rows, wall = [], 0.0
