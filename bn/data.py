@@ -103,7 +103,7 @@ IDX_FILES = {
     },
 }
 # How data directories are named in messages when the caller does not say (bn train, bn data, Python).
-DATA_DIR_FLAGS = "--config.data.data_dir (bn train), --data-dir (bn data) or data_dir= (Python)"
+DATA_DIR_FLAGS = "--config.data.data_dir in bn train, --data-dir in bn data, data_dir= in Python"
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -165,7 +165,8 @@ class Dataset:
 def how_to_get(name: str, flag: str | None = None) -> str:
   """One paragraph on how to obtain ``name`` on this machine. ``flag``: how the caller names
   the data directory (e.g. ``--data-dir``); by default every way is named."""
-  where = f"a directory passed as {flag or DATA_DIR_FLAGS}, or in $BN_IDX_DIR"
+  where = f"a directory passed as {flag}, or in $BN_IDX_DIR" if flag else \
+      f"a directory given as the data directory ({DATA_DIR_FLAGS}), or in $BN_IDX_DIR"
   tfds_way = (f"`bn data prepare {name}` (TFDS download + conversion; needs `pip install tensorflow` "
               "and internet), then load it with the same data directory")
   if name in IDX_FILES:
@@ -196,8 +197,9 @@ def check_data_dir(data_dir: str | None, flag: str | None = None, *, idx: bool =
   """An explicit location must exist: raises :class:`DataError` naming the path and the flag
   when ``data_dir`` (or, with ``idx``, ``$BN_IDX_DIR``) is set but is not a directory."""
   if data_dir and not os.path.isdir(data_dir):
-    raise DataError(f"data directory {data_dir} (given as {flag or DATA_DIR_FLAGS}) does not exist. "
-                    "Fix the path, or leave it out to use the default locations.")
+    given = f"given as {flag}" if flag else f"the data directory: {DATA_DIR_FLAGS}"
+    raise DataError(f"data directory {data_dir} ({given}) does not exist. Fix the path, or leave it out to use "
+                    "the default locations.")
   env = os.environ.get("BN_IDX_DIR")
   if idx and env and not os.path.isdir(env):
     raise DataError(f"$BN_IDX_DIR={env} does not exist. Fix the path, or unset BN_IDX_DIR to use the default "

@@ -131,7 +131,7 @@ def test_missing_dataset_message(tmp_path, monkeypatch):
     data.load("fashion_mnist", data_dir=str(tmp_path))
   msg = str(e.value)
   assert "`bn data prepare fashion_mnist`: it downloads" in msg and "not TensorFlow" in msg
-  assert "--config.data.data_dir (bn train), --data-dir (bn data)" in msg  # real flags only
+  assert "(--config.data.data_dir in bn train, --data-dir in bn data, data_dir= in Python)" in msg  # real flags only
   assert str(tmp_path / "xdg_cache" / "bn" / "datasets" / "fashion_mnist") in msg  # where prepare puts it
   with pytest.raises(data.DataError, match="passed as --config.data.data_dir, or in .BN_IDX_DIR"):
     data.load("mnist", data_dir=str(tmp_path), flag="--config.data.data_dir")

@@ -64,8 +64,7 @@ def test_installed_versions_are_the_constraints():
     try:
       installed = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-      wrong.append(f"{name} not installed")
-      continue
+      continue  # e.g. a platform-specific dependency; constraints only bound what gets installed
     if installed != version:
       wrong.append(f"{name} {installed} != {version}")
   assert not wrong, f"{wrong}: re-run `make install`, or regenerate {CONSTRAINTS.name} after testing the new versions"
