@@ -7,6 +7,7 @@ function, its running statistics are an explicit state you carry, like the optim
 
 A plain-JAX MLP (input -> [dense -> BN -> ReLU] x 2 -> dense), trained with optax. Needs
 ``bn`` and optax: ``pip install -e '.[train]'`` in a clone (or only optax next to the core).
+Fashion-MNIST, 3000 steps: about 87% test accuracy in ~10 s on a 2-core CPU.
 """
 
 import argparse
@@ -14,9 +15,13 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import bn
+
+try:
+  import optax
+except ModuleNotFoundError:
+  raise SystemExit("this example needs optax: pip install 'bn-lab[train]' (in a clone: pip install -e '.[train]')")
 from bn import data as bn_data
 
 

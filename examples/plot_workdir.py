@@ -15,12 +15,14 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+from bn.artifacts import read_json, read_jsonl
 
+try:
+  import matplotlib
+except ModuleNotFoundError:
+  raise SystemExit("this example needs matplotlib: pip install 'bn-lab[report]' (in a clone: pip install -e '.[report]')")
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-
-from bn.artifacts import read_json, read_jsonl  # noqa: E402
 
 
 def lookup(row: dict, path: str):
