@@ -511,10 +511,10 @@ def _sum_and_sum_sq(d, reduce_axes):
 
   Both sums come from one variadic reduction, in which XLA also fuses the
   subtraction that produced ``d`` (a pair of plain sums over ``x - K`` reads the
-  data twice, or materializes ``x - K``). At most 64 values per feature: one
+  data twice, or materializes ``x - K``). At most 32 values per feature: one
   stage. Otherwise the first reduced axis with a divisor ``k`` in [8, 32] is
   split and the variadic reduction runs over its ``k`` chunks (XLA:CPU emits
-  such a loop fast, a longer one slowly); plain sums finish the small
+  such a short loop fast, a longer one slowly); plain sums finish the small
   partials. Without such an axis, or for complex ``d``: two plain sums."""
   if jnp.iscomplexobj(d):
     return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
@@ -523,7 +523,7 @@ def _sum_and_sum_sq(d, reduce_axes):
   def both(t, axes):
     return lax.reduce((t, lax.square(t)), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
 
-  if math.prod(d.shape[a] for a in reduce_axes) <= 64:
+  if math.prod(d.shape[a] for a in reduce_axes) <= 32:
     return tuple(lax.expand_dims(t, reduce_axes) for t in both(d, reduce_axes))
   for a in reduce_axes:
     k = _stage_size(d.shape[a])

@@ -301,9 +301,9 @@ def test_shifted_gradients_equal_two_pass_gradients(kw):
       assert_close(a, b, 1e-10, 1e-12)
 
 
-@pytest.mark.parametrize("shape", [(16, 3), (96, 2), (2, 16, 3, 2)])
+@pytest.mark.parametrize("shape", [(16, 3), (96, 2), (2, 24, 3, 2)])
 def test_shifted_single_read_path_under_jit_grad_vmap(shape):
-  """The single-read (variadic) reductions: one stage for at most 64 values per feature,
+  """The single-read (variadic) reductions: one stage for at most 32 values per feature,
   else two stages over the first reduced axis with a divisor in [8, 32] (here axis 0, then axis 1)."""
   from test_norm import np_bn_grads
 
