@@ -514,21 +514,28 @@ def _sum_and_sum_sq(d, reduce_axes):
   data twice, or materializes ``x - K``). At most 32 values per feature: one
   stage. Otherwise the first reduced axis with a divisor ``k`` in [8, 32] is
   split and the variadic reduction runs over its ``k`` chunks (XLA:CPU emits
-  such a short loop fast, a longer one slowly); plain sums finish the small
-  partials. Without such an axis, or for complex ``d``: two plain sums."""
+  such a short loop fast, a longer one slowly); the partials are summed by one
+  more variadic reduction when short, else by plain sums. Without such an
+  axis, or for complex ``d``: two plain sums."""
   if jnp.iscomplexobj(d):
     return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
   zero = np.zeros((), d.dtype)
 
-  def both(t, axes):
-    return lax.reduce((t, lax.square(t)), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
+  def sums(ts, axes):  # (sum t0, sum t1) in one variadic reduction
+    return lax.reduce(ts, (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
 
-  if math.prod(d.shape[a] for a in reduce_axes) <= 32:
-    return tuple(lax.expand_dims(t, reduce_axes) for t in both(d, reduce_axes))
+  def short(shape):
+    return math.prod(shape[a] for a in reduce_axes) <= 32
+
+  if short(d.shape):
+    return tuple(lax.expand_dims(t, reduce_axes) for t in sums((d, lax.square(d)), reduce_axes))
   for a in reduce_axes:
     k = _stage_size(d.shape[a])
     if k is not None:
-      p1, p2 = both(d.reshape(d.shape[:a] + (k, d.shape[a] // k) + d.shape[a + 1:]), (a,))
+      v = d.reshape(d.shape[:a] + (k, d.shape[a] // k) + d.shape[a + 1:])
+      p1, p2 = sums((v, lax.square(v)), (a,))
+      if short(p1.shape):
+        return tuple(lax.expand_dims(t, reduce_axes) for t in sums((p1, p2), reduce_axes))
       return jnp.sum(p1, reduce_axes, keepdims=True), jnp.sum(p2, reduce_axes, keepdims=True)
   return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
 
