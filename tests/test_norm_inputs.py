@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bn
-from test_norm import EPS, as_bn, assert_close, np_bn, np_moments, random_setup
+from test_norm import EPS, as_bn, assert_close, np_bn, random_setup
 
 
 # Compiled once per configuration (eager op-by-op dispatch compiles every primitive: slower here).
