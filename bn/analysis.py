@@ -2,20 +2,26 @@
 
 Reads only what runs wrote (``summary.json``, ``metrics.jsonl``, ``probes.jsonl``,
 ``results.json``, ``config.json``); each claim module (:mod:`bn.claims`) builds its
-tests from these pieces. Every measurement is a per-seed quantity
-(conditions are paired by seed) summarized as mean and 95% t-interval over
-seeds. Each prediction is a *test* with an outcome:
+tests from these pieces. Every measurement is a per-seed quantity (conditions are
+paired by seed: the same seed gives the same data order and, for equal shapes, the
+same initial weights), summarized as the mean and 95% Student-t interval over seeds.
 
-* ``lower`` / ``higher``: *as predicted* when the CI lies entirely on the
-  predicted side of 0, *opposite* when it lies entirely on the other side,
-  *unclear* otherwise;
+Each test has a *role* fixed in its claim module before the run: exactly one
+**primary** test per claim decides the verdict; **secondary** tests are reported and
+never change it; **sanity** checks confirm that the experiment did what it was built
+to do (e.g. "the injected noise does move the layer inputs"). Outcomes by *kind*:
+
+* ``lower`` / ``higher``: *as predicted* when the CI lies entirely on the predicted
+  side of 0, *opposite* when entirely on the other side, *unclear* otherwise;
 * ``equivalent`` (margin m): *as predicted* when the CI lies inside (-m, m),
   *opposite* when it lies entirely outside, *unclear* otherwise;
-* ``not_lower``: *opposite* when the CI lies entirely below 0, else *as
-  predicted* (a non-inferiority reading; weak by design, numbers shown).
+* ``not_higher`` / ``not_lower`` (margin m >= 0): *as predicted* when the CI excludes an
+  increase (decrease) larger than m, *opposite* when the whole CI is beyond m.
+* Every seed giving exactly the same value (no spread, e.g. a discrete LR grid): the
+  t-interval is degenerate; the outcome then follows an exact two-sided sign test
+  (significant from 6 seeds on), and the report says so.
 
-Verdict rule (:data:`RULE`): **supported** if every test that counts came out as
-predicted; **contradicted** if any came out opposite; **inconclusive** otherwise.
+Verdict rule (:data:`RULE`, :func:`verdict`).
 """
 
 from __future__ import annotations
@@ -28,10 +34,16 @@ import numpy as np
 from bn import artifacts, stats
 from bn.errors import RunError
 
-RULE = ("A claim is *supported* when every test that counts for it came out as predicted (the 95% CI over seeds of the "
-        "paired per-seed difference lies entirely on the predicted side of 0, or inside the equivalence margin); "
-        "*contradicted* when any such test came out opposite (CI entirely on the other side, or entirely outside the margin); "
-        "*inconclusive* otherwise (some CI includes 0 and none is opposite).")
+RULE = ("Each claim has one primary test, declared in its module before the run. The claim is *supported* when the "
+        "primary test came out as predicted (the 95% CI over seeds of the paired per-seed difference lies entirely on the "
+        "predicted side of 0, or inside the equivalence margin), *contradicted* when it came out opposite, and "
+        "*inconclusive* when its CI includes 0 (or straddles the margin). Secondary tests are reported and never change "
+        "the verdict. If a sanity check fails (the experiment did not do what it was built to do, e.g. the injected noise "
+        "did not move the layer inputs), the verdict is *invalid design*: the claim is then neither supported nor "
+        "contradicted by this run.")
+VERDICTS = ("supported", "contradicted", "inconclusive", "invalid design")
+KINDS = ("lower", "higher", "equivalent", "not_higher", "not_lower")
+ROLES = ("primary", "secondary", "sanity")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -95,59 +107,110 @@ def probe_series(probe_rows: list[dict], getter):
 # ----------------------------------------------------------------------------- tests and verdicts
 
 
-def test(name: str, diffs, kind: str, *, margin: float = 0.0, counts: bool = True, unit: str = "") -> dict:
-  diffs = np.asarray(diffs, float)
-  if diffs.size >= 2 and np.all(np.isfinite(diffs)):
-    mean, lo, hi = (float(v) for v in stats.mean_ci(diffs))
-  else:
-    mean = float(np.nanmean(diffs)) if diffs.size and np.any(np.isfinite(diffs)) else float("nan")
-    lo = hi = float("nan")
-  if not (math.isfinite(lo) and math.isfinite(hi)):
+def _outcome(kind: str, lo: float, hi: float, margin: float) -> str:
+  if kind == "lower":
+    return "as predicted" if hi < 0 else "opposite" if lo > 0 else "unclear"
+  if kind == "higher":
+    return "as predicted" if lo > 0 else "opposite" if hi < 0 else "unclear"
+  if kind == "equivalent":
+    return "as predicted" if (lo > -margin and hi < margin) else "opposite" if (lo > margin or hi < -margin) else "unclear"
+  if kind == "not_higher":
+    return "as predicted" if hi < margin else "opposite" if lo > margin else "unclear"
+  if kind == "not_lower":
+    return "as predicted" if lo > -margin else "opposite" if hi < -margin else "unclear"
+  raise ValueError(f"unknown test kind {kind!r}; choose one of {KINDS}.")
+
+
+def mde(sd: float, n: int, power: float = 0.8, confidence: float = 0.95) -> float:
+  """Smallest true mean difference a two-sided paired t-test at ``confidence`` detects with
+  probability ``power`` given per-seed spread ``sd`` over ``n`` seeds:
+  ``(t_{(1+c)/2, n-1} + t_{power, n-1}) sd / sqrt(n)`` (normal approximation of the power)."""
+  if n < 2 or not math.isfinite(sd):
+    return float("nan")
+  return (stats.t_ppf(0.5 + confidence / 2, n - 1) + stats.t_ppf(power, n - 1)) * sd / math.sqrt(n)
+
+
+def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float = 0.0, unit: str = "", note: str = "") -> dict:
+  """A test of per-seed values ``diffs`` (a paired difference, or one condition's values against 0)."""
+  if role not in ROLES:
+    raise ValueError(f"unknown test role {role!r}; choose one of {ROLES}.")
+  if kind not in KINDS:
+    raise ValueError(f"unknown test kind {kind!r}; choose one of {KINDS}.")
+  if margin < 0 or (kind == "equivalent" and not margin > 0):
+    raise ValueError(f"margin={margin}: must be >= 0 (> 0 for an equivalence test).")
+  diffs = np.asarray(diffs, float).ravel()
+  n, finite = int(diffs.size), bool(diffs.size) and bool(np.all(np.isfinite(diffs)))
+  mean = float(np.nanmean(diffs)) if diffs.size and np.any(np.isfinite(diffs)) else float("nan")
+  sd = float(np.std(diffs, ddof=1)) if n >= 2 and finite else float("nan")
+  lo = hi = float("nan")
+  notes = [note] if note else []
+  if not finite:
     outcome = "unclear"
-  elif kind == "lower":
-    outcome = "as predicted" if hi < 0 else "opposite" if lo > 0 else "unclear"
-  elif kind == "higher":
-    outcome = "as predicted" if lo > 0 else "opposite" if hi < 0 else "unclear"
-  elif kind == "equivalent":
-    outcome = "as predicted" if (lo > -margin and hi < margin) else "opposite" if (lo > margin or hi < -margin) else "unclear"
-  elif kind == "not_lower":
-    outcome = "opposite" if hi < 0 else "as predicted"
+    notes.append(f"{int(np.sum(~np.isfinite(diffs)))} of {n} seeds have no value (a run diverged or never reached the target)")
+  elif n < 2:
+    outcome = "unclear"
+    notes.append("one seed: no interval")
+  elif sd == 0.0:  # every seed the same value: a degenerate interval; use an exact sign test instead
+    lo = hi = mean
+    p = 2 * 0.5 ** n if mean != 0 else 1.0
+    if p < 0.05:
+      outcome = _outcome(kind, mean, mean, margin)
+    else:
+      outcome = "unclear"
+    notes.append(f"all {n} seeds gave exactly {mean:+.3g} (no spread; the t-interval is degenerate); exact sign test p = {p:.2g}")
   else:
-    raise ValueError(f"unknown test kind {kind!r}")
-  predicted = {"lower": "< 0", "higher": "> 0", "equivalent": f"within ±{margin:g}", "not_lower": "not < 0"}[kind]
-  return {"name": name, "kind": kind, "predicted": predicted, "mean": mean, "lo": lo, "hi": hi, "n": int(diffs.size),
-          "per_seed": diffs.tolist(), "outcome": outcome, "counts": counts, "unit": unit}
+    mean, lo, hi = (float(v) for v in stats.mean_ci(diffs))
+    outcome = _outcome(kind, lo, hi, margin)
+  predicted = {"lower": "< 0", "higher": "> 0", "equivalent": f"within ±{margin:g}",
+               "not_higher": f"not > {margin:g}", "not_lower": f"not < {-margin:g}"}[kind]
+  return {"name": name, "role": role, "kind": kind, "predicted": predicted, "margin": margin, "mean": mean, "lo": lo, "hi": hi,
+          "n": n, "sd": sd, "mde": mde(sd, n) if sd and sd > 0 else float("nan"), "per_seed": diffs.tolist(), "outcome": outcome,
+          "unit": unit, "note": "; ".join(notes)}
 
 
 def verdict(tests: list[dict]) -> str:
-  counted = [t for t in tests if t["counts"]]
-  if not counted:
-    return "inconclusive"
-  if any(t["outcome"] == "opposite" for t in counted):
-    return "contradicted"
-  if all(t["outcome"] == "as predicted" for t in counted):
-    return "supported"
-  return "inconclusive"
+  """The rule of :data:`RULE`: the primary test decides, unless a sanity check failed."""
+  primary = [t for t in tests if t["role"] == "primary"]
+  if len(primary) != 1:
+    raise ValueError(f"a claim needs exactly one primary test, got {len(primary)}: {[t['name'] for t in primary]}")
+  if any(t["outcome"] != "as predicted" for t in tests if t["role"] == "sanity"):
+    return "invalid design"
+  return {"as predicted": "supported", "opposite": "contradicted", "unclear": "inconclusive"}[primary[0]["outcome"]]
+
+
+def power_statement(t: dict) -> str:
+  """What the test could detect, in words (for the report)."""
+  if t["n"] < 2 or not math.isfinite(t.get("sd") or float("nan")):
+    return "no interval (fewer than 2 finite seeds)."
+  if t["sd"] == 0:
+    return f"all {t['n']} seeds agree exactly; only an exact sign test applies (significant from 6 seeds on)."
+  half = (t["hi"] - t["lo"]) / 2
+  if t["kind"] == "equivalent":
+    return (f"the 95% CI is ±{half:.3g} wide around the mean, so equivalence within ±{t['margin']:g} can be shown only if the "
+            f"true difference is within ±{max(t['margin'] - half, 0):.3g}.")
+  return f"with {t['n']} seeds (sd {t['sd']:.3g} of the per-seed value) a true effect of {t['mde']:.3g} {t['unit']} or more is detected with 80% power."
+
+
+def what_would_change(t: dict, verdict_: str) -> str:
+  """How far the primary test is from another verdict (for the report)."""
+  if verdict_ == "invalid design":
+    return "A run in which every sanity check passes; until then the primary test says nothing about the claim."
+  if not (math.isfinite(t["lo"]) and math.isfinite(t["hi"])):
+    return "Finite values for every seed (see the note)."
+  k, m = t["kind"], t["margin"]
+  if k in ("lower", "higher"):
+    edge = t["hi"] if k == "lower" else t["lo"]
+    if t["outcome"] == "unclear":
+      return f"An interval that excludes 0: more seeds, or a larger effect than the {t['mean']:+.3g} measured."
+    return f"An interval that reaches 0 (it now ends at {edge:+.3g}): a true effect near 0, or much larger seed-to-seed spread."
+  if k == "equivalent":
+    if t["outcome"] == "as predicted":
+      return f"An interval that reaches ±{m:g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}])."
+    return f"An interval inside ±{m:g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}]): more seeds, or a smaller true difference."
+  return f"An interval on the other side of {m:g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}])."
 
 
 # ----------------------------------------------------------------------------- measurements several claims use
-
-
-def auc(run) -> np.ndarray:
-  """Mean test accuracy over all evaluations (area under the curve / steps), per seed."""
-  _, acc = curve(run["metrics"], "test_accuracy")
-  return np.nanmean(acc, axis=1)
-
-
-def last_hidden(run) -> str:
-  return run["probes"][0]["layers"][-2]
-
-
-def shift(run, layer: str | None = None, field: str = "mean") -> np.ndarray:
-  """Mean over probe points (from the 2nd) of the per-unit shift |dmu|/sigma of a layer, per seed."""
-  layer = layer or last_hidden(run)
-  _, v = probe_series(run["probes"], lambda r: r["shift"][layer][field])
-  return np.nanmean(v, axis=1)
 
 
 def probe_mean(run, getter, skip_first: bool = False) -> np.ndarray:
@@ -161,3 +224,113 @@ def probe_mean(run, getter, skip_first: bool = False) -> np.ndarray:
 def gap(run, key="gap_loss"):
   """A condition's per-seed generalization gap (``gap_loss``: test - train loss)."""
   return per_seed(run["summary"], key)
+
+
+# ----------------------------------------------------------------------------- v2 measurements
+
+
+def runs_of(run, lr: float | None = None) -> list[dict]:
+  """A condition's runs (of one swept LR), sorted by seed."""
+  rs = [r for r in run["summary"]["runs"] if lr is None or math.isclose(r["lr"], lr)]
+  return sorted(rs, key=lambda r: r["seed"])
+
+
+def auc_at(run, lr: float | None = None) -> np.ndarray:
+  """Per seed: mean test accuracy over all evaluations of the runs of one LR (NaN if a run diverged)."""
+  _, acc = metric_table(run, "test_accuracy", lr)
+  _, div = metric_table(run, "diverged", lr)
+  return np.mean(np.where(div > 0, np.nan, acc), axis=1)
+
+
+def lrs_of(run) -> list[float]:
+  return sorted({r["lr"] for r in run["summary"]["runs"]})
+
+
+def metric_table(run, key: str, lr: float | None = None):
+  """``steps (T,), values (seeds, T)`` of a metrics.jsonl field, for the runs of one LR."""
+  rows = [r for r in run["metrics"] if lr is None or math.isclose(r["lr"], lr)]
+  return curve(rows, key)
+
+
+def steps_to(run, target: float, lr: float | None = None, key: str = "test_accuracy") -> np.ndarray:
+  """Per seed: steps until ``key`` first reaches ``target`` (interpolated between evaluations;
+  inf if never; a diverged run counts as never from its divergence on)."""
+  steps, vals = metric_table(run, key, lr)
+  _, div = metric_table(run, "diverged", lr)
+  vals = np.where(div > 0, np.nan, vals)
+  return np.array([stats.steps_to_target(steps, v, target) for v in vals], float)
+
+
+def last(run, key: str, lr: float | None = None, k: int = 1) -> np.ndarray:
+  """Per seed: the mean of the last ``k`` evaluations of a metrics field (NaN for a diverged run)."""
+  _, vals = metric_table(run, key, lr)
+  _, div = metric_table(run, "diverged", lr)
+  vals = np.where(div > 0, np.nan, vals)
+  return np.mean(vals[:, -k:], axis=1)
+
+
+def probes_of(run, lr: float | None = None) -> list[dict]:
+  return [r for r in run["probes"] if lr is None or math.isclose(r["lr"], lr)]
+
+
+def probe_window(rows: list[dict], window: tuple[float, float] | None, skip_first: bool = False) -> list[dict]:
+  """Probe rows whose step lies in a fraction ``window = (a, b)`` of the probed range
+  (``(0, 0.5)``: the first half of training); ``skip_first`` drops the step-0 point."""
+  steps = sorted({r["step"] for r in rows})
+  if skip_first:
+    steps = steps[1:]
+  if window is not None and steps:
+    lo, hi = steps[0], steps[-1]
+    a, b = lo + window[0] * (hi - lo), lo + window[1] * (hi - lo)
+    steps = [t for t in steps if a <= t <= b]
+  keep = set(steps)
+  return [r for r in rows if r["step"] in keep]
+
+
+def per_point(rows: list[dict], getter) -> np.ndarray:
+  """``getter(row)`` averaged over the probe points of each seed, per seed (NaN where missing)."""
+  _, v = probe_series(rows, getter)
+  return np.nanmean(v, axis=1) if v.size else np.array([], float)
+
+
+def unit_shift(rows: list[dict], layer: str, *, source: str = "units", window=None) -> np.ndarray:
+  """Per seed: the mean over consecutive probe intervals (in ``window``) and over units of
+  ``|mu_j(t) - mu_j(t-1)| / sigma_ref_j`` for one layer's units, where ``sigma_ref_j`` is the
+  unit's pooled standard deviation over the whole run (RMS of its std at every probe point).
+
+  A fixed reference scale: the shift of consecutive intervals is not divided by whatever the
+  spread happened to be at the earlier point (at initialization a no-BN sigmoid input can have
+  a tiny spread, which made a per-interval ratio explode). ``source="eval_units"``: eval mode on
+  the fixed test batch instead of train mode on the probe batch."""
+  out = []
+  for seed in sorted({r["seed"] for r in rows}):
+    mine = sorted((r for r in rows if r["seed"] == seed and source in r), key=lambda r: r["step"])
+    if len(mine) < 2:
+      out.append(np.nan)
+      continue
+    mu = np.array([r[source][layer]["mean"] for r in mine])
+    sd = np.array([r[source][layer]["std"] for r in mine])
+    ref = np.sqrt(np.mean(np.square(sd), axis=0))
+    d = np.abs(np.diff(mu, axis=0)) / np.maximum(ref, 1e-12)  # (intervals, units)
+    steps = np.array([r["step"] for r in mine])
+    if window is not None:
+      lo, hi = steps[0], steps[-1]
+      ends = steps[1:]
+      sel = (ends >= lo + window[0] * (hi - lo)) & (ends <= lo + window[1] * (hi - lo))
+      d = d[sel]
+    out.append(float(np.mean(d)) if d.size else np.nan)
+  return np.array(out, float)
+
+
+def best_lr(run, score, *, higher_is_better: bool = False) -> float:
+  """The swept LR with the best mean over seeds of ``score(run, lr) -> per-seed values`` (NaN/inf
+  count as the worst value); ties go to the smaller LR."""
+  best, best_v = None, None
+  for lr in lrs_of(run):
+    v = np.asarray(score(run, lr), float)
+    bad = np.inf if not higher_is_better else -np.inf
+    v = np.where(np.isfinite(v), v, bad)
+    m = float(np.mean(v))
+    if best_v is None or (m > best_v if higher_is_better else m < best_v):
+      best, best_v = lr, m
+  return best

@@ -201,6 +201,7 @@ def base() -> ml_collections.ConfigDict:
       rho=1e-3,  # relative step (||dW|| / ||W||) of the matched gradient ICS and the relative-units landscape
       hessian_probes=2,  # random vectors per layer for the Hessian-block norms
       eval_batch_size=1000,  # test examples for the eval-mode layer-input percentiles
+      lrs=(),  # probe only the runs of these swept learning rates; empty: every run
   ))
   c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see docs/scale-out.md
       devices="1",  # "1" (no mesh), "all", or a count N: the global batch is split over a 'data' mesh axis

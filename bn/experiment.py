@@ -74,6 +74,7 @@ class ProbeSpec:
   rho: float = 1e-3
   hessian_probes: int = 2
   eval_batch_size: int = 1000
+  lrs: tuple[float, ...] = ()  # probe only the runs of these swept LRs; empty: all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Experiment:
     loop, runs = choose_layout(self._task.loop, self._task.runs, model, backend)
     precise = None
     if self.schedule.precise_bn > 0 and getattr(getattr(model, "norm", None), "kind", "none") in models.BATCH_KINDS:
-      precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", ghost_batch_size=None))
+      precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", ghost_batch_size=None, population_noise=None))
     return self._task._replace(model=model, loop=loop, runs=runs, precise_bn=precise)
 
   @property
@@ -164,6 +165,10 @@ def _check(c) -> None:
       raise ConfigError(f"--config.probes.kinds has unknown probes {sorted(unknown)}; choose from {', '.join(PROBE_KINDS)} (empty: all).")
     if not c.probes.rho > 0:
       raise ConfigError(f"--config.probes.rho={c.probes.rho} must be > 0.")
+    swept = tuple(c.sweep.lr) or (c.optimizer.lr,)
+    missing = [lr for lr in c.probes.lrs if not any(abs(lr - s) <= 1e-9 * max(abs(s), 1) for s in swept)]
+    if missing:
+      raise ConfigError(f"--config.probes.lrs={tuple(c.probes.lrs)}: {missing} not among the trained learning rates {swept}.")
     if c.probes.every % t.eval_every:
       raise ConfigError(f"--config.probes.every={c.probes.every} must be a multiple of --config.train.eval_every={t.eval_every} "
                         "(probes run at evaluation points).")
@@ -282,7 +287,7 @@ def from_config(c) -> Experiment:
                     tuple(d.synthetic_shape), d.synthetic_classes, tuple(d.synthetic_sizes)),
       schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn),
       probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales), tuple(pr.kinds), float(pr.rho),
-                       int(pr.hessian_probes), int(pr.eval_batch_size)),
+                       int(pr.hessian_probes), int(pr.eval_batch_size), tuple(float(v) for v in pr.lrs)),
       parallel=ParallelSpec(str(p.devices), p.bn_stats, p.coordinator, int(p.num_processes), int(p.process_id),
                             bool(p.cluster_detect), int(p.init_timeout)),
       config=cfg,

@@ -49,7 +49,7 @@ class NormSpec:
   epsilon: float = 1e-5
   variance: str = "two_pass"  # the core's estimator (bn.batch_norm's variance=)
   ghost_batch_size: int | None = None  # kind="ghost" (required); also honoured by batch/renorm/noisy/population
-  num_groups: int = 8  # kind="group" (the largest divisor of the channel count not above it)
+  num_groups: int = 8  # kind="group": the largest divisor of the channel count not above it; 0: C/2 groups (Wu & He for C < 64)
   noise: bn.Noise = bn.Noise()  # kind="noisy"
   stats_gradient: bool = True  # False: no gradient through the batch mean and variance (Ioffe & Szegedy §2's ablation)
   population_noise: int | None = None  # kind="population": plus the sampling noise of the statistics of this many examples (Luo et al. 2019)
@@ -95,7 +95,7 @@ class PerExampleNorm(nn.Module):
       params = bn.BNParams(None, None)
     if self.kind == "layer":
       return bn.layer_norm(x, params, None, epsilon=self.epsilon)[0]
-    groups = _divisor_at_most(c, self.num_groups)
+    groups = max(c // 2, 1) if self.num_groups == 0 else _divisor_at_most(c, self.num_groups)
     return bn.group_norm(x, params, None, num_groups=groups, epsilon=self.epsilon)[0]
 
 

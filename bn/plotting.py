@@ -45,7 +45,7 @@ def size_axis(ax, sizes):
   ax.minorticks_off()
 
 
-def band(ax, steps, vals, label, color, log: bool = False):
+def band(ax, steps, vals, label, color, log: bool = False, style: str = "-"):
   """Mean over seeds with its 95% t-interval; ``log``: geometric mean and interval in log10
   space (for positive quantities drawn on a log axis, where a linear CI can cross 0)."""
   if vals.size == 0:
@@ -55,7 +55,7 @@ def band(ax, steps, vals, label, color, log: bool = False):
       vals = np.log10(np.where(vals > 0, vals, np.nan))
   back = (lambda t: 10.0 ** t) if log else (lambda t: t)
   mean = nanmean(vals, axis=0)
-  ax.plot(steps, back(mean), label=label, color=color)
+  ax.plot(steps, back(mean), style, label=label, color=color)
   if vals.shape[0] >= 2 and np.all(np.isfinite(vals)):
     _, lo, hi = stats.mean_ci(vals, axis=0)
     ax.fill_between(steps, back(lo), back(hi), color=color, alpha=0.2)

@@ -68,6 +68,11 @@ def take_run(state: train.TrainState, i: int) -> train.TrainState:
   return _on_run_axis(lambda x: x[i], STATE_AXES, state)
 
 
+def take_runs(state: train.TrainState, idx) -> train.TrainState:
+  """The stacked state of the runs ``idx`` (an index array), in that order."""
+  return _on_run_axis(lambda x: x[idx], STATE_AXES, state)
+
+
 def _sharded(fn, mesh, in_specs, out_specs):
   return fn if mesh is None else jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
 

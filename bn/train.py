@@ -30,12 +30,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bn import pipeline
+from bn import models, pipeline
 
 
 class HParams(NamedTuple):
+  """A run's numeric hyper-parameters (arrays, so that sweeps vmap)."""
+
   lr: jax.Array
   weight_decay: jax.Array
+  layer_lr: jax.Array  # (layers,): per-layer LR multipliers in models.layer_names order (1: trains, 0: frozen)
 
 
 class TrainState(NamedTuple):
@@ -114,13 +117,25 @@ def make_schedule(name: str, steps: int, *, warmup: int = 0, decay_steps: tuple[
 
 
 def update_rule(task: Task, hparams: HParams) -> optax.GradientTransformation:
-  """The run's whole update: weight decay, direction, ``-lr * schedule(count)``, as one optax chain.
+  """The run's whole update: weight decay, direction, ``-lr * schedule(count)``, per-layer LR
+  multipliers, as one optax chain.
 
   ``hparams`` may be traced (a vmapped LR sweep); the state's structure does not depend on them."""
   decay = optax.add_decayed_weights(hparams.weight_decay)
   lr = optax.scale_by_learning_rate(lambda count: hparams.lr * task.schedule(count))
   parts = (task.direction, decay) if task.decoupled_wd else (decay, task.direction)
-  return optax.chain(*parts, lr)
+  return optax.chain(*parts, lr, scale_layers(hparams.layer_lr))
+
+
+def scale_layers(multipliers) -> optax.GradientTransformation:
+  """Multiplies layer ``k``'s updates by ``multipliers[k]`` (layers in :func:`bn.models.layer_names`
+  order; other top-level entries unchanged). Stateless; multiplying by 1 changes no bit."""
+  def update_fn(updates, state, params=None):
+    names = models.layer_names(updates)
+    return {k: (jax.tree.map(lambda u, m=multipliers[names.index(k)]: u * m.astype(u.dtype), v) if k in names else v)
+            for k, v in updates.items()}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def renorm_clips(task: Task, step):
@@ -153,7 +168,7 @@ def init_state(task: Task, seed, lr, weight_decay, sample_x, num_train: int) -> 
   k_init, k_data, k_step = jax.random.split(jax.random.PRNGKey(seed), 3)
   variables = task.model.init({"params": k_init, "noise": k_init}, sample_x, train=False)
   params = variables["params"]
-  hparams = HParams(jnp.asarray(lr, jnp.float32), jnp.asarray(weight_decay, jnp.float32))
+  hparams = HParams(jnp.asarray(lr, jnp.float32), jnp.asarray(weight_decay, jnp.float32), jnp.ones(len(models.layer_names(params)), jnp.float32))
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bn import analysis, artifacts, claims, cli, ledger, report
-from bn.claims import c2p_lr, c5_small_batch, c6_depth
+from bn import analysis, artifacts, claims, cli, ledger
 
-CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6"]
+CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6", "C7"]
 
 
 # ----------------------------------------------------------------------------- the verdict rule
@@ -27,8 +26,12 @@ CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6"]
     ([0.001, -0.002, 0.0005], "equivalent", "as predicted"),
     ([0.5, 0.6, 0.55], "equivalent", "opposite"),
     ([0.0, 0.03, -0.01], "equivalent", "unclear"),
-    ([0.3, -0.2, 0.1], "not_lower", "as predicted"),
+    ([0.01, 0.005, 0.012], "not_higher", "as predicted"),  # any increase is below the margin 0.02
+    ([0.3, 0.25, 0.28], "not_higher", "opposite"),
+    ([0.0, 0.1, 0.05], "not_higher", "unclear"),
+    ([0.3, 0.25, 0.28], "not_lower", "as predicted"),
     ([-0.3, -0.2, -0.25], "not_lower", "opposite"),
+    ([0.3, -0.2, 0.1], "not_lower", "unclear"),  # a CI that reaches below -0.02 cannot show "not lower"
 ])
 def test_outcomes(diffs, kind, outcome):
   assert analysis.test("t", diffs, kind, margin=0.02)["outcome"] == outcome
@@ -40,71 +43,75 @@ def test_outcome_uses_t_interval():
   t = analysis.test("t", [0.0, 1.0, 2.0], "higher")
   assert t["outcome"] == "unclear"
   assert t["lo"] == pytest.approx(1 - 4.302652729911275 / math.sqrt(3), rel=1e-9)
+  # power: (t_0.975,2 + t_0.8,2) * sd / sqrt(n) = (4.3027 + 1.0607) * 1 / sqrt(3)
+  assert t["mde"] == pytest.approx((4.302652729911275 + 1.0606601717798214) / math.sqrt(3), rel=1e-6)
 
 
 def test_nan_or_single_seed_is_unclear():
-  assert analysis.test("t", [1.0, float("nan"), 2.0], "higher")["outcome"] == "unclear"
+  t = analysis.test("t", [1.0, float("nan"), 2.0], "higher")
+  assert t["outcome"] == "unclear" and "1 of 3 seeds have no value" in t["note"]
+  assert analysis.test("t", [1.0, float("inf"), 2.0], "higher")["outcome"] == "unclear"
   assert analysis.test("t", [1.0], "higher")["outcome"] == "unclear"
 
 
-@pytest.mark.parametrize("outcomes,verdict", [
-    (["as predicted", "as predicted"], "supported"),
-    (["as predicted", "opposite"], "contradicted"),
-    (["as predicted", "unclear"], "inconclusive"),
-    (["unclear", "unclear"], "inconclusive"),
+def test_zero_spread_uses_an_exact_sign_test():
+  t = analysis.test("t", [1.0] * 10, "higher")  # a discrete grid: every seed one decade higher
+  assert t["outcome"] == "as predicted" and t["lo"] == t["hi"] == 1.0 and "sign test p = 0.002" in t["note"]
+  assert analysis.test("t", [1.0] * 5, "higher")["outcome"] == "unclear"  # p = 0.0625: 5 seeds are not enough
+  assert analysis.test("t", [-1.0] * 6, "higher")["outcome"] == "opposite"
+  assert analysis.test("t", [0.0] * 10, "higher")["outcome"] == "unclear"
+
+
+def _t(outcome, role):
+  return {"outcome": outcome, "role": role, "name": role}
+
+
+@pytest.mark.parametrize("primary,sanity,secondary,verdict", [
+    ("as predicted", [], [], "supported"),
+    ("opposite", [], [], "contradicted"),
+    ("unclear", [], [], "inconclusive"),
+    ("as predicted", ["as predicted"], ["opposite", "unclear"], "supported"),  # secondary tests never decide
+    ("opposite", ["as predicted"], ["as predicted"], "contradicted"),
+    ("as predicted", ["unclear"], [], "invalid design"),  # a sanity check that cannot be confirmed
+    ("opposite", ["opposite"], [], "invalid design"),  # a failed sanity check is not a contradiction
+    ("unclear", ["as predicted", "opposite"], [], "invalid design"),
 ])
-def test_verdict_rule(outcomes, verdict):
-  tests = [{"outcome": o, "counts": True} for o in outcomes]
+def test_verdict_rule(primary, sanity, secondary, verdict):
+  tests = [_t(primary, "primary")] + [_t(o, "sanity") for o in sanity] + [_t(o, "secondary") for o in secondary]
   assert analysis.verdict(tests) == verdict
 
 
-def test_tests_that_do_not_count_do_not_decide():
-  tests = [{"outcome": "as predicted", "counts": True}, {"outcome": "opposite", "counts": False}]
-  assert analysis.verdict(tests) == "supported"
+def test_verdict_needs_exactly_one_primary_and_known_kinds():
+  with pytest.raises(ValueError, match="exactly one primary"):
+    analysis.verdict([_t("as predicted", "secondary")])
+  with pytest.raises(ValueError, match="exactly one primary"):
+    analysis.verdict([_t("as predicted", "primary"), _t("opposite", "primary")])
+  with pytest.raises(ValueError, match="unknown test kind"):
+    analysis.test("t", [1.0, 2.0], "bigger")
+  with pytest.raises(ValueError, match="unknown test role"):
+    analysis.test("t", [1.0, 2.0], "higher", role="main")
+  with pytest.raises(ValueError, match="margin"):
+    analysis.test("t", [1.0, 2.0], "equivalent")
 
 
-# ----------------------------------------------------------------------------- analysis from made-up JSON
+@pytest.mark.parametrize("kind", ["lower", "higher"])
+@pytest.mark.parametrize("beyond,outcome", [(1e-9, "as predicted"), (-1e-9, "unclear")])
+def test_a_ci_bound_at_zero_decides_by_a_hair(kind, beyond, outcome):
+  """A CI that ends just past 0 on the predicted side is as predicted; one that just touches 0 is not."""
+  base = np.array([-1.5, -0.5, 0.5, 1.5])
+  h = 3.182446305284263 * np.std(base, ddof=1) / 2.0  # t_0.975,3 * sd / sqrt(4)
+  shift = h + beyond
+  t = analysis.test("t", base + (shift if kind == "higher" else -shift), kind)
+  assert (t["lo"] if kind == "higher" else -t["hi"]) == pytest.approx(beyond, abs=1e-12)
+  assert t["outcome"] == outcome
 
 
-def _write_summary(d: Path, config=None, **per_seed):
-  n = len(next(iter(per_seed.values())))
-  runs = [{"run": i, "seed": i, "lr": 0.1, "diverged": False, **{k: v[i] for k, v in per_seed.items()}} for i in range(n)]
-  d.mkdir(parents=True)
-  artifacts.write_json(d / "summary.json", {"runs": runs, "steps": 10, "wall_time_s": 1.0, "compile_time_s": 1.0})
-  artifacts.write_jsonl(d / "metrics.jsonl", [])
-  artifacts.write_json(d / "config.json", {"config": config or {}})
-
-
-def _small_batch_config(kind, ghost):
-  return {"norm": {"kind": kind, "ghost_batch_size": ghost}, "train": {"batch_size": 64}}
-
-
-@pytest.mark.parametrize("bn2,verdict", [((0.70, 0.71, 0.69), "supported"), ((0.95, 0.96, 0.97), "contradicted")])
-def test_c5_from_json(tmp_path, bn2, verdict):
-  acc = {"bn_g2": (bn2, "ghost", 2), "bn_g64": ((0.90, 0.91, 0.89), "batch", 0), "renorm_g2": ((0.8, 0.8, 0.81), "renorm", 2),
-         "renorm_g64": ((0.9, 0.9, 0.9), "renorm", 64), "group": ((0.88, 0.87, 0.89), "group", 0), "layer": ((0.85, 0.85, 0.86), "layer", 0)}
-  for cond, (a, kind, ghost) in acc.items():
-    _write_summary(tmp_path / "small_batch" / cond, _small_batch_config(kind, ghost), test_accuracy=a)
-  runs = report.load_experiment(tmp_path, "small_batch")
-  claim = c5_small_batch.analyze({"small_batch": runs})
-  assert analysis.verdict(claim["tests"]) == verdict
-  np.testing.assert_allclose(claim["tests"][0]["per_seed"], np.array(bn2) - np.array(acc["bn_g64"][0]))
-
-
-def test_c6_slopes_from_json():
-  # log10 ratio = 0.05 * depth for BN, 0 for none (exactly): slopes 0.05 and 0.
-  def result(slope):
-    return {"depths": [{"depth": d, "grad_norms": [[10 ** (slope * d), 1.0, 1.0]] * 3} for d in (4, 8, 16)]}
-  np.testing.assert_allclose(c6_depth.depth_slopes(result(0.05)), [0.05] * 3, rtol=1e-9)
-  claim = c6_depth.analyze({"depth_init": {"bn": {"results": result(0.05)}, "none": {"results": result(0.0)}}})
-  # zero spread over seeds: the CI collapses to the mean, which lies above 0.
-  assert analysis.verdict(claim["tests"]) == "supported"
-
-
-def test_largest_stable_lr():
-  runs = [{"seed": s, "lr": lr, "diverged": lr > 1.0, "train_accuracy": 0.9 if lr < 0.5 else 0.2}
-          for s in (0, 1) for lr in (0.01, 0.1, 1.0, 10.0)]
-  np.testing.assert_allclose(c2p_lr.largest_stable_lr({"runs": runs}), [-1.0, -1.0])
+@pytest.mark.parametrize("beyond,outcome", [(1e-9, "as predicted"), (-1e-9, "unclear")])
+def test_an_equivalence_ci_at_the_margin(beyond, outcome):
+  base = np.array([-1.5, -0.5, 0.5, 1.5]) * 0.01
+  h = 3.182446305284263 * np.std(base, ddof=1) / 2.0
+  margin = h + beyond  # the CI (mean 0) spans +-h: inside the margin by `beyond`
+  assert analysis.test("t", base, "equivalent", margin=margin)["outcome"] == outcome
 
 
 # ----------------------------------------------------------------------------- the whole ledger, tiny
@@ -121,18 +128,20 @@ def test_tiny_ledger_report_has_every_claim(tiny):
   claims = artifacts.read_json(tiny / "claims.json")
   assert [c["id"] for c in claims["claims"]] == CLAIM_IDS
   for c in claims["claims"]:
-    assert c["verdict"] in ("supported", "contradicted", "inconclusive")
+    assert c["verdict"] in analysis.VERDICTS
     assert c["tests"] and all(t["outcome"] in ("as predicted", "opposite", "unclear") for t in c["tests"])
-    # the verdict is the rule applied to the measured outcomes
-    assert c["verdict"] == analysis.verdict(c["tests"])
+    assert [t["role"] for t in c["tests"]].count("primary") == 1 and c["primary"]
+    assert c["table"] and all(len(row) == 3 for row in c["table"])  # paper vs here
   text = (tiny / "report.md").read_text()
-  assert text.index("| claim | what it predicts") < text.index("## C1 ")
+  assert text.index("## Summary") < text.index("## Settings") < text.index("## C1 ") < text.index("## Provenance")
   for cid in CLAIM_IDS:
     assert f"## {cid} " in text
-  for png in ("c1_ioffe_fig1.png", "c1p_noisy_gradient_ics.png", "c2_coupling.png", "c2_lr_sweep.png", "c3_gap.png",
-              "c4_landscape.png", "c5_small_batch.png", "c6_depth.png"):
+  pngs = sorted(p.name for p in tiny.glob("*.png"))
+  assert len(pngs) >= len(CLAIM_IDS)
+  for png in pngs:
     assert (tiny / png).stat().st_size > 1000
     assert f"]({png})" in text
+  assert "../shared" not in text and "EXPERIMENTS.md" not in text
 
 
 def test_tiny_ledger_workdirs(tiny):

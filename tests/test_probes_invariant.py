@@ -92,8 +92,9 @@ def scaled(state, layer, factor):
     tree[layer] = dict(tree[layer])
     tree[layer]["linear"] = {"kernel": tree[layer]["linear"]["kernel"] * f}
     return tree
-  decay, trace, sched = state.opt_state
-  return state._replace(params=scale(state.params, factor), opt_state=(decay, trace._replace(trace=scale(trace.trace, 1 / factor)), sched))
+  parts = list(state.opt_state)  # the chain's states: (weight decay, momentum trace, schedule, layer multipliers)
+  parts[1] = parts[1]._replace(trace=scale(parts[1].trace, 1 / factor))
+  return state._replace(params=scale(state.params, factor), opt_state=tuple(parts))
 
 
 def test_scale_invariant_probes_do_not_change_when_a_bn_layer_is_scaled(bn_mlp):

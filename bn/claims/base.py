@@ -24,15 +24,22 @@ class Claim:
   and ``conditions(mode)``) whose finished conditions ``analyze`` reads; ``runners`` maps an
   experiment that trains nothing to the function that measures it instead
   (``runner(config, workdir, dataset)`` writing ``workdir/results.json``).
-  ``analyze(results) -> {"tests": [...], ...}`` computes the tests (:func:`bn.analysis.test`);
-  ``plot(results, analysis, out_dir) -> [png names]`` draws the figures."""
+  ``analyze(results) -> {"tests": [...], "table": [[aspect, paper, here], ...], "notes": [...]}``
+  computes the tests (:func:`bn.analysis.test`; exactly one with ``role="primary"``), the
+  "paper vs here" rows and any caveats; ``plot(results, analysis, out_dir) -> [png names]``
+  draws the figures.
+
+  ``primary`` states the primary test in words; it is part of the module, written before
+  any run, and the report prints it next to the result."""
 
   id: str
   title: str
   predicts: str
   paper: str
+  primary: str
   experiments: tuple[str, ...]
   analyze: Callable[[Results], dict]
   plot: Callable[[Results, dict, Path], list[str]]
   order: float
   runners: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
+  source: str = ""  # the paper (authors, year, arXiv id)

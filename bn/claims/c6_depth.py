@@ -1,4 +1,11 @@
-"""C6 -- deep BN MLPs without skips have exploding gradients at initialization (Yang et al. 2019)."""
+"""C6 -- deep BN MLPs without skips have exploding gradients at initialization (Yang et al. 2019).
+
+What is tested, declared before the run (no training: one gradient per seed and depth):
+
+* **Primary**: per seed, the least-squares slope over depth of log10(||grad of the first layer||
+  / ||grad of the last hidden layer||), with BN: > 0 (gradients grow exponentially toward the input).
+* Secondary: the slope with BN minus without.
+"""
 
 from __future__ import annotations
 
@@ -82,10 +89,22 @@ def depth_slopes(result: dict) -> np.ndarray:
 def analyze(results) -> dict:
   r = results[EXPERIMENT]
   s_bn, s_none = depth_slopes(r["bn"]["results"]), depth_slopes(r["none"]["results"])
+  rb, rn = r["bn"]["results"], r["none"]["results"]
   return {"tests": [
-      analysis.test("gradients explode with depth under BN: slope of log10(‖g_first‖/‖g_last‖) per layer of depth, BN", s_bn, "higher", unit="decades/layer"),
+      analysis.test("gradients explode with depth under BN: slope of log10(‖g_first‖/‖g_last‖) per layer of depth, BN", s_bn, "higher",
+                    role="primary", unit="decades/layer"),
       analysis.test("more than without BN: slope BN - none", s_bn - s_none, "higher", unit="decades/layer"),
+  ], "table": [
+      ["setting", "mean-field theory of fully connected BN nets (no skips) at initialization",
+       f"MLP width {rb['width']}, {rb['act']}, LeCun init, depths {[d['depth'] for d in rb['depths']]}, one batch of {rb['batch']} in training mode"],
+      ["result", "gradient norms explode exponentially with depth", f"slope BN {_ci(s_bn)}, none {_ci(s_none)} decades per layer"],
   ]}
+
+
+def _ci(v):
+  from bn.claims._common import mean_ci_text
+
+  return mean_ci_text(v)
 
 
 def plot(results, _analysis, out) -> list[str]:
@@ -105,5 +124,7 @@ CLAIM = Claim(
     title="Deep BN MLPs without skips have exploding gradients at initialization (Yang et al. 2019)",
     predicts="the first layer's gradient grows exponentially with depth relative to the last, with BN",
     paper="Yang et al. (2019): in fully-connected BN nets without skips, gradients explode exponentially with depth at init.",
+    primary="slope over depth of log10(‖∇W_first‖/‖∇W_last hidden‖) at initialization, BN, > 0 (per seed)",
+    source="Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, arXiv 1902.08129",
     experiments=(EXPERIMENT,), analyze=analyze, plot=plot, runners={EXPERIMENT: measure},
 )

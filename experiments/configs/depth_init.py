@@ -12,19 +12,20 @@ Expected (mean-field theory of BN): with BN the ratio grows about linearly in L
 
 from bn.config import base
 
-DEPTHS = {"tiny": (2, 4), "quick": (4, 8, 16, 32, 64), "full": (4, 8, 16, 32, 48, 64)}
+DEPTHS = {"tiny": (2, 4), "quick": (4, 8, 16, 32), "full": (4, 8, 16, 32, 48, 64)}
 
 
 def get_config(mode: str = "quick"):
   c = base()
   c.name = "depth_init"
-  c.seeds = (0, 1, 2, 3, 4) if mode == "full" else (0, 1, 2)
+  c.seeds = tuple(range(20)) if mode == "full" else tuple(range(10))
   c.model.update(name="mlp", widths=(100,), act="tanh", init_std=None)
   c.norm.update(kind="batch", position="pre")
   c.probes.update(batch_size=256)
   c.depths = DEPTHS[mode]
   if mode == "tiny":
     c.data.update(source="synthetic", synthetic_shape=(8, 8, 1))
+    c.seeds = (0, 1, 2)
     c.model.update(widths=(16,))
     c.probes.update(batch_size=32)
   return c

@@ -1,0 +1,60 @@
+"""Pieces several claim modules share: condition lookup by config, common endpoints, table rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bn import analysis
+
+
+def factor(run, *path):
+  """A config value of a finished condition, e.g. ``factor(run, "norm", "kind")``."""
+  node = run["config"]["config"]
+  for p in path:
+    node = node[p]
+  return node
+
+
+def hidden_layers(rows: list[dict]) -> list[str]:
+  """The layers with a nonlinearity input (all but the head), from probe rows."""
+  return [n for n in rows[0]["layers"] if n != "head"] if rows else []
+
+
+def log2_steps(run, target: float, lr: float | None = None) -> np.ndarray:
+  """Per seed: log2 of the steps to ``target`` test accuracy (inf if never reached)."""
+  with np.errstate(divide="ignore"):
+    return np.log2(analysis.steps_to(run, target, lr))
+
+
+def at_best_lr(run, target: float) -> tuple[float, np.ndarray]:
+  """``(lr, per-seed log2 steps to target)`` at the swept LR with the fewest mean log2 steps."""
+  lr = analysis.best_lr(run, lambda r, x: log2_steps(r, target, x))
+  return lr, log2_steps(run, target, lr)
+
+
+def mean_shift(rows: list[dict], window=None, source: str = "units") -> np.ndarray:
+  """Per seed: :func:`bn.analysis.unit_shift` averaged over the hidden layers."""
+  layers = hidden_layers(rows)
+  return np.mean([analysis.unit_shift(rows, layer, source=source, window=window) for layer in layers], axis=0)
+
+
+def fmt(x, digits: int = 3) -> str:
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "n/a"
+  return f"{x:.{digits}g}"
+
+
+def mean_ci_text(values, digits: int = 3) -> str:
+  """``mean [lo, hi]`` over seeds (95% t-interval) for the report's tables."""
+  from bn import stats
+
+  v = np.asarray(values, float)
+  if v.size == 0 or not np.all(np.isfinite(v)):
+    finite = v[np.isfinite(v)]
+    return f"{fmt(float(np.mean(finite)), digits)} ({v.size - finite.size} of {v.size} seeds n/a)" if finite.size else "n/a"
+  if v.size < 2:
+    return fmt(float(v[0]), digits)
+  m, lo, hi = stats.mean_ci(v)
+  return f"{m:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"

@@ -1,0 +1,70 @@
+"""C3 (the seed's claim 3): do BN's noisy batch statistics regularize, and does it fade at large batch?
+
+Command (one cell; `bn reproduce` runs the grid into OUT/c3_grid/<condition>/):
+
+    bn train --config experiments/configs/c3_grid.py:quick --config.train.batch_size=256 --config.norm.kind=ghost \
+        --config.norm.ghost_batch_size=8 --config.optimizer.lr=0.1 --workdir runs/c3_b256_g8
+
+Setup: MLP 3 x 64 ReLU on a fixed subset of 2,000 training images (so that it overfits), SGD
+momentum 0.9, every cell trained for the same number of **epochs** (20, quick), the LR scaled
+as 0.025 * sqrt(B / 64) (Hoffer et al. 2017's square-root rule; linear scaling in --full).
+Grid: total batch B in {64, 256, 1024} x statistics (ghost) batch g in {8, 32, B}; at each B also
+no BN, population BN (normalize with running statistics in training: no batch-statistics noise and
+no gradient through the statistics) and population BN plus noise matched to the statistics of
+ghost batches of 8 (Luo et al. 2019: it isolates the noise). Evaluation after precise-BN
+recalibration on the 2,000 training images (ghost BN's running variance is biased by (g-1)/g).
+Expected by the claim: at a fixed B, test loss falls as g shrinks; BN's benefit over no BN is
+larger at B = 64 than at B = 1024. Runtime: see docs/ledger.md.
+"""
+
+import math
+
+from bn.config import base
+
+BATCHES = {"tiny": (16, 64), "quick": (64, 256, 1024), "full": (64, 128, 256, 512, 1024)}
+GHOSTS = (8, 32)
+EPOCHS = {"tiny": 4, "quick": 20, "full": 40}
+BASE_LR = 0.025
+
+
+def get_config(mode: str = "quick"):
+  c = base()
+  c.name = "c3_grid"
+  c.seeds = tuple(range(10)) if mode != "tiny" else (0, 1, 2)
+  c.data.update(train_size=2000, train_eval_size=2000)
+  c.model.update(name="mlp", widths=(64, 64, 64), act="relu", init_std=None)
+  c.norm.update(kind="batch", position="pre", momentum=0.9)
+  c.optimizer.update(name="momentum", lr=BASE_LR, momentum=0.9)
+  c.train.update(batch_size=64, precise_bn=2000, target_accuracy=0.8)
+  c.epochs = EPOCHS[mode]
+  if mode == "tiny":
+    c.data.update(source="synthetic", synthetic_shape=(8, 8, 1), train_size=256, train_eval_size=256)
+    c.model.update(widths=(16, 16))
+    c.train.update(precise_bn=256)
+  _schedule(c, 64)
+  return c
+
+
+def _schedule(c, batch: int):
+  """Exactly ``c.epochs`` epochs of the training subset (rounded to whole steps), about 5 evaluations."""
+  steps = max(1, round(c.epochs * c.data.train_size / batch))
+  c.train.update(batch_size=batch, steps=steps, eval_every=-(-steps // 5), checkpoint_every=steps)
+
+
+def conditions(mode: str = "quick"):
+  out = {}
+  linear = mode == "full"
+  for b in BATCHES[mode]:
+    c = get_config(mode)
+    _schedule(c, b)
+    lr = BASE_LR * (b / 64 if linear else math.sqrt(b / 64))
+    common = {"train.batch_size": b, "train.steps": c.train.steps, "train.eval_every": c.train.eval_every,
+              "train.checkpoint_every": c.train.steps, "optimizer.lr": lr}
+    for g in GHOSTS + (b,):
+      if g > b or (g == b and g in GHOSTS and f"b{b}_g{g}" in out):
+        continue
+      out[f"b{b}_g{g}"] = {**common, "norm.kind": "batch" if g == b else "ghost", "norm.ghost_batch_size": 0 if g == b else g}
+    out[f"b{b}_none"] = {**common, "norm.kind": "none"}
+    out[f"b{b}_population"] = {**common, "norm.kind": "population"}
+    out[f"b{b}_population_noise8"] = {**common, "norm.kind": "population", "norm.population_noise": min(8, b)}
+  return out
