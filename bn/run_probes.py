@@ -176,7 +176,9 @@ class Prober:
     self.x = trainer.train_x[idx]
     self.y = trainer.train_y[idx]
     self.xt = self.x[:2] if test_x is None else test_x[: spec.eval_batch_size]
-    self.runs = trainer.runs
+    # the probed runs: all, or those whose swept learning rate is in spec.lrs
+    self.index = [i for i, r in enumerate(trainer.runs) if not spec.lrs or any(np.isclose(r["lr"], lr) for lr in spec.lrs)]
+    self.runs = [trainer.runs[i] for i in self.index]
     self.task = trainer.task
     self.spec = spec
     self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, spec), in_axes=(programs.STATE_AXES, None, None, None)))
@@ -184,6 +186,12 @@ class Prober:
     self.time = 0.0  # seconds spent probing (running the program; the loop adds writing probes.jsonl), compile excluded
     self.compile_time = 0.0
     self.points = 0
+
+  def _subset(self, state):
+    if len(self.index) == len(state.step):
+      return state
+    idx = np.asarray(self.index)
+    return programs.take_runs(state, idx)
 
   def _program(self, state):
     """The compiled probe program (compiled on first use, its time kept apart)."""
