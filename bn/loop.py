@@ -205,11 +205,12 @@ class Checkpoints:
     self._ocp = ocp
     self.dir = (Path(workdir) / "checkpoints").absolute()
     self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
-    self.mgr = ocp.CheckpointManager(
-        self.dir,
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only, read_only=read_only,
-                                             cleanup_tmp_directories=not read_only, enable_async_checkpointing=False),
-    )
+    with _quiet_absl():  # read_only: orbax warns that the directory is read-only
+      self.mgr = ocp.CheckpointManager(
+          self.dir,
+          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only, enable_async_checkpointing=False),
+      )
 
   def steps(self) -> list[int]:
     """Committed checkpoint steps, newest first."""

@@ -47,7 +47,8 @@ def get_config():
   c.probes.update(every=200, batch_size=64, kinds=("act",), eval_batch_size=32)
   return c
 '''
-WALL = {"wall_time", "wall_time_s", "compile_time_s", "steps_per_s", "run_steps_per_s", "probe_time_s", "probe_compile_time_s"}
+WALL = {"wall_time", "wall_time_s", "compile_time_s", "steps_per_s", "run_steps_per_s", "probe_time_s", "probe_compile_time_s",
+        "git_commit"}  # wall-clock fields, and the commit (others may commit while the suite runs)
 
 
 # ----------------------------------------------------------------------------- fixtures and helpers
@@ -388,11 +389,14 @@ def test_jsonl_appends_and_truncation(tmp_path):
 
 
 def test_ledger_out_of_another_mode_is_refused(tmp_path, capsys):
+  from bn import claims
+
+  name = claims.experiments()[0]
   out = tmp_path / "out"
   out.mkdir()
-  artifacts.write_json(out / "ledger.json", {"mode": "tiny", "dataset": None, "experiments": {"depth_init": ["bn", "none"]}})
+  artifacts.write_json(out / "ledger.json", {"mode": "tiny", "dataset": None, "experiments": {name: ["bn", "none"]}})
   before = (out / "ledger.json").read_text()
-  assert cli.main(["reproduce", "--quick", "--only", "depth_init", "--out", str(out), "--no-progress"]) == 2
+  assert cli.main(["reproduce", "--quick", "--only", name, "--out", str(out), "--no-progress"]) == 2
   (err,) = error_lines(capsys.readouterr().err)
   assert "holds a `bn reproduce --tiny` ledger, not --quick" in err and "another --out" in err
   assert (out / "ledger.json").read_text() == before and sorted(p.name for p in out.iterdir()) == ["ledger.json"]
@@ -412,26 +416,31 @@ def test_measured_results_of_another_config_are_refused(tmp_path):
 
 
 def test_timings_are_recorded_as_conditions_finish(tmp_path, monkeypatch):
-  """A ledger killed in its third condition keeps the time of the two before it."""
+  """A ledger killed in the second experiment keeps the time of the conditions before it."""
+  from bn import claims
+
+  first, second = [e for e in claims.experiments() if claims.runner(e) is None][:2]
+  names = [f"{first}/{c}" for c in ledger.config_module(first).conditions("tiny")]
   calls = []
 
   def fake_train(exp, workdir, **kw):
+    if (workdir / "summary.json").exists():
+      return {}
     calls.append(exp.name)
-    if len(calls) == 3:
+    if len(calls) == len(names) + 1:
       raise KeyboardInterrupt  # as if killed here
     workdir.mkdir(parents=True)
     artifacts.write_json(workdir / "summary.json", {"runs": []})
 
   monkeypatch.setattr(ledger.loop, "train_workdir", fake_train)
   with pytest.raises(KeyboardInterrupt):
-    ledger.run_ledger(tmp_path / "out", "tiny", only=["lr_sweep", "batch_gap"], progress=False)
+    ledger.run_ledger(tmp_path / "out", "tiny", only=[first, second], progress=False)
   t = artifacts.read_json(tmp_path / "out" / "timings.json")
-  assert t["conditions"] == {"trained": calls[:2], "skipped": []} and t["mode"] == "tiny"
-  assert set(t["last_invocation_s"]) >= {"lr_sweep", "total"} and t["cumulative_s"]["total"] == t["last_invocation_s"]["total"]
-  calls.clear()
-  ledger.run_ledger(tmp_path / "out", "tiny", only=["lr_sweep"], progress=False)  # finished conditions are skipped
+  assert t["conditions"] == {"trained": names, "skipped": []} and t["mode"] == "tiny"
+  assert set(t["last_invocation_s"]) == {first, "total"} and t["cumulative_s"]["total"] == t["last_invocation_s"]["total"]
+  ledger.run_ledger(tmp_path / "out", "tiny", only=[first], progress=False)  # finished conditions are skipped
   t2 = artifacts.read_json(tmp_path / "out" / "timings.json")
-  assert t2["previous"] == t["last_invocation_s"] and t2["conditions"] == {"trained": [], "skipped": t["conditions"]["trained"]}
+  assert t2["previous"] == t["last_invocation_s"] and t2["conditions"] == {"trained": [], "skipped": names}
 
 
 def test_bn_report_on_damaged_results(tmp_path, capsys):
