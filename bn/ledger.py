@@ -78,7 +78,9 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   """Runs every (selected) experiment into ``out``; returns ``{experiment: wall seconds, "total": ...}``
   of this invocation, which ``OUT/timings.json`` records after every condition (a killed ledger
   keeps the time it spent; see :func:`record_timings`)."""
-  say = log or ((lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None))
+  stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+  say = log or (stderr if progress else (lambda line: None))
+  warnings_only = lambda line: (log or stderr)(line) if line.startswith("warning:") else None  # noqa: E731 -- without progress
   known = bn_claims.experiments()
   names = tuple(only) if only else known
   unknown = set(names) - set(known)
@@ -119,7 +121,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
       measure(c, workdir, data_cache[experiment.dataset_key(exp.data)])
     else:
       loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[experiment.dataset_key(exp.data)], desc=desc,
-                         log=say, startup=False)
+                         log=say if progress else warnings_only, startup=False)
     done["skipped" if finished else "trained"].append(f"{name}/{cond}")
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all

@@ -555,7 +555,7 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
     from bn import run_probes
 
     prober = run_probes.Prober(exp.probes, trainer, exp.data.split_seed,
-                               test_x=trainer.test_images(getattr(exp.probes, "eval_batch_size", 2)))
+                               test_x=trainer.test_images(exp.probes.eval_batch_size))
   ckpt = Checkpoints(workdir, warn=say)
   bar = None
   try:
