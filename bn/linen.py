@@ -27,6 +27,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+try:
+  import flax  # noqa: F401  (the adapters need Flax; the pure core bn.batch_norm does not)
+except ModuleNotFoundError as e:  # pragma: no cover - exercised by the core-only install test
+  raise ModuleNotFoundError("bn.linen needs Flax, which is not installed: pip install 'bn-lab[flax]' "
+                            "(in a clone: pip install -e '.[flax]'). The pure functions (bn.batch_norm, ...) work without it.") from e
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -26,6 +26,11 @@ from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
+try:
+  import flax  # noqa: F401  (the adapters need Flax; the pure core bn.batch_norm does not)
+except ModuleNotFoundError as e:  # pragma: no cover - exercised by the core-only install test
+  raise ModuleNotFoundError("bn.nnx needs Flax, which is not installed: pip install 'bn-lab[flax]' "
+                            "(in a clone: pip install -e '.[flax]'). The pure functions (bn.batch_norm, ...) work without it.") from e
 from flax import nnx
 from flax.nnx.nn import dtypes, initializers
 

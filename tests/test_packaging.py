@@ -173,8 +173,9 @@ missing = [m for m in ("flax", "optax", "orbax", "ml_collections", "matplotlib",
            if importlib.util.find_spec(m) is not None]
 assert not missing, missing
 try:
-  import flax
-except ModuleNotFoundError:
+  import bn.linen
+except ModuleNotFoundError as e:
+  assert "pip install 'bn-lab[flax]'" in str(e), e  # the adapters name the extra they need
   print("core ok")
 """
 

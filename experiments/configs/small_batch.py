@@ -4,7 +4,7 @@ Command (one condition):
 
     bn train --config experiments/configs/small_batch.py:quick --config.norm.kind=ghost --config.norm.ghost_batch_size=2 --workdir runs/bn2
 
-Setup: MLP 3 x 128 ReLU on Fashion-MNIST, total batch 64, SGD momentum 0.9, LR 0.05, 1,500 steps
+Setup: MLP 3 x 128 ReLU on Fashion-MNIST, total batch 64, SGD momentum 0.9, LR 0.05, 1,000 steps
 (quick). The statistics batch is varied with ghost batches (2, 4, 16, 64), which keeps SGD noise
 fixed -- the analog of Wu & He's images per GPU. In an MLP a ghost batch of 2 means exactly 2
 values per statistic (a conv layer would pool over H x W as well; the CNN form is
@@ -26,11 +26,11 @@ def get_config(mode: str = "quick"):
   c = base()
   c.name = "small_batch"
   c.seeds = tuple(range(20)) if mode == "full" else tuple(range(10))
-  c.data.update(train_eval_size=2000)
+  c.data.update(train_eval_size=1000)
   c.model.update(name="mlp", widths=(128, 128, 128), act="relu", init_std=None)
   c.norm.update(kind="batch", position="pre", momentum=0.9, num_groups=32)
   c.optimizer.update(name="momentum", lr=0.05, momentum=0.9)
-  steps = {"tiny": 30, "quick": 1500, "full": 6000}[mode]
+  steps = {"tiny": 30, "quick": 1000, "full": 6000}[mode]
   c.norm.update(renorm_warmup=steps // 4)
   c.train.update(steps=steps, batch_size=64, eval_every=steps // 5, checkpoint_every=steps // 2, target_accuracy=0.8, precise_bn=2000)
   if mode == "tiny":
