@@ -29,11 +29,14 @@ EXPERIMENT = "c3_grid"
 
 
 def cells(runs) -> dict:
-  """``{(B, kind, g): run}`` with kind in {"bn", "none", "population", "population_noise"} (g = statistics batch)."""
+  """``{(B, kind, g): run}`` with kind in {"bn", "none", "population", "population_noise", "stopgrad", "frozen"}
+  (g = statistics batch)."""
   out = {}
   for r in runs.values():
     b, kind = factor(r, "train", "batch_size"), factor(r, "norm", "kind")
-    if kind in ("batch", "ghost"):
+    if not factor(r, "norm", "stats_gradient") or not factor(r, "norm", "affine"):
+      out[b, "stopgrad" if not factor(r, "norm", "stats_gradient") else "frozen", b] = r  # C7's rows
+    elif kind in ("batch", "ghost"):
       out[b, "bn", factor(r, "norm", "ghost_batch_size") or b] = r
     elif kind == "population":
       noise = factor(r, "norm", "population_noise")

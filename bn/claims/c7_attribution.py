@@ -1,6 +1,7 @@
 """C7 -- what BN is without its noise and without its gradient path (attribution; Ioffe & Szegedy §2, Luo et al. 2019).
 
-One table on the Ioffe MLP (LR 0.5, paired by seed) separates the mechanisms the claims name:
+One table on the Ioffe MLP (LR 0.5, paired by seed) -- and the same rows on the C3 network at
+B = 256 (from c3_grid, precise-BN evaluation) -- separates the mechanisms the claims name:
 BN; BN with no gradient through the batch mean and variance (``stats_gradient=False``);
 population BN (the forward pass normalized by running statistics: no batch noise, no gradient
 through the statistics); population BN plus noise matched to the statistics of a batch of 60
@@ -32,6 +33,21 @@ def loss(run):
   return analysis.last(run, "test_loss", LR, 2)
 
 
+def _c3_rows(runs) -> dict:
+  """The C3 network's attribution rows at the batch size that has all of them (from c3_grid)."""
+  if not runs:
+    return {}
+  from bn.claims.c3_noise import cells
+
+  c = cells(runs)
+  for b in sorted({b for b, k, _ in c if k == "stopgrad"}):
+    out = {"B": b, "bn": c.get((b, "bn", b)), "stopgrad": c.get((b, "stopgrad", b)), "population": c.get((b, "population", b)),
+           "population_noise": next((r for (bb, k, _), r in c.items() if bb == b and k == "population_noise"), None),
+           "frozen": c.get((b, "frozen", b)), "none": c.get((b, "none", b))}
+    return {k: v for k, v in out.items() if v is not None}
+  return {}
+
+
 def analyze(results) -> dict:
   m = results["ioffe"]
   target = m["bn"]["config"]["config"]["train"]["target_accuracy"]
@@ -44,6 +60,12 @@ def analyze(results) -> dict:
     tests.append(t(f"{label} - BN: log2 steps to {target:.0%}", steps[k] - steps["bn"], "higher", unit="log2 steps"))
   tests.append(t("the noise alone: population + noise - population, final test loss", loss(m["population_noise"]) - loss(m["population"]),
                  "lower", unit="nats"))
+  c3 = _c3_rows(results.get("c3_grid") or {})
+  for k, label in ROWS[1:]:
+    if k in c3 and "bn" in c3:
+      tests.append(t(f"C3 network (B = {c3['B']}): {label} - BN, final test loss (precise-BN evaluation)",
+                     analysis.last(c3[k], "test_loss") - analysis.last(c3["bn"], "test_loss"), "higher",
+                     unit="nats"))
   table = [[label, "—", f"steps to {target:.0%} {mean_ci_text(2.0 ** steps[k])}; final test loss {mean_ci_text(loss(m[k]))}; "
                         f"test accuracy {mean_ci_text(analysis.last(m[k], 'test_accuracy', LR, 2))}"] for k, label in ROWS]
   return {"tests": tests, "table": table}
@@ -69,5 +91,5 @@ CLAIM = Claim(
           "while the loss stays fixed, and in their experiments the model blew up. Luo et al. (2019): BN ≈ population "
           "normalization + γ-decay + batch-statistics noise.",
     source="Ioffe & Szegedy 2015, arXiv 1502.03167, §2; Luo et al. 2019, arXiv 1809.00846",
-    experiments=("ioffe",), analyze=analyze, plot=plot,
+    experiments=("ioffe", "c3_grid"), analyze=analyze, plot=plot,
 )

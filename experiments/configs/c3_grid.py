@@ -11,7 +11,8 @@ as 0.025 * sqrt(B / 64) (Hoffer et al. 2017's square-root rule; linear scaling i
 Grid: total batch B in {64, 256, 1024} x statistics (ghost) batch g in {8, 32, B}; at each B also
 no BN and population BN (normalize with running statistics in training: no batch-statistics noise and
 no gradient through the statistics); at B = 256 also population BN plus noise matched to the
-statistics of ghost batches of 8 (Luo et al. 2019: it isolates the noise). Evaluation after precise-BN
+statistics of ghost batches of 8 (Luo et al. 2019: it isolates the noise), and, for the attribution
+claim C7, BN without the gradient through its statistics and BN with scale and bias frozen. Evaluation after precise-BN
 recalibration on the 2,000 training images (ghost BN's running variance is biased by (g-1)/g).
 Expected by the claim: at a fixed B, test loss falls as g shrinks; BN's benefit over no BN is
 larger at B = 64 than at B = 1024. Runtime: see docs/ledger.md.
@@ -66,6 +67,8 @@ def conditions(mode: str = "quick"):
       out[f"b{b}_g{g}"] = {**common, "norm.kind": "batch" if g == b else "ghost", "norm.ghost_batch_size": 0 if g == b else g}
     out[f"b{b}_none"] = {**common, "norm.kind": "none"}
     out[f"b{b}_population"] = {**common, "norm.kind": "population"}
-    if b == BATCHES[mode][len(BATCHES[mode]) // 2]:  # the noise control at the middle batch size
+    if b == BATCHES[mode][len(BATCHES[mode]) // 2]:  # at the middle batch size: the noise control and C7's rows
       out[f"b{b}_population_noise8"] = {**common, "norm.kind": "population", "norm.population_noise": min(8, b)}
+      out[f"b{b}_stopgrad"] = {**common, "norm.kind": "batch", "norm.stats_gradient": False}
+      out[f"b{b}_frozen"] = {**common, "norm.kind": "batch", "norm.affine": False}
   return out
