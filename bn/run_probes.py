@@ -130,6 +130,9 @@ def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
   layers = models.layer_names(params)
   paths = kernel_paths(params)
   names = tuple(paths)
+  if not kinds & {"norms", "grad_ics", "landscape", "coupling", "hessian"}:  # statistics only: no gradient needed
+    out["loss"] = loss_fn(params)
+    return out
   loss, grads = jax.value_and_grad(loss_fn)(params)
   out["loss"] = loss
   updates = rule.update(grads, state.opt_state, params)[0]  # the update the optimizer would take: the chain that trains

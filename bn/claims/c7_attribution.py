@@ -51,15 +51,18 @@ def _c3_rows(runs) -> dict:
 def analyze(results) -> dict:
   m = results["ioffe"]
   target = m["bn"]["config"]["config"]["train"]["target_accuracy"]
-  steps = {k: log2_steps(m[k], target, LR) for k, _ in ROWS}
+  steps = {k: log2_steps(m[k], target, LR) for k, _ in ROWS if k in m}
   t = analysis.test
   tests = [t("no gradient through the batch statistics: final test loss, stop-gradient - BN", loss(m["stopgrad"]) - loss(m["bn"]),
              "higher", role="primary", unit="nats")]
   for k, label in ROWS[2:]:
+    if k not in m:
+      continue
     tests.append(t(f"{label} - BN: final test loss", loss(m[k]) - loss(m["bn"]), "higher", unit="nats"))
     tests.append(t(f"{label} - BN: log2 steps to {target:.0%}", steps[k] - steps["bn"], "higher", unit="log2 steps"))
-  tests.append(t("the noise alone: population + noise - population, final test loss", loss(m["population_noise"]) - loss(m["population"]),
-                 "lower", unit="nats"))
+  if "population_noise" in m and "population" in m:
+    tests.append(t("the noise alone: population + noise - population, final test loss", loss(m["population_noise"]) - loss(m["population"]),
+                   "lower", unit="nats"))
   c3 = _c3_rows(results.get("c3_grid") or {})
   for k, label in ROWS[1:]:
     if k in c3 and "bn" in c3:
@@ -67,7 +70,7 @@ def analyze(results) -> dict:
                      analysis.last(c3[k], "test_loss") - analysis.last(c3["bn"], "test_loss"), "higher",
                      unit="nats"))
   table = [[label, "—", f"steps to {target:.0%} {mean_ci_text(2.0 ** steps[k])}; final test loss {mean_ci_text(loss(m[k]))}; "
-                        f"test accuracy {mean_ci_text(analysis.last(m[k], 'test_accuracy', LR, 2))}"] for k, label in ROWS]
+                        f"test accuracy {mean_ci_text(analysis.last(m[k], 'test_accuracy', LR, 2))}"] for k, label in ROWS if k in m]
   return {"tests": tests, "table": table}
 
 
@@ -75,6 +78,8 @@ def plot(results, _a, out) -> list[str]:
   m = results["ioffe"]
   fig, ax = plotting.plt().subplots(figsize=(7, 4))
   for i, (k, label) in enumerate(ROWS):
+    if k not in m:
+      continue
     s, v = analysis.metric_table(m[k], "test_loss", LR)
     plotting.band(ax, s, v, label, f"C{i}")
   ax.set(xlabel="step", ylabel="test loss", title=f"attribution: what BN is without its parts (Ioffe MLP, LR {LR:g})", yscale="log")

@@ -66,6 +66,8 @@ def conditions(mode: str = "quick"):
         continue
       out[f"b{b}_g{g}"] = {**common, "norm.kind": "batch" if g == b else "ghost", "norm.ghost_batch_size": 0 if g == b else g}
     out[f"b{b}_none"] = {**common, "norm.kind": "none"}
+    if mode == "tiny":  # tests: the plumbing, with as few compiled programs as possible
+      continue
     out[f"b{b}_population"] = {**common, "norm.kind": "population"}
     if b == BATCHES[mode][len(BATCHES[mode]) // 2]:  # at the middle batch size: the noise control and C7's rows
       out[f"b{b}_population_noise8"] = {**common, "norm.kind": "population", "norm.population_noise": min(8, b)}

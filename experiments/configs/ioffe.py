@@ -51,7 +51,7 @@ def get_config(mode: str = "quick"):
   if mode == "tiny":
     c.seeds = (0, 1, 2)
     c.data.update(source="synthetic", synthetic_shape=(8, 8, 1), train_eval_size=256)
-    c.model.update(widths=(16, 16, 16))
+    c.model.update(widths=(16, 16))
     c.probes.update(batch_size=60, eval_batch_size=64)
     c.train.update(target_accuracy=0.5)
   return c
@@ -67,6 +67,8 @@ def conditions(mode: str = "quick"):
   for d in (DOSES if mode != "tiny" else (1.0,)):
     out[f"noisy_d{d:g}"] = {"norm.kind": "noisy", "norm.noise.dose": d}  # layer-input statistics only
   out["stopgrad"] = {"norm.kind": "batch", "norm.stats_gradient": False, **none}
+  if mode == "tiny":  # tests: the plumbing of every claim, with as few compiled programs as possible
+    return out
   out["population"] = {"norm.kind": "population", **none}
   out["population_noise"] = {"norm.kind": "population", "norm.population_noise": 60, **none}
   out["frozen"] = {"norm.kind": "batch", "norm.affine": False, **none}

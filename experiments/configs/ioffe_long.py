@@ -32,7 +32,7 @@ def get_config(mode: str = "quick"):
   c.probes.update(every=EVERY[mode], batch_size=512, kinds=("act", "eval_act"), eval_batch_size=1000)
   if mode == "tiny":
     c.data.update(source="synthetic", synthetic_shape=(8, 8, 1), train_eval_size=256)
-    c.model.update(widths=(16, 16, 16))
+    c.model.update(widths=(16, 16))
     c.probes.update(batch_size=64, eval_batch_size=64)
   return c
 
