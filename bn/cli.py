@@ -16,6 +16,7 @@ Sub-commands import their modules lazily, so ``bn --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bn.errors import RunError, UsageError
@@ -92,6 +93,11 @@ def reproduce(argv: list[str]) -> int:
   from pathlib import Path
 
   mode, out = a.mode or "quick", Path(a.out)
+  from bn import artifacts
+
+  artifacts.check_local_path(a.out, "--out")
+  import matplotlib  # noqa: F401  (the report needs it: fail now, not after the training)
+
   if mode in ledger.EXPECTED and not a.no_progress:
     print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
   ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress,
@@ -129,8 +135,10 @@ def bench(argv: list[str]) -> int:
   a = p.parse_args(argv)
   from pathlib import Path
 
+  from bn import artifacts
   from bn.bench import suite
 
+  artifacts.check_local_path(a.out, "--out")
   res = suite.run_bench(suite.MODES[a.mode or "full"], a.out)
   for t in res["targets"]:
     shown = "-" if t["measured"] is None else f"{t['measured']:.3g}"
@@ -244,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
   except (UsageError, ValueError) as e:
     print(f"bn {name}: error: {one_line(e)}", file=sys.stderr)
     return 2
+  except BrokenPipeError:  # the output was piped into e.g. `head`, which closed it: not an error of ours
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
   except (RunError, OSError) as e:
     print(f"bn {name}: error: {one_line(e)}", file=sys.stderr)
     return 1

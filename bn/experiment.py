@@ -307,6 +307,7 @@ def load_dataset(spec: DataSpec, dataset: bn_data.Dataset | None = None) -> bn_d
     dataset = bn_data.load(
         spec.name, source=spec.source, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.split_seed,
         synthetic_shape=spec.synthetic_shape, synthetic_classes=spec.synthetic_classes, synthetic_sizes=spec.synthetic_sizes,
+        flag="--config.data.data_dir",
     )
   n = len(dataset.train.y)
   if 0 < spec.train_size < n:

@@ -96,7 +96,8 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
     if key not in data_cache:
       d = exp.data
       data_cache[key] = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
-                                     synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes)
+                                     synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes,
+                                     flag="--config.data.data_dir")
   runs = sum(len(exp.runs) for *_, exp in plan)
   steps = sum(exp.schedule.steps * len(exp.runs) for *_, exp in plan)
   say(loop.startup_line(list(data_cache.values()), f"{len(plan)} conditions, {runs} runs, {steps} run-steps in all; out {out}"))
@@ -104,7 +105,13 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
     say(warning)
   out.mkdir(parents=True, exist_ok=True)
   experiments = {**(previous or {}).get("experiments", {}), **{n: list(configs[n]) for n in names}}
-  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "experiments": experiments})
+  from bn import provenance
+
+  record = provenance.collect(data_cache.values())
+  if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
+    record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
+                                                   {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
+  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "experiments": experiments, "provenance": record})
   timings: dict = {}
   done: dict = {"trained": [], "skipped": []}
   prev_timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}

@@ -63,6 +63,7 @@ class Trainer:
 
   def __init__(self, exp: bn_experiment.Experiment, dataset: bn_data.Dataset, plan: parallel.Plan | None = None):
     self.exp, self.plan = exp, plan
+    self.data_files = tuple(getattr(dataset, "files", ()) or ())
     self.task = exp.make_task(dataset.num_classes)  # the one-device task (probes use it)
     self.ptask = self.task if plan is None else parallel.parallel_task(self.task, plan.bn_stats)
     self.mesh = None if plan is None else plan.mesh
@@ -294,7 +295,7 @@ def metric_rows(runs, step, wall, lr_mult, batch: train.StepMetrics, tr, te, div
 ACCUMULATED = ("compile_time_s", "probe_points", "probe_time_s", "probe_compile_time_s")
 
 
-def summarize(exp: bn_experiment.Experiment, rows, diverged_step, wall, compile_time, steps_done, prober=None) -> dict:
+def summarize(exp: bn_experiment.Experiment, rows, diverged_step, wall, compile_time, steps_done, prober=None, data_files=()) -> dict:
   """``summary.json``: final metrics per run, gap, steps to target, divergence, timing, provenance.
 
   ``prober``: a dict of the probing cost (``probe_points``, ``probe_time_s``, ``probe_compile_time_s``)
@@ -329,6 +330,8 @@ def summarize(exp: bn_experiment.Experiment, rows, diverged_step, wall, compile_
       # probing over the whole run, resumed invocations summed (not part of wall_time_s): points
       # measured, seconds running them (program + writing probes.jsonl), seconds compiling the program
       **(prober or {}),
+      # the data actually read: path, size and SHA-256 of every file (empty for synthetic data)
+      "data_files": [dict(f._asdict()) if hasattr(f, "_asdict") else dict(f) for f in data_files],
       **artifacts.provenance(),
   }
 
@@ -512,6 +515,7 @@ def train_workdir(exp: bn_experiment.Experiment, workdir, *, dataset: bn_data.Da
   name = desc or exp.name
   p = exp.parallel
   plan = parallel.make_plan(p.devices, p.bn_stats, exp.config["train"]["batch_size"], exp.ghost_batch_size)
+  artifacts.check_local_path(workdir, "--workdir")
   workdir = Path(workdir)
   status = inspect_workdir(exp, workdir, extend=extend)
   if status.finished is not None:
@@ -636,7 +640,8 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
   if prober is not None:
     probe_cost = {"probe_points": acc["probe_points"] + prober.points, "probe_time_s": acc["probe_time_s"] + prober.time,
                   "probe_compile_time_s": acc["probe_compile_time_s"] + prober.compile_time}
-  summary = summarize(exp, rows, state.diverged_step, wall, acc["compile_time_s"] + trainer.compile_time, steps_done, probe_cost)
+  summary = summarize(exp, rows, state.diverged_step, wall, acc["compile_time_s"] + trainer.compile_time, steps_done, probe_cost,
+                      getattr(trainer, "data_files", ()))
   if writer:
     artifacts.write_json(workdir / "summary.json", summary)
   return summary

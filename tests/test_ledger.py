@@ -142,6 +142,9 @@ def test_tiny_ledger_report_has_every_claim(tiny):
     assert (tiny / png).stat().st_size > 1000
     assert f"]({png})" in text
   assert "../shared" not in text and "EXPERIMENTS.md" not in text
+  prov = claims["provenance"]  # where the numbers came from
+  assert prov["packages"]["jax"] and prov["command"].startswith("bn ") and prov["datasets"] and prov["machine"]
+  assert "- packages: " in text and "- command: " in text
 
 
 def test_tiny_ledger_workdirs(tiny):

@@ -1,0 +1,62 @@
+"""Where results came from: the data files a run read (with checksums) in summary.json, the
+ledger's provenance record, remote paths refused, and a closed pipe that is not an error."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bn import cli, config as bn_config, experiment, loop, provenance
+from tests.test_data import write_idx_set
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_collect_names_code_packages_machine_and_data(tmp_path):
+  write_idx_set(tmp_path / "idx", gz=True)
+  from bn import data
+
+  ds = data.load("mnist", source="idx", data_dir=str(tmp_path / "idx"))
+  rec = provenance.collect([ds], argv=["reproduce", "--quick"])
+  assert rec["command"] == "bn reproduce --quick"
+  assert rec["packages"]["jax"] and rec["packages"]["python"] and "cpus" in rec["machine"] and rec["date"]
+  assert rec["git_commit"] is None or (len(rec["git_commit"]) == 40 and rec["git_dirty"] in (True, False))
+  (d,) = rec["datasets"]
+  assert d["name"] == "mnist" and d["source"] == "idx" and len(d["files"]) == 4
+  for f in d["files"]:
+    assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest() and f["size"] == os.path.getsize(f["path"])
+
+
+def test_summary_records_the_data_files_read(tmp_path):
+  write_idx_set(tmp_path / "idx", gz=False, n_train=64, n_test=16)
+  c = bn_config.base()
+  c.data.update(name="mnist", source="idx", data_dir=str(tmp_path / "idx"), train_eval_size=32)
+  c.model.update(widths=(8,))
+  c.train.update(steps=4, batch_size=16, eval_every=4, checkpoint_every=4)
+  s = loop.train_workdir(experiment.from_config(c), tmp_path / "w", progress=False)
+  files = {Path(f["path"]).name: f for f in s["data_files"]}
+  assert set(files) == {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}
+  for f in files.values():
+    assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+
+
+def test_remote_paths_are_refused_before_anything_runs(tmp_path, capsys):
+  assert cli.main(["train", "--config", "ioffe_mlp", "--workdir", "gs://bucket/run", "--config.train.steps=1"]) == 2
+  err = capsys.readouterr().err
+  assert "--workdir gs://bucket/run: remote paths are not supported" in err and "Traceback" not in err
+  assert cli.main(["reproduce", "--tiny", "--out", "s3://bucket/ledger", "--no-progress"]) == 2
+  assert "--out s3://bucket/ledger: remote paths" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_an_error():
+  """`bn train --print-config | head -1`: the reader closes the pipe early; bn says nothing on stderr."""
+  p = subprocess.Popen([sys.executable, "-m", "bn", "train", "--config", "ioffe_mlp", "--print-config"], cwd=REPO,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+  p.stdout.readline()
+  p.stdout.close()  # as `head -1` does
+  err = p.stderr.read().decode()
+  assert p.wait(timeout=120) == 0 and "error" not in err and "Traceback" not in err, err
