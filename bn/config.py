@@ -192,6 +192,7 @@ def base() -> ml_collections.ConfigDict:
       steps=1000, batch_size=60, eval_every=100, checkpoint_every=1000, sampling="epoch", augment=False,
       target_accuracy=0.8, eval_chunk=1000,
       precise_bn=0,  # >0: evaluate after re-estimating BN statistics on this many training examples (precise BN; bn.train.recalibrate)
+      tensorboard=False,  # also write TensorBoard event files to WORKDIR/tensorboard/ (needs the [tensorboard] extra)
       loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.experiment.choose_layout
       runs="auto",  # "vmap" | "unroll" (one copy of the step per run) | "auto": unroll for conv models on CPU
   ))

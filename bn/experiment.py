@@ -63,6 +63,7 @@ class Schedule:
   eval_chunk: int
   target_accuracy: float
   precise_bn: int  # > 0: before every evaluation, re-estimate BN statistics on this many training examples
+  tensorboard: bool = False  # also write TensorBoard event files (bn.loop.TensorBoard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +155,12 @@ def _check(c) -> None:
     _positive(f"train.{key}", t[key])
   _positive("probes.every", c.probes.every, allow_zero=True)
   _positive("train.precise_bn", t.precise_bn, allow_zero=True)
+  if t.tensorboard:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is None:
+      raise ConfigError("--config.train.tensorboard=true needs tensorboardX: pip install 'bn-lab[tensorboard]' "
+                        "(in a clone: pip install -e '.[tensorboard]'), or leave it false.")
   _positive("data.train_size", c.data.train_size, allow_zero=True)
   _positive("data.train_eval_size", c.data.train_eval_size, allow_zero=True)
   if c.probes.every:
@@ -285,7 +292,7 @@ def from_config(c) -> Experiment:
                  enumerate(itertools.product(c.seeds, tuple(c.sweep.lr) or (o.lr,), tuple(c.sweep.weight_decay) or (o.weight_decay,)))),
       data=DataSpec(d.name, d.source, d.data_dir or None, d.val_size, d.split_seed, d.train_size, d.train_eval_size,
                     tuple(d.synthetic_shape), d.synthetic_classes, tuple(d.synthetic_sizes)),
-      schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn),
+      schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn, bool(t.tensorboard)),
       probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales), tuple(pr.kinds), float(pr.rho),
                        int(pr.hessian_probes), int(pr.eval_batch_size), tuple(float(v) for v in pr.lrs)),
       parallel=ParallelSpec(str(p.devices), p.bn_stats, p.coordinator, int(p.num_processes), int(p.process_id),

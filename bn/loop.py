@@ -543,6 +543,37 @@ def train_workdir(exp: bn_experiment.Experiment, workdir, *, dataset: bn_data.Da
     raise
 
 
+TB_FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "batch_loss", "batch_accuracy", "learning_rate")
+
+
+class TensorBoard:
+  """Optional TensorBoard event files (``train.tensorboard=true``; the ``[tensorboard]`` extra,
+  tensorboardX): ``workdir/tensorboard/run<i>/``, one scalar per ``metrics.jsonl`` field at every
+  evaluation, so a run can be watched live (``tensorboard --logdir workdir/tensorboard``).
+  ``metrics.jsonl`` stays the record; after a resume, events past the checkpoint are purged."""
+
+  def __init__(self, workdir: Path, runs, steps_done: int):
+    try:
+      from tensorboardX import SummaryWriter
+    except ModuleNotFoundError as e:
+      raise UsageError("train.tensorboard=true needs tensorboardX: pip install 'bn-lab[tensorboard]' "
+                       "(in a clone: pip install -e '.[tensorboard]'), or set --config.train.tensorboard=false.") from e
+    self.writers = {r["run"]: SummaryWriter(logdir=str(workdir / "tensorboard" / f"run{r['run']}"),
+                                            purge_step=steps_done or None) for r in runs}
+
+  def write(self, rows) -> None:
+    for r in rows:
+      w = self.writers[r["run"]]
+      for k in TB_FIELDS:
+        if r.get(k) is not None:
+          w.add_scalar(k, r[k], r["step"])
+      w.flush()
+
+  def close(self) -> None:
+    for w in self.writers.values():
+      w.close()
+
+
 def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: bool, say, name: str, progress: bool,
            stop_after: int | None) -> dict:
   metrics_file, probes_file = workdir / "metrics.jsonl", workdir / "probes.jsonl"
@@ -586,6 +617,7 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
     ckpt_every = max(s.checkpoint_every // every, 1) * every
     bar = Progress(total, name, initial=steps_done, enabled=progress and writer)
     trainer.on_compile = bar.note
+    tb = TensorBoard(workdir, trainer.runs, steps_done) if writer and exp.schedule.tensorboard else None
 
     def probe(step):
       compiled = prober.compile_time
@@ -623,6 +655,8 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
       rows += new
       if writer:
         _append(metrics_file, new, "metrics", steps_done)
+        if tb is not None:
+          tb.write(new)
       if prober is not None and (steps_done % exp.probes.every == 0 or steps_done == total):
         probe(steps_done)
       stopping = stop_after is not None and steps_done >= stop_after and steps_done < total
@@ -635,6 +669,8 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
   finally:
     if bar is not None:
       bar.close()
+    if "tb" in locals() and tb is not None:
+      tb.close()
     ckpt.close()
   probe_cost = None
   if prober is not None:

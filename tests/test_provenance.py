@@ -60,3 +60,16 @@ def test_a_closed_pipe_is_not_an_error():
   p.stdout.close()  # as `head -1` does
   err = p.stderr.read().decode()
   assert p.wait(timeout=120) == 0 and "error" not in err and "Traceback" not in err, err
+
+
+def test_tensorboard_event_files_follow_the_metrics(tmp_path):
+  c = bn_config.base()
+  c.seeds = (0, 1)
+  c.data.update(source="synthetic", synthetic_shape=(4, 4, 1), synthetic_sizes=(128, 32), train_eval_size=32)
+  c.model.update(widths=(8,))
+  c.train.update(steps=4, batch_size=16, eval_every=2, checkpoint_every=2, tensorboard=True)
+  loop.train_workdir(experiment.from_config(c), tmp_path / "w", progress=False)
+  for run in (0, 1):
+    (event,) = (tmp_path / "w" / "tensorboard" / f"run{run}").glob("events.out.tfevents.*")
+    raw = event.read_bytes()
+    assert all(k.encode() in raw for k in loop.TB_FIELDS if k != "batch_accuracy")  # one scalar per metrics.jsonl field
