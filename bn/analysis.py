@@ -261,12 +261,23 @@ def steps_to(run, target: float, lr: float | None = None, key: str = "test_accur
   return np.array([stats.steps_to_target(steps, v, target) for v in vals], float)
 
 
-def last(run, key: str, lr: float | None = None, k: int = 1) -> np.ndarray:
-  """Per seed: the mean of the last ``k`` evaluations of a metrics field (NaN for a diverged run)."""
+def last(run, key: str, lr: float | None = None, k: int = 1, diverged: float = float("nan")) -> np.ndarray:
+  """Per seed: the mean of the last ``k`` evaluations of a metrics field; a run that diverged gets
+  ``diverged`` (NaN by default; e.g. the chance-level loss or accuracy, to count it as no better
+  than guessing)."""
   _, vals = metric_table(run, key, lr)
   _, div = metric_table(run, "diverged", lr)
-  vals = np.where(div > 0, np.nan, vals)
-  return np.mean(vals[:, -k:], axis=1)
+  out = np.mean(vals[:, -k:], axis=1)
+  return np.where(np.any(div > 0, axis=1), diverged, out)
+
+
+def chance(run) -> tuple[float, float]:
+  """``(loss, accuracy)`` of guessing uniformly among the dataset's classes: what a diverged run is counted as."""
+  c = run["config"]["config"]
+  d = c["data"]
+  classes = d.get("synthetic_classes", 10) if d.get("source") == "synthetic" or d.get("name") == "synthetic" else \
+      {"cifar100": 100}.get(d.get("name"), 10)
+  return math.log(classes), 1.0 / classes
 
 
 def probes_of(run, lr: float | None = None) -> list[dict]:

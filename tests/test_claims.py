@@ -85,6 +85,15 @@ def test_steps_to_interpolates_and_a_diverged_run_never_arrives():
   assert np.isnan(last[0]) and np.isnan(last[1]) and last[2] == pytest.approx(0.77) and last[3] == pytest.approx(0.9)
   auc = analysis.auc_at({"metrics": rows}, 0.5)
   assert np.isnan(auc[0]) and np.isnan(auc[1]) and auc[2] == pytest.approx((0.5 + 0.6 + 0.7 + 0.75 + 0.79) / 5)
+  # ... or a stated value for a diverged run (the claims count one as chance)
+  np.testing.assert_allclose(analysis.last({"metrics": rows}, "test_accuracy", 0.5, 2, diverged=0.1)[:2], [0.1, 0.1])
+  # for the tests, a run that never reached the target is counted at its last step: a lower bound
+  from bn.claims import _common
+
+  run = {"metrics": rows, "summary": {"steps": 500}}
+  np.testing.assert_allclose(_common.log2_steps(run, 0.8, 0.5), np.log2([250.0, 500.0, 500.0, 100.0]))
+  assert _common.censored([(run, 0.5)], 0.8).startswith("2 run(s) never reached 80%")
+  assert _common.censored([({"metrics": [r for r in rows if r["seed"] in (0, 3)], "summary": {"steps": 500}}, 0.5)], 0.8) == ""
 
 
 def _units(step, seed, means, stds, source="units"):
@@ -122,13 +131,15 @@ def test_best_lr_selection():
   # the highest mean wins; a tie goes to the smaller LR
   r = finals_run({0.1: acc(0.8), 1.0: acc(0.9), 3.0: acc(0.9)})
   assert analysis.best_lr(r, c2p_lr.final_acc, higher_is_better=True) == 1.0
-  # a run that diverged counts as the worst value: 10.0 has the best accuracy for 5 seeds, one seed diverged
-  r = finals_run({0.1: acc(0.8), 10.0: acc(0.99)})
-  rows = r["metrics"]
-  for x in rows:  # seed 5 at LR 10 diverged from step 600 on
-    if x["seed"] == 5 and x["lr"] == 10.0 and x["step"] >= 600:
-      x.update(diverged=True, test_accuracy=None)
-  assert analysis.best_lr(r, c2p_lr.final_acc, higher_is_better=True) == 0.1
+  # a run that diverged counts as chance (0.1 for 10 classes): with one of 6 seeds diverged at LR 10 the
+  # mean there is (5 * 0.99 + 0.1) / 6 = 0.842 > 0.8; with three, (3 * 0.99 + 3 * 0.1) / 6 = 0.545 < 0.8
+  for diverged_seeds, best in (((5,), 10.0), ((3, 4, 5), 0.1)):
+    r = finals_run({0.1: acc(0.8), 10.0: acc(0.99)})
+    for x in r["metrics"]:  # these seeds at LR 10 diverged from step 600 on
+      if x["seed"] in diverged_seeds and x["lr"] == 10.0 and x["step"] >= 600:
+        x.update(diverged=True, test_accuracy=None)
+    np.testing.assert_allclose(c2p_lr.final_acc(r, 10.0), [0.1 if s in diverged_seeds else 0.99 for s in range(N)])
+    assert analysis.best_lr(r, c2p_lr.final_acc, higher_is_better=True) == best
   # lower is better (log2 steps): inf (never reached) is the worst
   assert analysis.best_lr(r, lambda run, lr: np.full(N, {0.1: 5.0, 10.0: 4.0}[lr])) == 10.0
   assert analysis.best_lr(r, lambda run, lr: np.full(N, {0.1: 5.0, 10.0: math.inf}[lr])) == 0.1

@@ -23,14 +23,26 @@ def hidden_layers(rows: list[dict]) -> list[str]:
 
 
 def log2_steps(run, target: float, lr: float | None = None) -> np.ndarray:
-  """Per seed: log2 of the steps to ``target`` test accuracy (inf if never reached)."""
-  with np.errstate(divide="ignore"):
-    return np.log2(analysis.steps_to(run, target, lr))
+  """Per seed: log2 of the steps to ``target`` test accuracy. A run that never reached it (or
+  diverged first) is counted at the last step it trained: a lower bound on its true steps
+  (see :func:`censored`)."""
+  steps = analysis.steps_to(run, target, lr)
+  total = run["summary"]["steps"]
+  return np.log2(np.where(np.isfinite(steps), steps, total))
+
+
+def censored(runs_lrs, target: float) -> str:
+  """A note for a test whose per-seed values come from :func:`log2_steps` of ``runs_lrs``
+  (``[(run, lr), ...]``): how many seeds never reached the target and were counted at the last step."""
+  n = sum(int(np.sum(~np.isfinite(analysis.steps_to(r, target, lr)))) for r, lr in runs_lrs)
+  return "" if not n else (f"{n} run(s) never reached {target:.0%}; counted at the last step, a lower bound on their steps "
+                           "(it shrinks a difference toward 0)")
 
 
 def at_best_lr(run, target: float) -> tuple[float, np.ndarray]:
-  """``(lr, per-seed log2 steps to target)`` at the swept LR with the fewest mean log2 steps."""
-  lr = analysis.best_lr(run, lambda r, x: log2_steps(r, target, x))
+  """``(lr, per-seed log2 steps to target)`` at the swept LR with the fewest mean log2 steps (runs
+  that never reached the target count as the worst value, inf, in this choice)."""
+  lr = analysis.best_lr(run, lambda r, x: np.log2(analysis.steps_to(r, target, x)))
   return lr, log2_steps(run, target, lr)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from bn import analysis, artifacts, config as bn_config, models, plotting, probes
 from bn.programs import ONCE
-from bn.claims._common import factor, log2_steps, mean_ci_text, mean_shift
+from bn.claims._common import censored, factor, log2_steps, mean_ci_text, mean_shift
 from bn.claims.base import Claim
 
 LR = 0.5
@@ -69,10 +69,11 @@ def analyze(results) -> dict:
   t = analysis.test
   tests = [
       t(f"noisy BN trains about as fast as BN: log2 steps to {target:.0%}, noisy - BN (LR {LR:g})", steps["noisy"] - steps["bn"],
-        "equivalent", margin=MARGIN, role="primary", unit="log2 steps"),
+        "equivalent", margin=MARGIN, role="primary", unit="log2 steps", note=censored([(noisy, LR), (bn_, LR)], target)),
       t("the noise destabilizes the layer inputs beyond no BN: shift |Δμ|/σ_ref, mean over hidden layers, noisy - none",
         mean_shift(rows["noisy"]) - mean_shift(rows["none"]), "higher", role="sanity"),
-      t(f"noisy BN trains faster than no BN: log2 steps to {target:.0%}, noisy - none", steps["noisy"] - steps["none"], "lower", unit="log2 steps"),
+      t(f"noisy BN trains faster than no BN: log2 steps to {target:.0%}, noisy - none", steps["noisy"] - steps["none"], "lower", unit="log2 steps",
+        note=censored([(noisy, LR), (none, LR)], target)),
       t("dose-response: slope of log2 steps over the noise dose (0 = BN ... 4x Santurkar's)", dose_slope(m, target), "equivalent",
         margin=0.1, unit="log2 steps per dose"),
       t("gradient ICS at a matched relative update: log10 (1 - cos) BN / none, mean over layers k >= 1",

@@ -29,7 +29,8 @@ from bn.claims.base import Claim
 
 
 def final_acc(run, lr):
-  return analysis.last(run, "test_accuracy", lr, 2)
+  """Per seed: final test accuracy (mean of the last 2 evaluations); a diverged run counts as chance."""
+  return analysis.last(run, "test_accuracy", lr, 2, diverged=analysis.chance(run)[1])
 
 
 def largest_stable_lr(summary: dict, threshold: float = 0.5) -> np.ndarray:

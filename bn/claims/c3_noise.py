@@ -47,7 +47,9 @@ def cells(runs) -> dict:
 
 
 def final(run, key="test_loss"):
-  return analysis.last(run, key)
+  """Per seed: the last evaluation of ``key``; a diverged run counts as chance (uniform guessing)."""
+  loss, acc = analysis.chance(run)
+  return analysis.last(run, key, diverged=acc if "accuracy" in key else loss)
 
 
 def gap(run):

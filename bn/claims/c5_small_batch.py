@@ -28,7 +28,8 @@ def table_of(runs) -> dict:
 
 
 def acc(run):
-  return analysis.last(run, "test_accuracy", k=2)
+  """Per seed: final test accuracy (mean of the last 2 evaluations); a diverged run counts as chance."""
+  return analysis.last(run, "test_accuracy", k=2, diverged=analysis.chance(run)[1])
 
 
 def _tests(t_, label: str, role: str):
