@@ -72,7 +72,9 @@ class Trainer:
     self.train_x, self.train_y = parallel.place_train(dataset.train, stats, plan)
     chunk = exp.schedule.eval_chunk
     subset = bn_experiment.train_eval_subset(dataset.train, exp.data.train_eval_size, exp.data.split_seed)
-    self.eval_sets = tuple(parallel.place_eval(s, stats, plan, chunk) for s in (subset, dataset.test))
+    # train subset, test split, and the validation split when the data has one (data.val_size > 0)
+    splits = (subset, dataset.test) + ((dataset.val,) if dataset.val is not None else ())
+    self.eval_sets = tuple(parallel.place_eval(s, stats, plan, chunk) for s in splits)
     self._test, self._stats = dataset.test, stats
     self.recal_x = None
     if self.task.precise_bn is not None:  # precise BN: a fixed random sample of the training set, in chunks
@@ -114,7 +116,8 @@ class Trainer:
     return self._chunks[num_steps](state, self.train_x, self.train_y)
 
   def evaluate(self, state) -> tuple[train.StepMetrics, ...]:
-    """Eval-mode metrics on the train subset and the test split, per run (compiled on first use)."""
+    """Eval-mode metrics on the train subset, the test split and (if any) the validation split,
+    per run (compiled on first use)."""
     args = (state.params, state.batch_stats, self.eval_sets, self.recal_x)
     if self._eval_compiled is None:
       self._eval_compiled = self._compile("evaluation program", lambda: self._eval.lower(*args))
@@ -274,18 +277,19 @@ def _first_line(e: BaseException) -> str:
 # ----------------------------------------------------------------------------- records
 
 
-def metric_rows(runs, step, wall, lr_mult, batch: train.StepMetrics, tr, te, diverged_step) -> list[dict]:
-  """One ``metrics.jsonl`` row per run after an evaluation at ``step``."""
+def metric_rows(runs, step, wall, lr_mult, batch: train.StepMetrics, tr, te, diverged_step, va=None) -> list[dict]:
+  """One ``metrics.jsonl`` row per run after an evaluation at ``step`` (``va``: validation metrics, if any)."""
   out = []
   for i, r in enumerate(runs):
     d = int(diverged_step[i])
+    val = {} if va is None else {"val_loss": float(va.loss[i]), "val_accuracy": float(va.accuracy[i])}
     out.append({
         "step": step, "run": r["run"], "seed": r["seed"], "lr": r["lr"], "weight_decay": r["weight_decay"],
         "learning_rate": r["lr"] * lr_mult,
         "batch_loss": float(np.nanmean(batch.loss[i])) if not np.all(np.isnan(batch.loss[i])) else None,
         "batch_accuracy": float(np.nanmean(batch.accuracy[i])) if not np.all(np.isnan(batch.accuracy[i])) else None,
         "train_loss": float(tr.loss[i]), "train_accuracy": float(tr.accuracy[i]),
-        "test_loss": float(te.loss[i]), "test_accuracy": float(te.accuracy[i]),
+        "test_loss": float(te.loss[i]), "test_accuracy": float(te.accuracy[i]), **val,
         "diverged": d >= 0, "wall_time": wall,
     })
   return out
@@ -543,7 +547,8 @@ def train_workdir(exp: bn_experiment.Experiment, workdir, *, dataset: bn_data.Da
     raise
 
 
-TB_FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "batch_loss", "batch_accuracy", "learning_rate")
+TB_FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss", "val_accuracy", "batch_loss",
+             "batch_accuracy", "learning_rate")
 
 
 class TensorBoard:
@@ -644,14 +649,14 @@ def _train(exp, workdir: Path, trainer: Trainer, status: WorkdirState, writer: b
       n = min(every, total - steps_done)
       t0, compiled = time.perf_counter(), trainer.compile_time
       state, batch = trainer.chunk(state, n)
-      tr, te = trainer.evaluate(state)
-      jax.block_until_ready((tr, te))
+      tr, te, *va = trainer.evaluate(state)
+      jax.block_until_ready((tr, te, va))
       bar.exclude(trainer.compile_time - compiled)
       wall += time.perf_counter() - t0 - (trainer.compile_time - compiled)  # compile time is reported apart
       steps_done += n
       lr_mult = float(trainer.task.schedule(steps_done - 1))
       new = metric_rows(trainer.runs, steps_done, wall, lr_mult, jax.device_get(batch), jax.device_get(tr), jax.device_get(te),
-                        np.asarray(state.diverged_step))
+                        np.asarray(state.diverged_step), jax.device_get(va[0]) if va else None)
       rows += new
       if writer:
         _append(metrics_file, new, "metrics", steps_done)
