@@ -191,10 +191,12 @@ def base() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=60, eval_every=100, checkpoint_every=1000, sampling="epoch", augment=False,
       target_accuracy=0.8, eval_chunk=1000,
-      precise_bn=0,  # >0: evaluate after re-estimating BN statistics on this many training examples (precise BN; bn.train.recalibrate)
+      precise_bn=0,  # >0: evaluate after re-estimating BN statistics on this many training examples (precise BN; bn.train.recalibrate;
+                     # kinds batch/ghost/renorm/noisy -- population BN is evaluated with the running statistics it trained with)
       tensorboard=False,  # also write TensorBoard event files to WORKDIR/tensorboard/ (needs the [tensorboard] extra)
       loop="auto",  # "scan" | "host" (a Python loop over a jitted step) | "auto": host for conv models on CPU, see bn.experiment.choose_layout
       runs="auto",  # "vmap" | "unroll" (one copy of the step per run) | "auto": unroll for conv models on CPU
+      shared_order=False,  # True: every run of a program sees run 0's batches in run 0's order (removes data-order variance between seeds; bn.programs.share_order)
   ))
   c.probes = ml_collections.ConfigDict(dict(
       every=0, batch_size=512, landscape_scales=(0.5, 1.0, 2.0, 4.0),

@@ -111,7 +111,9 @@ class Experiment:
     model = self._model(num_classes)
     loop, runs = choose_layout(self._task.loop, self._task.runs, model, backend)
     precise = None
-    if self.schedule.precise_bn > 0 and getattr(getattr(model, "norm", None), "kind", "none") in models.BATCH_KINDS:
+    # precise BN for the kinds that normalize with batch statistics in training; population BN is evaluated
+    # with its running statistics, which are what its forward pass used in training
+    if self.schedule.precise_bn > 0 and getattr(getattr(model, "norm", None), "kind", "none") in ("batch", "ghost", "renorm", "noisy"):
       precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", ghost_batch_size=None, population_noise=None))
     return self._task._replace(model=model, loop=loop, runs=runs, precise_bn=precise)
 
@@ -283,6 +285,7 @@ def from_config(c) -> Experiment:
       renorm=train.RenormSchedule(c.norm.r_max, c.norm.d_max, c.norm.renorm_warmup) if c.norm.kind == "renorm" else None,
       loop=t.loop,
       runs=t.runs,
+      shared_order=bool(t.shared_order),
   )
   d, p, pr = c.data, c.parallel, c.probes
   cfg = recorded_config(bn_config.to_dict(c))

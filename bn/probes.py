@@ -344,23 +344,56 @@ class RelativeLandscape(NamedTuple):
   beta_smoothness: Array
 
 
+def column_norms(w, keepdims: bool = False) -> Array:
+  """Norms of the columns of a weight array (every axis but the last, the units), shape (units,)
+  (``keepdims``: ``(1, ..., 1, units)``, to broadcast against ``w``).
+
+  A layer followed by BN is invariant to scaling each *unit's* incoming weights (a column)
+  separately, not only to scaling the whole matrix."""
+  w = _f(w)
+  if w.ndim <= 1:
+    return jnp.abs(w)
+  return jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(range(w.ndim - 1)), keepdims=keepdims))
+
+
+def unit_directions(tree, tiny=None) -> dict:
+  """Each column of each array divided by its norm (a zero column stays zero)."""
+  tiny = jnp.finfo(jnp.float32).tiny if tiny is None else tiny
+  return jax.tree.map(lambda g: g / jnp.maximum(column_norms(g, keepdims=True), tiny), tree)
+
+
+def normalized_parametrization(loss_fn: Callable, weights: dict):
+  """``(loss_v, V0, D)``: the loss as a function of column-normalized weights ``V = W / D`` (each
+  column of unit norm, ``D`` the column norms at the current point, held fixed), so ``L~(V) = L(V D)``.
+
+  If ``L`` is invariant to scaling each column of ``W_k`` (a layer followed by BN, up to epsilon),
+  then rescaling any columns of any layer changes ``D`` but neither ``V0`` nor the function ``L~``:
+  every quantity computed from ``(loss_v, V0)`` -- gradients, Hessian blocks, losses along steps of
+  ``V`` -- is invariant to BN's per-unit weight-scale symmetry. ``grad_V L~ = D grad_W L`` and
+  ``Hess_V L~ = D Hess_W L D``; a step ``dV`` is the step ``D dV`` of ``W``: a move of each column
+  relative to its own norm. For layers without the symmetry this is just a reparametrization."""
+  D = {n: column_norms(w, keepdims=True) for n, w in weights.items()}
+  V0 = {n: (w / jnp.maximum(D[n], jnp.finfo(jnp.float32).tiny)).astype(w.dtype) for n, w in weights.items()}
+  return (lambda V: loss_fn({n: (V[n] * D[n]).astype(weights[n].dtype) for n in V})), V0, D
+
+
 def landscape_relative(loss_fn: Callable, weights: dict, layers: Layers, rho, scales: Sequence[float] = SCALES, *,
                        batch_size: int | None = None) -> RelativeLandscape:
   """The landscape probe of :func:`landscape` in units that BN's weight-scale symmetry cannot change.
 
-  ``weights = {layer: W_k}`` (one array per layer, e.g. its weight matrix) and ``loss_fn(weights)``.
-  With ``g_k = grad_{W_k} L`` and step ``s = scales[i] * rho``, every layer moves by the same
-  *relative* distance along its own gradient direction, and gradient changes are measured in
-  units of ``1 / ||W_k||``::
+  ``weights = {layer: W_k}`` (one array per layer, its last axis the units) and ``loss_fn(weights)``.
+  In the column-normalized parametrization (:func:`normalized_parametrization`: ``V = W / D``),
+  with ``g = grad_V L~`` and step ``s = scales[i] * rho``, every column of every layer moves by the
+  same relative distance ``s`` along its own gradient direction::
 
-      W_k(s)              = W_k - s ||W_k|| g_k / ||g_k||          (||W_k(s) - W_k|| / ||W_k|| = s)
-      grad_changes[i]     = sqrt(sum_k (||W_k|| ||grad_k L(W(s)) - g_k||)^2)
-      loss_variation      = max_i L(W(s_i)) - min_i L(W(s_i))
+      V(s)                = V - s g_col / ||g_col||       (each column moves by s of its norm)
+      grad_changes[i]     = ||grad_V L~(V(s)) - g||       (= ||D (grad_W L(W(s)) - grad_W L(W))||)
+      loss_variation      = max_i L(V(s_i)) - min_i L(V(s_i))
       grad_predictiveness = max_i grad_changes[i]
-      beta_smoothness     = max_i grad_changes[i] / (s_i sqrt(K))   (relative distance moved: s sqrt(K))
+      beta_smoothness     = max_i grad_changes[i] / (s_i sqrt(C))   (C columns: distance moved s sqrt(C))
 
-  If ``L(c W_k) = L(W_k)`` for every ``c > 0`` (a layer followed by BN, up to epsilon), rescaling
-  ``W_k`` leaves all three unchanged: ``g_k`` scales by ``1/c``, the moved point by ``c``.
+  If ``L`` is invariant to scaling any column of any ``W_k`` (layers followed by BN), all three are
+  unchanged by such scaling (``tests/test_probes_invariant.py`` checks per-unit random scales).
   Raw step sizes (:func:`landscape`) instead compare BN and no-BN nets at effective step sizes
   that differ by ``||W||^2`` (van Laarhoven 2017; Hoffer et al. 2018)."""
   groups = _groups(layers)
@@ -368,24 +401,23 @@ def landscape_relative(loss_fn: Callable, weights: dict, layers: Layers, rho, sc
   names = [g[0] for g in groups]
   if any(len(g) != 1 for g in groups):
     raise ValueError("landscape_relative takes one array per layer: layers=('W0', 'W1', ...), not groups.")
-  g = jax.grad(loss_fn)(weights)
-  tiny = jnp.finfo(jnp.float32).tiny
-  wn = {n: jnp.sqrt(_sq_norm(weights[n])) for n in names}
-  gn = {n: jnp.sqrt(_sq_norm(g[n])) for n in names}
-  dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(weights)), jnp.float32)
+  loss_v, V0, _ = normalized_parametrization(loss_fn, {n: weights[n] for n in names})
+  g = jax.grad(loss_v)(V0)
+  d = unit_directions(g)
+  columns = sum(int(np.prod(V0[n].shape[-1:])) if V0[n].ndim > 1 else int(V0[n].size) for n in names)
+  dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(V0)), jnp.float32)
   steps = jnp.asarray(scales, dtype) * jnp.asarray(rho, dtype)
 
   def probe(step):
-    moved = {n: (weights[n] - step * wn[n] * g[n] / jnp.maximum(gn[n], tiny)).astype(weights[n].dtype) for n in names}
-    loss, g2 = jax.value_and_grad(loss_fn)(moved)
-    change = jnp.sqrt(sum(jnp.square(wn[n]) * _sq_norm(_sub(g2[n], g[n])) for n in names))
-    return _f(loss), change
+    moved = {n: (V0[n] - step * d[n]).astype(V0[n].dtype) for n in names}
+    loss, g2 = jax.value_and_grad(loss_v)(moved)
+    return _f(loss), jnp.sqrt(_sq_norm(_sub(g2, g)))
 
   losses, changes = lax.map(probe, steps, batch_size=batch_size)
   return RelativeLandscape(
       steps=steps, losses=losses, grad_changes=changes,
       loss_variation=jnp.max(losses) - jnp.min(losses), grad_predictiveness=jnp.max(changes),
-      beta_smoothness=jnp.max(changes / (steps * np.sqrt(len(names)))),
+      beta_smoothness=jnp.max(changes / (steps * np.sqrt(columns))),
   )
 
 

@@ -16,18 +16,24 @@ host round-trip between training steps. ``probes.kinds`` chooses what is measure
 * ``norms``: per layer, the weight matrix norm ``||W_k||``, the effective learning rate
   ``lr_t / ||W_k||^2``, the gradient norm, and the relative size of the update the
   optimizer takes ``||dW_k|| / ||W_k||``;
-* ``grad_ics``: Santurkar et al.'s gradient ICS per layer (l2, cos, rel), comparing the
-  layers' weight-matrix gradients, under the run's actual update (``raw``) and with every
-  earlier layer's weight-matrix update rescaled to ``probes.rho`` of its norm (``matched``:
-  the same relative update size in every net; other parameters take their actual update);
+* ``grad_ics``: Santurkar et al.'s gradient ICS per layer (l2, cos, rel) of the layers' weight
+  gradients, under the run's actual update (``raw``, the paper's) and ``matched``: in the
+  column-normalized parametrization of the weight matrices (:func:`bn.probes.normalized_parametrization`),
+  every earlier layer's weight columns move by ``probes.rho`` of their norm along their actual
+  update direction (the same relative step in every net; other parameters fixed);
 * ``landscape``: Santurkar et al.'s loss variation, gradient predictiveness and effective
   beta-smoothness along ``-grad`` at ``landscape_scales x lr`` (``raw``) and in relative units
-  (:func:`bn.probes.landscape_relative` with ``rho``: invariant to BN's weight-scale symmetry);
-* ``coupling``: the layer-interaction summary of two layers' updates, its cross fraction,
-  the matrix, and each layer's own-update loss change ``L(w + dW_k) - L(w)``;
-* ``hessian``: the normalized Hessian blocks ``||H_jk|| / sqrt(||H_jj|| ||H_kk||)`` of the
-  weight matrices (scale-invariant) and their mean over layer pairs.
+  (``landscape_rel``: every weight column moves by ``s x rho`` of its norm along its own gradient);
+* ``coupling``: the interaction of two layers' updates in the loss along the actual update (summary,
+  cross fraction, matrix, each layer's own-update loss change), and ``relative_cross_fraction``:
+  the cross-layer share of the second-order loss change for equal relative steps of every weight
+  column along its own gradient;
+* ``hessian``: the normalized Hessian blocks ``||H_jk|| / sqrt(||H_jj|| ||H_kk||)`` of the weight
+  matrices in the column-normalized parametrization, and their mean over layer pairs.
 
+The ``matched``, ``landscape_rel``, ``relative_cross_fraction`` and ``hessian`` measures are
+invariant to BN's weight-scale symmetry, which acts per unit (each column of a weight matrix
+followed by BN can be rescaled without changing the function).
 Noisy layers draw fresh noise at every probe point (the key folds in the step). Probes
 are pure functions of the state: nothing is carried from one probe point to the next.
 """
@@ -141,27 +147,32 @@ def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
   if "norms" in kinds:
     out["norms"] = {"weight": w_norm, "effective_lr": lr / jnp.maximum(jnp.square(w_norm), 1e-30),
                     "grad": probes.layer_norms(grads, layers), "relative_update": u_norm / jnp.maximum(w_norm, 1e-30)}
+  # The invariant probes work in the column-normalized parametrization of the weight matrices
+  # (bn.probes.normalized_parametrization: V = W / column norms; other parameters fixed), where BN's
+  # per-unit weight-scale symmetry cannot change anything; steps move each column by a fraction of its norm.
+  kv = kernels(params, paths)
+  loss_v, V0, _ = probes.normalized_parametrization(lambda w: loss_fn(with_kernels(params, paths, w)), kv)
   if "grad_ics" in kinds:
     select = lambda t: _layer_kernels(t)  # noqa: E731  (compare the weight-matrix gradients)
-    raw = probes.gradient_ics(loss_fn, params, lambda g: updates, layers, select=select)
-    # matched: each earlier layer's weight matrix moves by rho of its norm along its update; its other
-    # parameters (BN scale/bias, biases) by their actual update -- so that rescaling a layer followed by BN
-    # (W -> cW, its update -> update / c) changes nothing
-    factor = spec.rho * w_norm / jnp.maximum(u_norm, 1e-30)
-    matched_updates = {n: unflatten_dict({p: (u * factor[i] if p[-1] == "kernel" else u) for p, u in flatten_dict(dict(updates[n])).items()})
-                       for i, n in enumerate(layers)}
-    matched = probes.gradient_ics(loss_fn, params, lambda g: matched_updates, layers, select=select)
+    raw = probes.gradient_ics(loss_fn, params, lambda g: updates, layers, select=select)  # the paper's: the actual update
+    # matched: every earlier layer's weight columns move by rho of their norm along their actual update
+    # direction (other parameters fixed); gradients compared in the normalized parametrization
+    u_dir = probes.unit_directions({n: _tree_get(updates, paths[n]) for n in names})
+    matched = probes.gradient_ics(loss_v, V0, lambda g: {n: spec.rho * u_dir[n] for n in names}, names)
     out["grad_ics"] = {"raw": raw, "matched": matched}
-  kv = kernels(params, paths)
-  loss_kv = lambda w: loss_fn(with_kernels(params, paths, w))  # noqa: E731
   if "landscape" in kinds:
     out["landscape"] = probes.landscape(loss_fn, params, lr, spec.landscape_scales)
-    out["landscape_rel"] = probes.landscape_relative(loss_kv, kv, names, spec.rho, spec.landscape_scales)
+    out["landscape_rel"] = probes.landscape_relative(lambda w: loss_fn(with_kernels(params, paths, w)), kv, names, spec.rho,
+                                                     spec.landscape_scales)
   if "coupling" in kinds:
-    c = probes.coupling(loss_fn, params, updates, layers)
-    out["coupling"] = {"summary": c.summary, "cross_fraction": c.cross_fraction, "normalized": c.normalized, "own": c.single}
+    c = probes.coupling(loss_fn, params, updates, layers)  # along the actual update (not invariant)
+    # along equal relative steps of every weight column down its own gradient, in the normalized parametrization
+    g_v = jax.grad(loss_v)(V0)
+    cr = probes.coupling(loss_v, V0, jax.tree.map(lambda d: -spec.rho * d, probes.unit_directions(g_v)), names)
+    out["coupling"] = {"summary": c.summary, "cross_fraction": c.cross_fraction, "normalized": c.normalized, "own": c.single,
+                       "relative_cross_fraction": cr.cross_fraction, "relative_own": cr.single}
   if "hessian" in kinds:
-    h = probes.hessian_coupling(loss_kv, kv, jax.random.fold_in(key, 7), names, num_probes=spec.hessian_probes)
+    h = probes.hessian_coupling(loss_v, V0, jax.random.fold_in(key, 7), names, num_probes=spec.hessian_probes)
     out["hessian"] = {"normalized": h.normalized, "summary": h.normalized_summary}
   return out
 
@@ -248,7 +259,8 @@ def to_json(o) -> dict:
   if "coupling" in o:
     c = o["coupling"]
     row["coupling"] = {"summary": float(c["summary"]), "cross_fraction": float(c["cross_fraction"]),
-                       "normalized": np.asarray(c["normalized"]).tolist(), "own": _floats(c["own"])}
+                       "normalized": np.asarray(c["normalized"]).tolist(), "own": _floats(c["own"]),
+                       "relative_cross_fraction": float(c["relative_cross_fraction"]), "relative_own": _floats(c["relative_own"])}
   if "hessian" in o:
     row["hessian"] = {"summary": float(o["hessian"]["summary"]), "normalized": np.asarray(o["hessian"]["normalized"]).tolist()}
   return row

@@ -57,7 +57,8 @@ def jax_tree_perturb(params, rng):
 def test_precise_bn_is_off_by_default_and_for_models_without_running_statistics():
   assert task_for(precise=0).precise_bn is None
   assert task_for(kind="layer").precise_bn is None
-  assert task_for(kind="population").precise_bn.norm.kind == "batch"
+  assert task_for(kind="population").precise_bn is None  # it trains with its running statistics: evaluated with them
+  assert task_for(kind="noisy").precise_bn.norm.kind == "batch"  # recalibrated without the noise
 
 
 def test_negative_precise_bn_is_a_config_error():
