@@ -168,6 +168,13 @@ def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float 
           "unit": unit, "note": "; ".join(notes)}
 
 
+def check(name: str, ok: bool, detail: str, *, role: str = "sanity") -> dict:
+  """A test decided by a stated condition rather than an interval (e.g. "the best LR is inside the grid")."""
+  return {"name": name, "role": role, "kind": "check", "predicted": "holds", "margin": 0.0, "mean": float("nan"), "lo": float("nan"),
+          "hi": float("nan"), "n": 0, "sd": float("nan"), "mde": float("nan"), "per_seed": [],
+          "outcome": "as predicted" if ok else "opposite", "unit": "", "note": detail}
+
+
 def verdict(tests: list[dict]) -> str:
   """The rule of :data:`RULE`: the primary test decides, unless a sanity check failed."""
   primary = [t for t in tests if t["role"] == "primary"]
@@ -250,6 +257,17 @@ def metric_table(run, key: str, lr: float | None = None):
   """``steps (T,), values (seeds, T)`` of a metrics.jsonl field, for the runs of one LR."""
   rows = [r for r in run["metrics"] if lr is None or math.isclose(r["lr"], lr)]
   return curve(rows, key)
+
+
+def early_stopped(run, key: str = "test_loss", by: str = "val_loss", lr: float | None = None, diverged: float = float("nan")) -> np.ndarray:
+  """Per seed: ``key`` at the evaluation where ``by`` (a validation metric) was lowest -- early
+  stopping chosen without the test set. Evaluations after a run diverged are not candidates; a run
+  with none left gets ``diverged``."""
+  _, vals = metric_table(run, key, lr)
+  _, sel = metric_table(run, by, lr)
+  _, div = metric_table(run, "diverged", lr)
+  sel = np.where((div > 0) | ~np.isfinite(sel), np.inf, sel)
+  return np.array([v[int(np.argmin(s_))] if np.isfinite(np.min(s_)) else diverged for v, s_ in zip(vals, sel)])
 
 
 def steps_to(run, target: float, lr: float | None = None, key: str = "test_accuracy") -> np.ndarray:

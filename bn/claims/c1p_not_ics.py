@@ -3,12 +3,18 @@
 What is tested, declared before the run:
 
 * **Primary**: noisy BN -- BN followed by Santurkar et al.'s non-stationary per-sample noise
-  (their Alg. 1, dose 1 = their constants) -- trains about as fast as BN: log2(steps to 80%
-  test accuracy), noisy - BN, within ±0.25 (a factor 1.19 in steps), at the shared LR 0.5.
-* **Sanity**: the noise does make the layer inputs unstable -- more than *without* BN (their
-  premise): shift |Δμ|/σ_ref per probe interval, mean over hidden layers, noisy - none > 0. The
-  noise is drawn afresh at every probe point, as in training.
-* Secondary: noisy BN trains faster than no BN; the dose-response (noise at 0, 0.5, 1, 2 and
+  (their Alg. 1, dose 1 = their constants) -- trains about as fast as BN: log2(steps to 75%
+  test accuracy), noisy - BN, *not more than* +0.25 (a factor 1.19 in steps), at the shared LR
+  0.5 (non-inferiority: faster than BN would not contradict the claim). A noisy run that never
+  reaches 75% counts as infinitely slow (the test is then unclear, not flattered).
+* **Sanity**: the noise does make the layer inputs unstable: shift |Δμ|/σ_ref per probe interval,
+  mean over hidden layers, noisy - BN > 0 (the noise is drawn afresh at every probe point, as in
+  training).
+* **Sanity**: BN is faster than no BN by more than twice the margin at this LR (log2 steps BN -
+  none < -0.5): otherwise "as fast as BN" could not be told apart from "as slow as no BN".
+* Secondary: the noisy inputs move more than *without* BN (Santurkar's premise; at a fixed probe
+  cadence this compares per-step noise with drift accumulated over 500 steps, so it depends on the
+  cadence); noisy BN trains faster than no BN; the dose-response (noise at 0, 0.5, 1, 2 and
   4x Santurkar's constants: steps to 80% against the measured shift -- if ICS mattered, steps
   would grow with the shift); gradient ICS (their Def. 2.1) per layer, 1 - cos(G_k, G'_k),
   at a matched relative update size (every earlier weight matrix moves by rho of its norm, in both
@@ -31,7 +37,7 @@ from bn.claims._common import censored, factor, log2_steps, mean_ci_text, mean_s
 from bn.claims.base import Claim
 
 LR = 0.5
-MARGIN = 0.25  # log2 steps: "about as fast" = within a factor 2 ** 0.25 = 1.19
+MARGIN = 0.25  # log2 steps: "about as fast" = not slower than by a factor 2 ** 0.25 = 1.19
 ICS_MARGIN = float(np.log10(2.0))  # "does not reduce gradient ICS": not below half of no-BN's 1 - cos
 
 
@@ -54,7 +60,7 @@ def dose_slope(m, target) -> np.ndarray:
   """Per seed: least-squares slope of log2(steps to target) over the noise dose."""
   doses = _doses(m)
   x = np.array([d for d, _ in doses])
-  y = np.array([log2_steps(r, target, LR) for _, r in doses])  # (doses, seeds)
+  y = np.array([log2_steps(r, target, LR, never="inf") for _, r in doses])  # (doses, seeds); never reaching counts against flatness
   xc = x - x.mean()
   return (xc @ (y - y.mean(0))) / (xc @ xc)
 
@@ -66,16 +72,21 @@ def analyze(results) -> dict:
   target = factor(bn_, "train", "target_accuracy")
   rows = {k: analysis.probes_of(r, LR) for k, r in (("bn", bn_), ("none", none), ("noisy", noisy))}
   steps = {k: log2_steps(r, target, LR) for k, r in (("bn", bn_), ("none", none), ("noisy", noisy))}
+  noisy_inf = log2_steps(noisy, target, LR, never="inf")  # never reaching counts against the prediction
   t = analysis.test
   tests = [
-      t(f"noisy BN trains about as fast as BN: log2 steps to {target:.0%}, noisy - BN (LR {LR:g})", steps["noisy"] - steps["bn"],
-        "equivalent", margin=MARGIN, role="primary", unit="log2 steps", note=censored([(noisy, LR), (bn_, LR)], target)),
-      t("the noise destabilizes the layer inputs beyond no BN: shift |Δμ|/σ_ref, mean over hidden layers, noisy - none",
-        mean_shift(rows["noisy"]) - mean_shift(rows["none"]), "higher", role="sanity"),
+      t(f"noisy BN trains about as fast as BN: log2 steps to {target:.0%}, noisy - BN (LR {LR:g})", noisy_inf - steps["bn"],
+        "not_higher", margin=MARGIN, role="primary", unit="log2 steps", note=censored([(bn_, LR)], target)),
+      t("the noise destabilizes the layer inputs: shift |Δμ|/σ_ref, mean over hidden layers, noisy - BN",
+        mean_shift(rows["noisy"]) - mean_shift(rows["bn"]), "higher", role="sanity"),
+      t(f"BN is faster than no BN by more than twice the margin: log2 steps BN - none + {2 * MARGIN:g} (LR {LR:g})",
+        steps["bn"] - steps["none"] + 2 * MARGIN, "lower", role="sanity", unit="log2 steps", note=censored([(bn_, LR), (none, LR)], target)),
+      t("... and more than without BN (Santurkar's premise; depends on the probe cadence): shift, noisy - none",
+        mean_shift(rows["noisy"]) - mean_shift(rows["none"]), "higher"),
       t(f"noisy BN trains faster than no BN: log2 steps to {target:.0%}, noisy - none", steps["noisy"] - steps["none"], "lower", unit="log2 steps",
         note=censored([(noisy, LR), (none, LR)], target)),
-      t("dose-response: slope of log2 steps over the noise dose (0 = BN ... 4x Santurkar's)", dose_slope(m, target), "equivalent",
-        margin=0.1, unit="log2 steps per dose"),
+      t("dose-response: slope of log2 steps over the noise dose (0 = BN ... 4x Santurkar's), not above 0.1 per dose",
+        dose_slope(m, target), "not_higher", margin=0.1, unit="log2 steps per dose"),
       t("gradient ICS at a matched relative update: log10 (1 - cos) BN / none, mean over layers k >= 1",
         _ics(rows["bn"], "matched") - _ics(rows["none"], "matched"), "not_lower", margin=ICS_MARGIN, unit="decades"),
       t("gradient ICS under the actual updates (the paper's): log10 (1 - cos) BN / none", _ics(rows["bn"], "raw") - _ics(rows["none"], "raw"),
@@ -226,7 +237,7 @@ CLAIM = Claim(
     id="C1'", order=1.5,
     title="BN's benefit does not come from reducing internal covariate shift (Santurkar et al. 2018)",
     predicts="noisy BN, whose layer inputs are deliberately unstable, trains about as fast as BN; BN does not reduce gradient ICS",
-    primary=f"log2 steps to 80% test accuracy, noisy BN (dose 1) − BN, within ±{MARGIN} (LR {LR:g}, paired by seed)",
+    primary=f"log2 steps to 75% test accuracy, noisy BN (dose 1) − BN, not above +{MARGIN} (LR {LR:g}, precise-BN evaluation, paired by seed)",
     paper="Santurkar et al. (2018): noisy BN trains about as well as BN and better than no BN (VGG/CIFAR-10, ≈83% with BN "
           "vs 80% without, secondary source); BN does not reduce gradient ICS, and in a 25-layer deep linear net it increases it.",
     source="Santurkar, Tsipras, Ilyas & Madry 2018, arXiv 1805.11604, §2 and App. A.2",

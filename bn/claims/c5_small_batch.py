@@ -3,9 +3,11 @@
 What is tested, declared before the run (MLP form: a ghost batch of 2 means 2 values per
 statistic; total batch 64 fixed, so only the statistics batch changes; precise-BN evaluation):
 
-* **Primary**: test accuracy with BN statistics over 2 examples minus over 64: < 0.
-* Secondary: GroupNorm (32 groups) beats BN at 2; LayerNorm beats BN at 2; Batch Renorm recovers
-  part of it at 2; and, in --full, the same in the CNN form (5 epochs; GN with C/2 groups).
+* **Primary**: test accuracy with BN statistics over 4 examples minus over 64: < 0. (At 2 examples
+  every normalized value is exactly +-1 -- the layer passes only the sign of the difference of the
+  two -- so the degradation there is close to a tautology; it is reported as secondary.)
+* Secondary: the same at 2; GroupNorm (32 groups) and LayerNorm beat BN at the smallest statistics
+  batch; Batch Renorm recovers part of it; and, in --full, the CNN form (5 epochs; GN with C/2 groups).
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ def acc(run):
   return analysis.last(run, "test_accuracy", k=2, diverged=analysis.chance(run)[1])
 
 
+PRIMARY_GHOST = 4
+
+
 def _tests(t_, label: str, role: str):
   ghosts = sorted(g for k, g in t_ if k == "bn")
   small, full = ghosts[0], ghosts[-1]
+  primary = PRIMARY_GHOST if PRIMARY_GHOST in ghosts else small
   other = lambda kind: next((r for (k, _), r in t_.items() if k == kind), None)  # noqa: E731
   t = analysis.test
-  out = [t(f"{label}BN degrades at small statistics batches: test accuracy, ghost {small} - ghost {full}",
-           acc(t_["bn", small]) - acc(t_["bn", full]), "lower", role=role, unit="accuracy")]
+  out = [t(f"{label}BN degrades at small statistics batches: test accuracy, ghost {primary} - ghost {full}",
+           acc(t_["bn", primary]) - acc(t_["bn", full]), "lower", role=role, unit="accuracy")]
+  if small != primary:
+    out.append(t(f"{label}... at ghost {small} (every normalized value ±1)", acc(t_["bn", small]) - acc(t_["bn", full]), "lower", unit="accuracy"))
   for kind, name in (("group", "GroupNorm"), ("layer", "LayerNorm")):
     if other(kind) is not None:
       out.append(t(f"{label}{name} beats BN at statistics batch {small}: test accuracy, {name} - BN", acc(other(kind)) - acc(t_["bn", small]),
@@ -88,8 +96,8 @@ def plot(results, a, out) -> list[str]:
 CLAIM = Claim(
     id="C5", order=5.0,
     title="Small batches hurt BN; GroupNorm does not depend on the batch (Wu & He 2018)",
-    predicts="BN's accuracy falls at a statistics batch of 2, where GN is better",
-    primary="test accuracy, BN with statistics over 2 examples − over 64, < 0 (MLP, total batch 64, precise-BN evaluation, paired by seed)",
+    predicts="BN's accuracy falls at small statistics batches (4 and 2), where GN is better",
+    primary="test accuracy, BN with statistics over 4 examples − over 64, < 0 (MLP, total batch 64, precise-BN evaluation, paired by seed)",
     paper="Wu & He (2018, Table 2, ResNet-50 ImageNet top-1 error): BN 23.6 (32/GPU), 27.3 (4), 34.7 (2); GN ≈ 24.1 at every "
           "size; Batch Renorm 26.3 at 4 (Ioffe 2017).",
     source="Wu & He 2018, arXiv 1803.08494",
