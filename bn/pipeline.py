@@ -141,11 +141,53 @@ def sampler_next(state: SamplerState, batch_size: int) -> tuple[Array, SamplerSt
   Cost: the cond passes the n-element permutation through every step, plus one
   sort of n keys per epoch (measured in docs/benchmarks.md).
 
-  Replacement mode: i.i.d. uniform draws from ``range(n)``; any batching is fine."""
+  Replacement mode: i.i.d. uniform draws from ``range(n)``; any batching is fine.
+
+  A chunk of steps that knows its length draws its batches at once with
+  :func:`sampler_take` (same indices, no per-step cond)."""
   if state.perm.shape[0]:
     return _epoch_next(state, batch_size)
-  idx = jax.random.randint(jax.random.fold_in(state.key, state.pos), (batch_size,), 0, state.n, jnp.int32)
-  return idx, state._replace(pos=state.pos + 1)
+  return _replacement_draw(state, state.pos, batch_size), state._replace(pos=state.pos + 1)
+
+
+def _replacement_draw(state: SamplerState, t: Array, batch_size: int) -> Array:
+  return jax.random.randint(jax.random.fold_in(state.key, t), (batch_size,), 0, state.n, jnp.int32)
+
+
+def sampler_take(state: SamplerState, batch_size: int, num_steps: int) -> tuple[Array, SamplerState]:
+  """The indices of the next ``num_steps`` batches, int32 ``(num_steps, batch_size)``, and the
+  state after them: exactly what ``num_steps`` calls of :func:`sampler_next` return, row by row.
+
+  Epoch mode: the permutations the chunk enters (at most ``ceil(num_steps * batch_size / n)``,
+  known only on device) are drawn by a ``fori_loop`` into one buffer that starts with the
+  current one; the chunk's indices are one slice of it. A ``lax.scan`` over the rows then
+  needs no per-step ``lax.cond`` and carries no permutation (the per-step sampler passes the
+  n-element permutation through its cond on every step; measured in docs/benchmarks.md).
+  Memory: ``(ceil(num_steps * batch_size / n) + 1) * n`` int32 for the buffer, plus the rows.
+  Under ``vmap`` keep ``pos`` unbatched (as for :func:`sampler_next`): the loop's trip count
+  comes from it."""
+  if num_steps < 0:
+    raise ValueError(f"num_steps={num_steps} must be >= 0.")
+  if not state.perm.shape[0]:
+    t = state.pos + jnp.arange(num_steps, dtype=jnp.int32)
+    idx = jax.vmap(lambda t: _replacement_draw(state, t, batch_size))(t)
+    return idx.reshape(num_steps, batch_size), state._replace(pos=state.pos + num_steps)
+  n = state.perm.shape[0]
+  if batch_size > n:
+    raise ValueError(f"batch_size={batch_size} is larger than the {n} examples of an epoch.")
+  total = num_steps * batch_size
+  if total == 0:
+    return jnp.zeros((num_steps, batch_size), jnp.int32), state
+  # Stream position p (from the start of the current permutation) holds buffer[p]; the last
+  # index taken, pos + total - 1, lies in the permutation m positions on. pos <= n bounds m.
+  bound = (n + total - 1) // n
+  m = (state.pos + total - 1) // n
+  buf = lax.dynamic_update_slice(jnp.zeros(((bound + 1) * n,), jnp.int32), state.perm, (0,))
+  draw = lambda i, b: lax.dynamic_update_slice(b, _permutation(state.key, state.epoch + i, n), (i * n,))  # noqa: E731
+  buf = lax.fori_loop(1, m + 1, draw, buf)
+  idx = lax.dynamic_slice(buf, (state.pos,), (total,)).reshape(num_steps, batch_size)
+  perm = lax.dynamic_slice(buf, (m * n,), (n,))
+  return idx, state._replace(perm=perm, pos=state.pos + total - m * n, epoch=state.epoch + m)
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -84,6 +84,8 @@ def init(task: train.Task, num_train: int, mesh=None):
   """``(seeds, lrs, weight_decays, sample_x) -> stacked TrainState`` (replicated over ``mesh``)."""
   f = lambda s, lr, wd, x: train.init_state(task, s, lr, wd, x, num_train)  # noqa: E731
   stacked = jax.vmap(f, in_axes=(0, 0, 0, None), out_axes=STATE_AXES)
+  if task.shared_order:
+    stacked = lambda *a, g=stacked: share_order(g(*a))  # noqa: E731
   shardings = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(mesh, P())}
   return jax.jit(stacked, compiler_options=ONCE, **shardings)
 
@@ -121,15 +123,68 @@ def chunk(task: train.Task, num_steps: int, mesh=None):
   -> (state, metrics)``, metrics shaped (runs, steps); the data arrays are shared, the state is
   donated. ``task.loop`` / ``task.runs`` choose scan or a host loop, vmap or unrolled runs.
 
+  The scan draws the chunk's batches before its first step (:func:`bn.pipeline.sampler_take`)
+  and pays the divergence guard only in a chunk where a run diverges (:func:`bn.train.guarded`);
+  the host loop runs :func:`bn.train.train_step` as it is. ``task.shared_order``: every run
+  takes run 0's batches (:func:`share_order`), drawn once per step for all runs.
+
   On one device a stack of one run is trained without ``vmap`` (its run axis is taken off
   and put back): XLA:CPU compiles size-1 batched dots and updates into slower kernels."""
-  one = functools.partial(train.train_step, task) if task.loop == "host" else functools.partial(train.train_chunk, task, num_steps)
   if task.loop not in LOOPS:
     raise ValueError(f"loop={task.loop!r}: expected one of {', '.join(LOOPS)}.")
-  many = map_runs(one, task.runs, (STATE_AXES, None, None), (STATE_AXES, 0))
+  if task.loop == "host":
+    one = functools.partial(train.train_step, task)
+    many = _shared_host_step(task) if task.shared_order else map_runs(one, task.runs, (STATE_AXES, None, None), (STATE_AXES, 0))
+  else:
+    one = functools.partial(train.train_chunk, task, num_steps)
+    many = functools.partial(_scan_chunk, task, num_steps)
   body = _single_or_many(one, many) if mesh is None else _sharded(many, mesh, (P(), P(), P()), (P(), P()))
   program = jax.jit(body, donate_argnums=0)
   return HostLoop(program, num_steps) if task.loop == "host" else program
+
+
+def _scan_chunk(task: train.Task, num_steps: int, state: train.TrainState, images, labels):
+  """:func:`bn.train.train_chunk` of stacked runs: the batches of every run (or run 0's, shared)
+  drawn first, then the steps of all runs, guarded as one (:func:`bn.train.guarded`)."""
+  take = functools.partial(pipeline.sampler_take, batch_size=task.batch_size, num_steps=num_steps)
+  if task.shared_order:
+    idx, sampler = take(_run0(state.sampler))
+    sampler, idx_axis = _broadcast_runs(sampler, state.step.shape[0]), None
+  else:
+    idx, sampler = map_runs(take, task.runs, (STATE_AXES.sampler,), (0, STATE_AXES.sampler))(state.sampler)
+    idx_axis = 0
+
+  def steps(guard):
+    return map_runs(functools.partial(train.steps_on, task, guard=guard), task.runs, (STATE_AXES, idx_axis, None, None), (STATE_AXES, 0))
+
+  new, metrics = train.guarded(steps, state, idx, images, labels)
+  return new._replace(sampler=sampler), metrics
+
+
+def _shared_host_step(task: train.Task):
+  """One step of all runs on run 0's batch (``task.shared_order``, host loop)."""
+  step = map_runs(functools.partial(train.step_on, task), task.runs, (STATE_AXES, None, None, None), (STATE_AXES, 0))
+
+  def f(state, images, labels):
+    idx, sampler = pipeline.sampler_next(_run0(state.sampler), task.batch_size)
+    new, metrics = step(state, idx, images, labels)
+    return new._replace(sampler=_broadcast_runs(sampler, state.step.shape[0])), metrics
+
+  return f
+
+
+def _run0(sampler):
+  return _on_run_axis(lambda x: x[0], STATE_AXES.sampler, sampler)
+
+
+def _broadcast_runs(sampler, n: int):
+  return _on_run_axis(lambda x: jnp.broadcast_to(x[None], (n,) + x.shape), STATE_AXES.sampler, sampler)
+
+
+def share_order(state: train.TrainState) -> train.TrainState:
+  """Every run's sampler set to run 0's: the runs then see the same batches in the same order
+  (``train.shared_order``). :func:`init` does this for a task with ``shared_order``."""
+  return state._replace(sampler=_broadcast_runs(_run0(state.sampler), state.step.shape[0]))
 
 
 def _single_or_many(one, many):

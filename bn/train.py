@@ -18,7 +18,9 @@ Conventions:
   LR and the weight decay are per-run arrays, so LR and weight-decay sweeps vmap.
   Probes that need "the step the optimizer would take" call the same chain.
 * a run whose loss or parameters become non-finite at step ``k`` is frozen at its
-  last finite state and ``diverged_step = k``; other runs are unaffected.
+  last finite state and ``diverged_step = k``; other runs are unaffected. A chunk of steps
+  (:func:`train_chunk`) draws its batches at once and pays for this guard only in a chunk
+  where a run diverges (:func:`guarded`); the numbers are the per-step ones.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Task(NamedTuple):
   loop: str = "scan"  # "scan": a chunk of steps is one lax.scan; "host": a Python loop over one jitted step (bn.programs)
   runs: str = "vmap"  # "vmap": runs batched with jax.vmap; "unroll": one copy of the step per run, in the same program
   precise_bn: Any = None  # a model that re-estimates the BN statistics before evaluation ("precise BN"); None: use the running statistics
+  shared_order: bool = False  # every run of a program takes run 0's batches (bn.programs.share_order); False: each run its own data order
 
 
 # ----------------------------------------------------------------------------- optimizer and schedules
@@ -205,39 +208,93 @@ def _device_slice(idx, key, axis_name):
 
 def get_batch(task: Task, state: TrainState, images, labels, key):
   idx, sampler = pipeline.sampler_next(state.sampler, task.batch_size)
+  x, y = _batch_at(task, idx, images, labels, key)
+  return x, y, sampler
+
+
+def _batch_at(task: Task, idx, images, labels, key):
+  """The batch of the global indices ``idx`` (this device's slice of it), augmented with ``key``."""
   idx, key = _device_slice(idx, key, task.axis_name)
   x = images[idx]
   if task.augment:
     x = pipeline.augment(key, x)
-  return x, labels[idx], sampler
+  return x, labels[idx]
 
 
 def train_step(task: Task, state: TrainState, images, labels) -> tuple[TrainState, StepMetrics]:
   """One optimizer step of one run on a batch drawn on device; pure."""
+  idx, sampler = pipeline.sampler_next(state.sampler, task.batch_size)
+  new, metrics = step_on(task, state, idx, images, labels)
+  return new._replace(sampler=sampler), metrics
+
+
+def step_on(task: Task, state: TrainState, idx, images, labels, *, guard: bool = True) -> tuple[TrainState, StepMetrics]:
+  """:func:`train_step` on the batch of the global example indices ``idx`` (batch_size,); the
+  sampler is neither used nor advanced (the caller draws ``idx`` and owns the sampler).
+
+  ``guard=False`` leaves out the divergence guard: the result equals the guarded step's whenever
+  the loss and the new parameters are finite and the run is alive (:func:`guarded` decides when)."""
   key = jax.random.fold_in(state.key, state.step)
   k_aug, k_noise = jax.random.split(key)
-  x, y, sampler = get_batch(task, state, images, labels, k_aug)
+  x, y = _batch_at(task, idx, images, labels, k_aug)
   grad_fn = jax.value_and_grad(functools.partial(loss_and_updates, task), has_aux=True)
   (loss, (batch_stats, logits)), grads = grad_fn(state.params, state.batch_stats, x, y, k_noise, state.step)
   updates, opt_state = update_rule(task, state.hparams).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  acc = _device_mean(jnp.mean(jnp.argmax(logits, -1) == y), task.axis_name)
+  if not guard:
+    new = state._replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new, StepMetrics(loss, acc)
 
   alive = state.diverged_step < 0
   ok = jnp.isfinite(loss) & _all_finite(params)
   keep = alive & ok  # a diverged run keeps its last finite weights; its sampler still advances
   params, batch_stats, opt_state = _tree_where(keep, (params, batch_stats, opt_state), (state.params, state.batch_stats, state.opt_state))
   new = state._replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, sampler=sampler,
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
       diverged_step=jnp.where(alive & ~ok, state.step, state.diverged_step),
   )
-  acc = _device_mean(jnp.mean(jnp.argmax(logits, -1) == y), task.axis_name)
   nan = jnp.full((), jnp.nan)
   return new, StepMetrics(jnp.where(alive, loss, nan), jnp.where(alive, acc, nan))
 
 
+def steps_on(task: Task, state: TrainState, idx, images, labels, *, guard: bool = True):
+  """:func:`step_on` over the rows of ``idx`` (steps, batch_size), fused with ``lax.scan``; one run."""
+  return jax.lax.scan(lambda s, i: step_on(task, s, i, images, labels, guard=guard), state, idx)
+
+
+def guarded(steps: Callable[[bool], Callable], state: TrainState, *args):
+  """``steps(guard)(state, *args) -> (state, metrics)`` -- a chunk of one run or of stacked
+  runs -- with the divergence guard's result at the unguarded steps' cost while no run diverges.
+
+  The unguarded chunk runs first when every run is alive; its result is the guarded chunk's
+  exactly when every step's loss and the final parameters are finite: a non-finite parameter
+  stays non-finite under ``params + update``, so finite final parameters mean every step's
+  were finite, every step's guard kept its update, and every select was the identity. Else
+  (a run diverged in this chunk, or earlier) the guarded chunk runs from the same start state.
+  Both are compiled into the program (about twice the chunk's compile time). The choice is
+  one scalar ``lax.cond``: call this outside ``vmap`` (under ``vmap`` it becomes a select
+  that runs both chunks)."""
+  def fast(s):
+    new, metrics = steps(False)(s, *args)
+    return jnp.all(jnp.isfinite(metrics.loss)) & _all_finite(new.params), new, metrics
+
+  def skip(s):  # a run diverged before: no unguarded chunk (its placeholder result is not used)
+    return jnp.bool_(False), s, jax.tree.map(jnp.zeros_like, metrics_shape)
+
+  metrics_shape = jax.eval_shape(steps(False), state, *args)[1]
+  ok, new, metrics = jax.lax.cond(jnp.all(state.diverged_step < 0), fast, skip, state)
+  return jax.lax.cond(ok, lambda: (new, metrics), lambda: steps(True)(state, *args))
+
+
 def train_chunk(task: Task, num_steps: int, state: TrainState, images, labels):
-  """``num_steps`` steps of one run fused with ``lax.scan``."""
-  return jax.lax.scan(lambda s, _: train_step(task, s, images, labels), state, None, length=num_steps)
+  """``num_steps`` steps of one run fused with ``lax.scan``: the same states and metrics as
+  ``num_steps`` calls of :func:`train_step`, with the batches drawn at once
+  (:func:`bn.pipeline.sampler_take`) and the divergence guard paid only in a chunk where a
+  run diverges (:func:`guarded`). One run: vmap :func:`steps_on` for many (:func:`bn.programs.chunk`)."""
+  idx, sampler = pipeline.sampler_take(state.sampler, task.batch_size, num_steps)
+  new, metrics = guarded(lambda guard: functools.partial(steps_on, task, guard=guard), state, idx, images, labels)
+  return new._replace(sampler=sampler), metrics
 
 
 # ----------------------------------------------------------------------------- evaluation
