@@ -170,6 +170,7 @@ def base() -> ml_collections.ConfigDict:
       name="fashion_mnist", source="auto", data_dir="", val_size=0, split_seed=0,
       train_size=0,  # >0: train on a fixed random subset of this many examples (to study overfitting quickly)
       train_eval_size=10000,  # fixed train subset evaluated in eval mode (the gap's train side)
+      test_eval_size=0,  # >0: evaluate on a fixed random subset of this many test images (cheaper evaluations); 0: all
       synthetic_shape=(8, 8, 1), synthetic_classes=10, synthetic_sizes=(2048, 512),  # source="synthetic" only
   ))
   c.model = ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100, 100), act="sigmoid", init_std=0.1))

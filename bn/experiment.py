@@ -51,6 +51,7 @@ class DataSpec:
   synthetic_shape: tuple[int, ...]
   synthetic_classes: int
   synthetic_sizes: tuple[int, int]
+  test_eval_size: int = 0  # > 0: a fixed random subset of the test split is evaluated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +166,7 @@ def _check(c) -> None:
                         "(in a clone: pip install -e '.[tensorboard]'), or leave it false.")
   _positive("data.train_size", c.data.train_size, allow_zero=True)
   _positive("data.train_eval_size", c.data.train_eval_size, allow_zero=True)
+  _positive("data.test_eval_size", c.data.test_eval_size, allow_zero=True)
   if c.probes.every:
     _positive("probes.batch_size", c.probes.batch_size)
     _positive("probes.hessian_probes", c.probes.hessian_probes)
@@ -294,7 +296,7 @@ def from_config(c) -> Experiment:
       runs=tuple(Run(i, int(s), float(lr), float(wd)) for i, (s, lr, wd) in
                  enumerate(itertools.product(c.seeds, tuple(c.sweep.lr) or (o.lr,), tuple(c.sweep.weight_decay) or (o.weight_decay,)))),
       data=DataSpec(d.name, d.source, d.data_dir or None, d.val_size, d.split_seed, d.train_size, d.train_eval_size,
-                    tuple(d.synthetic_shape), d.synthetic_classes, tuple(d.synthetic_sizes)),
+                    tuple(d.synthetic_shape), d.synthetic_classes, tuple(d.synthetic_sizes), d.test_eval_size),
       schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn, bool(t.tensorboard)),
       probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales), tuple(pr.kinds), float(pr.rho),
                        int(pr.hessian_probes), int(pr.eval_batch_size), tuple(float(v) for v in pr.lrs)),

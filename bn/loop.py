@@ -73,7 +73,8 @@ class Trainer:
     chunk = exp.schedule.eval_chunk
     subset = bn_experiment.train_eval_subset(dataset.train, exp.data.train_eval_size, exp.data.split_seed)
     # train subset, test split, and the validation split when the data has one (data.val_size > 0)
-    splits = (subset, dataset.test) + ((dataset.val,) if dataset.val is not None else ())
+    test = bn_experiment.train_eval_subset(dataset.test, exp.data.test_eval_size, exp.data.split_seed + 4)  # all when 0
+    splits = (subset, test) + ((dataset.val,) if dataset.val is not None else ())
     self.eval_sets = tuple(parallel.place_eval(s, stats, plan, chunk) for s in splits)
     self._test, self._stats = dataset.test, stats
     self.recal_x = None

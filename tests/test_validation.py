@@ -30,3 +30,13 @@ def test_validation_metrics_are_the_trained_model_on_the_held_out_split(tmp_path
     acc = float(np.mean(np.argmax(logits, -1) == ds.val.y))
     np.testing.assert_allclose(row["val_loss"], loss, rtol=1e-5)
     assert row["val_accuracy"] == np.float32(acc) or abs(row["val_accuracy"] - acc) < 1e-6  # counts over 48 examples, in float32
+
+
+def test_test_eval_size_evaluates_a_fixed_subset_of_the_test_split(tmp_path):
+  c = bn_config.base()
+  c.data.update(source="synthetic", synthetic_shape=(4, 4, 1), synthetic_sizes=(128, 64), train_eval_size=32, test_eval_size=20)
+  c.model.update(widths=(8,))
+  c.train.update(steps=4, batch_size=16, eval_every=2, checkpoint_every=2)
+  loop.train_workdir(experiment.from_config(c), tmp_path / "w", progress=False)
+  rows = loop.restore(tmp_path / "w").metrics
+  assert all(abs(r["test_accuracy"] * 20 - round(r["test_accuracy"] * 20)) < 1e-4 for r in rows)  # counts over 20 images

@@ -43,7 +43,8 @@ def get_config(mode: str = "quick"):
   c = base()
   c.name = "ioffe"
   c.seeds = tuple(range(20)) if mode == "full" else tuple(range(10))
-  c.data.update(train_eval_size=1000, val_size=5000)  # 5,000 training images held out: LRs are chosen on them
+  # 5,000 training images held out (LRs are chosen on them); evaluations on a fixed half of the test set
+  c.data.update(train_eval_size=1000, val_size=5000, test_eval_size=5000)
   c.model.update(name="mlp", widths=(100, 100, 100), act="sigmoid", init_std=0.1)
   c.norm.update(kind="batch", position="pre", momentum=0.99)
   c.optimizer.update(name="sgd", lr=0.5)
