@@ -10,8 +10,12 @@ become lists, NaN becomes null), and :func:`write_condition` lays out a ledger's
 
 Conventions: 6 seeds (enough for an exact sign test: 2 * 0.5**6 < 0.05); every condition has a
 per-seed jitter ``JIT[condition]`` (small, seed-varying, so t-intervals are not degenerate); steps to
-the target accuracy are ``base * 2**jit`` (log2 steps = log2 base + jit, exactly, because the
-accuracy curve is linear around the crossing and ``steps_to`` interpolates linearly).
+the target accuracy (the config's ``train.target_accuracy``) are ``base * 2**jit`` (log2 steps = log2
+base + jit, exactly, because the accuracy curve is linear around the crossing and ``steps_to``
+interpolates linearly). Metrics rows carry a validation split (``val_loss`` / ``val_accuracy``) as
+the loop writes them when ``data.val_size > 0``; where a claim chooses on validation data, the
+test-set curves are built to choose differently (decoys), so reading the test set would move the
+per-seed values the tests pin.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def config(experiment: str, overrides: dict | None = None, mode: str = "quick", 
 # ----------------------------------------------------------------------------- curves
 
 
-def ramp(t_hit: float, cap: float, *, start: float = 0.1, target: float = 0.8):
+def ramp(t_hit: float, cap: float, *, target: float, start: float = 0.1):
   """Test accuracy over steps: linear from ``start`` at step 0 through ``target`` at ``t_hit``, capped at
   ``cap`` (reached at ``t_hit * (1 + (cap - target) / (target - start))``: beyond the next evaluation, so the
   evaluations bracketing the crossing lie on the line and ``steps_to`` recovers ``t_hit`` exactly)."""
@@ -80,18 +84,18 @@ def settle(final: float, start: float, at: float):
 # ----------------------------------------------------------------------------- trained conditions
 
 
-def run(seed: int, lr: float, steps, *, test_accuracy, test_loss, train_loss, train_accuracy, weight_decay: float = 0.0,
-        diverge_at: int | None = None, probe=None) -> dict:
-  """One run: its evaluations at ``steps`` (each series a function of the step). From ``diverge_at`` on the
-  run is diverged: ``diverged`` true and every metric NaN (null in the JSON), as the loop records it.
-  ``probe(step) -> {block: ...} or None``: the run's probe blocks at a probe step."""
+def run(seed: int, lr: float, steps, *, test_accuracy, test_loss, train_loss, train_accuracy, val_accuracy=None, val_loss=None,
+        weight_decay: float = 0.0, diverge_at: int | None = None, probe=None) -> dict:
+  """One run: its evaluations at ``steps`` (each series a function of the step; ``val_*``: the validation
+  split's, recorded when given). From ``diverge_at`` on the run is diverged: ``diverged`` true and every
+  metric NaN (null in the JSON), as the loop records it. ``probe(step) -> {block: ...} or None``: the
+  run's probe blocks at a probe step."""
   evals = []
+  series = {"test_accuracy": test_accuracy, "test_loss": test_loss, "train_loss": train_loss, "train_accuracy": train_accuracy,
+            **({"val_loss": val_loss} if val_loss is not None else {}), **({"val_accuracy": val_accuracy} if val_accuracy is not None else {})}
   for s in steps:
     dead = diverge_at is not None and s >= diverge_at
-    nan = float("nan")
-    evals.append({"step": int(s), "test_accuracy": nan if dead else float(test_accuracy(s)), "test_loss": nan if dead else float(test_loss(s)),
-                  "train_loss": nan if dead else float(train_loss(s)), "train_accuracy": nan if dead else float(train_accuracy(s)),
-                  "diverged": bool(dead)})
+    evals.append({"step": int(s), **{k: float("nan") if dead else float(f(s)) for k, f in series.items()}, "diverged": bool(dead)})
   return {"seed": seed, "lr": float(lr), "weight_decay": float(weight_decay), "evals": evals, "diverge_at": diverge_at, "probe": probe}
 
 
@@ -108,7 +112,8 @@ def trained(cfg: dict, runs: list[dict], probe_steps=()) -> dict:
         continue
       metrics.append({**row, "step": t, "learning_rate": r["lr"], "batch_loss": e["train_loss"], "batch_accuracy": e["train_accuracy"],
                       "train_loss": e["train_loss"], "train_accuracy": e["train_accuracy"], "test_loss": e["test_loss"],
-                      "test_accuracy": e["test_accuracy"], "diverged": e["diverged"], "wall_time": 0.01 * t})
+                      "test_accuracy": e["test_accuracy"], **{k: e[k] for k in ("val_loss", "val_accuracy") if k in e},
+                      "diverged": e["diverged"], "wall_time": 0.01 * t})
   target = cfg["train"]["target_accuracy"]
   summary_runs = []
   for row, r in zip(table, runs):
@@ -167,42 +172,40 @@ def roundtrip(root: Path, results: dict) -> dict:
 IOFFE_STEPS, IOFFE_EVAL, IOFFE_PROBE = 2000, 50, 200
 PROBE_STEPS = tuple(range(0, IOFFE_STEPS + 1, IOFFE_PROBE))  # 0, 200, ..., 2000: 11 points, i = 0 ... 10
 SHARED_LR = 0.5
-DOSES = (0.5, 1.0, 2.0, 4.0)
+IOFFE_CONDITIONS = ledger.config_module("ioffe").conditions("quick")  # the real conditions' overrides
+IOFFE_LRS = tuple(IOFFE_CONDITIONS["bn"]["sweep.lr"])  # C1's grid: (0.125, 0.5, 2, 8)
+TARGET = config("ioffe")["train"]["target_accuracy"]  # 0.75: what every steps-to-target reads
+DOSES = tuple(float(v["norm.noise.dose"]) for k, v in IOFFE_CONDITIONS.items() if k.startswith("noisy_"))
 SLOPE = np.array([0.02, 0.03, 0.01, 0.04, 0.00, 0.02])  # noisy BN: log2 steps = BN's + SLOPE * dose (per seed)
 
 # The default world: BN helps in every way the claims predict. Knobs per condition:
-#   t: {lr: base steps to 80% (times 2**jit), "diverge" (diverged at step 100), None (never reaches 80%)}
+#   t: {lr: base steps to TARGET test accuracy (times 2**jit), "diverge" (diverged at step 100), None (never reaches
+#      it), "noisy" (600 * 2**(jit_bn + slope * dose))}; v: the same for *validation* accuracy (default: t) -- where
+#      they differ, the test set would choose another LR than validation data (bn: 8, none: 2 -- decoys);
 #   cap: final test accuracy; loss: final test loss at LR 0.5 (+ jit / 10); shift: drift of every unit's mean per probe
 #   interval in units of its (constant) std (times 1 + jit); ics: 1 - cos of layers >= 1 after step 0 (times 10**jit);
 #   beta_rel / beta_raw: effective beta-smoothness, relative / raw (times 10**(jit + trend * i));
-#   hessian / cross: normalized Hessian coupling (+ jit / 10 + trend * i) and cross-layer share (+ jit / 10);
-#   trend: per probe point i; full: every probe (bn, none), else the cheap ones (act, eval_act, norms)
+#   rel_cross: cross-layer share for equal relative steps (+ jit / 10 + trend * i); hessian / cross: normalized
+#   Hessian blocks and the cross-layer share along the actual update (+ jit / 10);
+#   trend: per probe point i; full: every probe (bn, none), else the cheap ones (act, units, norms)
 IOFFE = {
-    "bn": dict(t={0.1: 900, 0.5: 600, 2.0: 400}, cap=0.95, loss=0.40, shift=0.05, ics=2e-3, beta_rel=0.1, beta_raw=0.01,
-               hessian=0.2, cross=0.1, trend=0.02, full=True),
-    "none": dict(t={0.1: 1200, 0.5: 800, 2.0: "diverge"}, cap=0.90, loss=0.70, shift=0.5, ics=1e-3, beta_rel=1.0, beta_raw=1.0,
-                 hessian=0.5, cross=0.3, trend=0.0, full=True),
+    "bn": dict(t={0.125: 1200, 0.5: 600, 2.0: 400, 8.0: 300}, v={0.125: 1200, 0.5: 600, 2.0: 400, 8.0: 1000}, cap=0.95, loss=0.40,
+               shift=0.05, ics=2e-3, beta_rel=0.1, beta_raw=0.01, rel_cross=0.05, hessian=0.2, cross=0.1, trend=0.02, full=True),
+    "none": dict(t={0.125: 1800, 0.5: 1200, 2.0: 1000, 8.0: "diverge"}, v={0.125: 1800, 0.5: 1200, 2.0: 1500, 8.0: "diverge"}, cap=0.90,
+                 loss=0.70, shift=0.5, ics=1e-3, beta_rel=1.0, beta_raw=1.0, rel_cross=0.25, hessian=0.5, cross=0.3, trend=0.0, full=True),
     "stopgrad": dict(t={0.5: 900}, cap=0.90, loss=0.60, shift=0.1),
     "population": dict(t={0.5: 800}, cap=0.90, loss=0.55, shift=0.05),
     "population_noise": dict(t={0.5: 700}, cap=0.91, loss=0.50, shift=0.2),
     "frozen": dict(t={0.5: 650}, cap=0.93, loss=0.45, shift=0.05),
     **{f"noisy_d{d:g}": dict(t={0.5: "noisy"}, dose=d, cap=0.94, loss=0.42, shift=1.0) for d in DOSES},
 }
-IOFFE_OVERRIDES = {
-    "bn": {"norm.kind": "batch", "sweep.lr": (0.1, 0.5, 2.0), "probes.kinds": ()},
-    "none": {"norm.kind": "none", "sweep.lr": (0.1, 0.5, 2.0), "probes.kinds": ()},
-    "stopgrad": {"norm.kind": "batch", "norm.stats_gradient": False},
-    "population": {"norm.kind": "population"},
-    "population_noise": {"norm.kind": "population", "norm.population_noise": 60},
-    "frozen": {"norm.kind": "batch", "norm.affine": False},
-    **{f"noisy_d{d:g}": {"norm.kind": "noisy", "norm.noise.dose": d} for d in DOSES},
-}
 
 
-def ioffe_t(cond: str, lr: float, k: dict | None = None) -> np.ndarray:
-  """Per seed: the designed steps to 80% test accuracy of a condition at one LR (what ``steps_to`` must find)."""
+def ioffe_t(cond: str, lr: float, k: dict | None = None, which: str = "t") -> np.ndarray:
+  """Per seed: the designed steps to TARGET test (``which="t"``) or validation (``"v"``) accuracy of a
+  condition at one LR (what ``steps_to`` must find)."""
   k = k or IOFFE[cond]
-  base = k["t"][lr]
+  base = k.get(which, k["t"])[lr]
   if base == "noisy":
     return 600.0 * 2.0 ** (J["bn"] + k.get("slope", SLOPE) * k["dose"])
   return float(base) * 2.0 ** J[cond]
@@ -233,14 +236,16 @@ def _ioffe_probe(k: dict, s: int, jit: float, decoy: bool):
     cos_raw = [0.0] + [1.0 - (0.5 if first else 3 * ics)] * 3
     beta_rel = 1e6 if first else k["beta_rel"] * 10 ** (jit + trend) * scale
     beta_raw = 1e6 if first else k["beta_raw"] * 10**jit * scale
-    hess = 9.0 if first else k["hessian"] + jit / 10 + trend + (1.0 if decoy else 0.0)
+    rel = 0.99 if first else k["rel_cross"] + jit / 10 + trend + (0.5 if decoy else 0.0)
+    hess = 9.0 if first else k["hessian"] + jit / 10 + (1.0 if decoy else 0.0)
     cross = 0.99 if first else k["cross"] + jit / 10 + (0.5 if decoy else 0.0)
     out.update({
         "grad_ics": {"matched": {"l2": [0.1] * 4, "cos": cos, "rel": [0.1] * 4}, "raw": {"l2": [0.1] * 4, "cos": cos_raw, "rel": [0.1] * 4}},
         "landscape": {"loss_variation": 0.1 * beta_raw, "grad_predictiveness": 0.5 * beta_raw, "beta_smoothness": beta_raw, "loss0": 1.0,
                       "grad_norm": 0.5},
         "landscape_rel": {"loss_variation": 0.1 * beta_rel, "grad_predictiveness": 0.5 * beta_rel, "beta_smoothness": beta_rel},
-        "coupling": {"summary": 0.01, "cross_fraction": cross, "normalized": [[1.0] * 4] * 4, "own": [0.0] * 4},
+        "coupling": {"summary": 0.01, "cross_fraction": cross, "normalized": [[1.0] * 4] * 4, "own": [0.0] * 4,
+                     "relative_cross_fraction": rel, "relative_own": [0.0] * 4},
         "hessian": {"summary": hess, "normalized": [[1.0] * 4] * 4},
     })
     return out
@@ -249,28 +254,37 @@ def _ioffe_probe(k: dict, s: int, jit: float, decoy: bool):
 
 
 def ioffe_condition(cond: str, k: dict | None = None) -> dict:
-  k = {**IOFFE[cond], **(k or {})}
-  cfg = config("ioffe", IOFFE_OVERRIDES[cond], name=cond)
+  """One condition of the ioffe experiment with the real condition's config; ``k``: knobs changed from
+  :data:`IOFFE` (a changed ``t`` without a ``v`` changes the validation curves to match)."""
+  changes = k or {}
+  k = {**IOFFE[cond], **changes}
+  if "t" in changes and "v" not in changes:
+    k["v"] = changes["t"]
+  k.setdefault("v", k["t"])
+  cfg = config("ioffe", IOFFE_CONDITIONS[cond], name=cond)
+  lrs = tuple(cfg["sweep"]["lr"]) or (cfg["optimizer"]["lr"],)
+  assert sorted(k["t"]) == sorted(k["v"]) == sorted(lrs), (cond, sorted(k["t"]), lrs)
   steps = range(IOFFE_EVAL, IOFFE_STEPS + 1, IOFFE_EVAL)  # the loop evaluates after every eval_every steps (no step 0)
   runs = []
   for s, seed in enumerate(SEEDS):
     jit = float(J[cond][s])
     for lr in sorted(k["t"]):
-      base = k["t"][lr]
+      base, vbase = k["t"][lr], k["v"][lr]
       loss = k["loss"] + jit / 10 if lr == SHARED_LR else k["loss"] + 0.5  # other LRs: worse, to pin the LR filter
-      common = dict(test_loss=settle(loss, 2.3, IOFFE_STEPS / 2), train_loss=settle(loss - 0.05, 2.3, IOFFE_STEPS / 2),
+      test_loss = settle(loss, 2.3, IOFFE_STEPS / 2)
+      common = dict(test_loss=test_loss, train_loss=settle(loss - 0.05, 2.3, IOFFE_STEPS / 2), val_loss=lambda x, f=test_loss: f(x) + 0.03,
                     probe=_ioffe_probe(k, s, jit, decoy=lr != SHARED_LR))
-      if base == "diverge":
-        acc = ramp(5000.0, 0.5)
-        runs.append(run(seed, lr, steps, test_accuracy=acc, train_accuracy=acc, diverge_at=100, **common))
-      elif base is None:
-        acc = ramp(4000.0, 0.7)
-        runs.append(run(seed, lr, steps, test_accuracy=acc, train_accuracy=acc, **common))
-      else:
-        t_hit = float(ioffe_t(cond, lr, k)[s])
-        acc = ramp(t_hit, k["cap"] + jit / 10)
-        runs.append(run(seed, lr, steps, test_accuracy=acc, train_accuracy=lambda x, a=acc: a(x) + 0.02, **common))
-  return trained(cfg, runs, PROBE_STEPS)
+      cap = k["cap"] + jit / 10
+
+      def curve(b, which):
+        if b in ("diverge", None):
+          return ramp(5000.0 if b == "diverge" else 4000.0, 0.5 if b == "diverge" else 0.7, target=TARGET)
+        return ramp(float(ioffe_t(cond, lr, k, which)[s]), cap, target=TARGET)
+
+      acc, vacc = curve(base, "t"), curve(vbase, "v")
+      runs.append(run(seed, lr, steps, test_accuracy=acc, train_accuracy=lambda x, a=acc: min(1.0, a(x) + 0.02), val_accuracy=vacc,
+                      diverge_at=100 if "diverge" in (base, vbase) else None, **common))
+  return trained(cfg, runs, PROBE_STEPS if cfg["probes"]["every"] > 0 else ())
 
 
 def ioffe(changes: dict | None = None, conditions=None) -> dict:
@@ -284,13 +298,15 @@ def ioffe(changes: dict | None = None, conditions=None) -> dict:
 
 def flat_runs(seeds_values: list[dict], *, steps=(300, 600, 900, 1200, 1500)) -> list[dict]:
   """Runs whose metrics reach their final values by the second evaluation and stay there: each item
-  ``{seed, lr, weight_decay?, test_accuracy, train_accuracy, test_loss, train_loss, diverge_at?, probe?}``."""
+  ``{seed, lr, weight_decay?, test_accuracy, train_accuracy, test_loss, train_loss, val_accuracy?, val_loss?,
+  diverge_at?, probe?}`` (the validation split's values default to the test set's)."""
   at = steps[1]
   out = []
   for v in seeds_values:
     out.append(run(v["seed"], v["lr"], steps, weight_decay=v.get("weight_decay", 0.0), diverge_at=v.get("diverge_at"), probe=v.get("probe"),
                    test_accuracy=settle(v["test_accuracy"], 0.1, at), train_accuracy=settle(v["train_accuracy"], 0.1, at),
-                   test_loss=settle(v["test_loss"], 2.3, at), train_loss=settle(v["train_loss"], 2.3, at)))
+                   test_loss=settle(v["test_loss"], 2.3, at), train_loss=settle(v["train_loss"], 2.3, at),
+                   val_accuracy=settle(v.get("val_accuracy", v["test_accuracy"]), 0.1, at), val_loss=settle(v.get("val_loss", v["test_loss"]), 2.3, at)))
   return out
 
 
@@ -308,9 +324,9 @@ def finals(experiment: str, overrides: dict, name: str, *, test_loss=0.5, train_
 
 def sweep(experiment: str, overrides: dict, name: str, per: dict, jit, *, key: str = "lr", probe=None, steps=(300, 600, 900, 1200, 1500)) -> dict:
   """A condition whose runs sweep ``key`` ("lr" or "weight_decay") over ``per``'s keys, seed-major like the run
-  table. ``per[value]``: final ``test_accuracy``, ``train_accuracy``, ``test_loss``, ``train_loss`` (each a number or
-  one per seed; ``jit / 10`` is added to the accuracies, ``jit`` to the losses) and optionally ``diverge_at``.
-  ``probe(seed index, value) -> probe(step)``."""
+  table. ``per[value]``: final ``test_accuracy``, ``train_accuracy``, ``test_loss``, ``train_loss`` and optionally
+  ``val_accuracy`` (the validation split's; default: the test accuracy) (each a number or one per seed; ``jit / 10`` is
+  added to the accuracies, ``jit`` to the losses) and ``diverge_at``. ``probe(seed index, value) -> probe(step)``."""
   cfg = config(experiment, overrides, name=name)
   jit = np.asarray(jit, float)
   each = lambda v, s: float(v[s]) if isinstance(v, (list, tuple, np.ndarray)) else float(v)  # noqa: E731
@@ -320,9 +336,46 @@ def sweep(experiment: str, overrides: dict, name: str, per: dict, jit, *, key: s
       p = per[x]
       vals.append(dict(seed=seed, lr=x if key == "lr" else cfg["optimizer"]["lr"], weight_decay=x if key == "weight_decay" else 0.0,
                        test_accuracy=each(p["test_accuracy"], s) + jit[s] / 10, train_accuracy=each(p["train_accuracy"], s) + jit[s] / 10,
+                       val_accuracy=each(p.get("val_accuracy", p["test_accuracy"]), s) + jit[s] / 10,
                        test_loss=each(p.get("test_loss", 0.5), s) + jit[s], train_loss=each(p.get("train_loss", 0.4), s) + jit[s],
                        diverge_at=p.get("diverge_at"), probe=probe(s, x) if probe else None))
   return trained(cfg, flat_runs(vals, steps=steps), sorted({0, *steps}) if probe else ())
+
+
+# ----------------------------------------------------------------------------- the c3_grid experiment (C3, C7)
+
+C3_CONDITIONS = ledger.config_module("c3_grid").conditions("quick")  # the real cells: b{B}_g{g}, b{B}_none, ...
+C3_STEPS = tuple(range(100, 1001, 100))  # 10 evaluations (the config's "about 10" early-stopping candidates), no step 0
+C3_STOP = (3, 4, 5, 3, 4, 5)  # per seed: the evaluation with the lowest validation loss (the early-stopping point)
+
+
+def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: float = 0.85, decoy: float = 0.05,
+            diverge_at: int | None = None) -> dict:
+  """A c3_grid cell (the real condition ``name``'s config) whose runs have, per seed s: the lowest validation
+  loss at evaluation ``C3_STOP[s]``, where the test loss is ``stopped + jit`` and the test accuracy ``acc + jit / 10``;
+  at the last evaluation the test loss ``final + jit`` and the train loss ``train + jit / 2``. Decoys: two
+  evaluations after the stopping point the test loss is at its lowest, ``stopped - decoy + jit`` (where stopping on
+  the test set would land), and the final test loss is not the early-stopped one. ``diverge_at``: every seed
+  diverges from that step on."""
+  cfg = config("c3_grid", C3_CONDITIONS[name], name=name)
+  n = len(C3_STEPS)
+
+  def at(values):
+    return lambda step: values[C3_STEPS.index(step)]
+
+  runs = []
+  for s, seed in enumerate(SEEDS):
+    k, j = C3_STOP[s], float(np.asarray(jit)[s])
+    test = [stopped + 0.3 + j] * n
+    test[k + 2] = stopped - decoy + j
+    test[k], test[-1] = stopped + j, final + j
+    accs = [acc - 0.1 + j / 10] * n
+    accs[k], accs[-1] = acc + j / 10, acc - 0.03 + j / 10
+    val = [0.5 + 0.1 * abs(i - k) for i in range(n)]
+    tr = [train + j / 2 + 0.05 * (n - 1 - i) for i in range(n)]
+    runs.append(run(seed, cfg["optimizer"]["lr"], C3_STEPS, test_loss=at(test), test_accuracy=at(accs), train_loss=at(tr),
+                    train_accuracy=lambda step: 0.95, val_loss=at(val), val_accuracy=lambda step: 0.8, diverge_at=diverge_at))
+  return trained(cfg, runs)
 
 
 # ----------------------------------------------------------------------------- measured conditions
@@ -344,13 +397,17 @@ def depth_result(depths, ratios, *, width=100, first=1.0) -> dict:
 
 
 def freeze_result(shares, jit) -> dict:
-  """``freeze``'s ``results.json``: all-layer reduction 1 + jit per seed; a hidden layer alone achieves
-  ``share + jit / 10`` of it; the head (not a hidden layer) 0.9."""
-  all_ = 1.0 + np.asarray(jit)
-  red = [all_] + [(sh + np.asarray(jit) / 10) * all_ for sh in shares] + [0.9 * all_]
+  """``freeze``'s ``results.json``: the loss at the branch point 2 (1 + jit) per seed (every variant starts from
+  the same state); a hidden layer trained alone reduces it by ``share + jit / 10`` of it; the head (not a hidden
+  layer) by 0.9 of it; all layers together by 0.3 -- a decoy denominator (the all-layer reduction) that would
+  change every share if an analysis divided by it."""
+  jit = np.asarray(jit, float)
+  before = 2.0 * (1.0 + jit)
+  red = [np.full(len(SEEDS), 0.3)] + [(sh + jit / 10) * before for sh in shares] + [0.9 * before]
+  before_all = np.tile(before, (len(red), 1))
   return {"name": "freeze", "seeds": list(SEEDS), "variants": ["all"] + [f"layer{i}" for i in range(len(shares))] + ["head"],
-          "reduction": np.array(red).tolist(), "loss_before": (np.ones((len(red), len(SEEDS))) * 2).tolist(),
-          "loss_after": (2 - np.array(red)).tolist(), "before_steps": 500, "budget": 200}
+          "reduction": np.array(red).tolist(), "loss_before": before_all.tolist(), "loss_after": (before_all - np.array(red)).tolist(),
+          "before_steps": 500, "budget": 200}
 
 
 def deep_linear_result(log10_one_minus_cos, jit, *, points=3, layers=5) -> dict:
