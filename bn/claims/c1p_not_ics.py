@@ -15,7 +15,7 @@ What is tested, declared before the run:
 * Secondary: the noisy inputs move more than *without* BN (Santurkar's premise; at a fixed probe
   cadence this compares per-step noise with drift accumulated over 500 steps, so it depends on the
   cadence); noisy BN trains faster than no BN; the dose-response (noise at 0, 0.5, 1, 2 and
-  4x Santurkar's constants: steps to 80% against the measured shift -- if ICS mattered, steps
+  4x Santurkar's constants: steps to the target (75%) against the measured shift -- if ICS mattered, steps
   would grow with the shift); gradient ICS (their Def. 2.1) per layer, 1 - cos(G_k, G'_k),
   at a matched relative update size (every earlier weight matrix moves by rho of its norm, in both
   nets) and raw; and their 25-layer deep linear network, where they found BN *increases* it.
