@@ -265,25 +265,30 @@ def steps_on(task: Task, state: TrainState, idx, images, labels, *, guard: bool 
 
 def guarded(steps: Callable[[bool], Callable], state: TrainState, *args):
   """``steps(guard)(state, *args) -> (state, metrics)`` -- a chunk of one run or of stacked
-  runs -- with the divergence guard's result at the unguarded steps' cost while no run diverges.
+  runs (leading run axis) -- with the divergence guard's result at the unguarded steps' cost
+  while no run diverges.
 
-  The unguarded chunk runs first when every run is alive; its result is the guarded chunk's
-  exactly when every step's loss and the final parameters are finite: a non-finite parameter
-  stays non-finite under ``params + update``, so finite final parameters mean every step's
-  were finite, every step's guard kept its update, and every select was the identity. Else
-  (a run diverged in this chunk, or earlier) the guarded chunk runs from the same start state.
-  Both are compiled into the program (about twice the chunk's compile time). The choice is
-  one scalar ``lax.cond``: call this outside ``vmap`` (under ``vmap`` it becomes a select
-  that runs both chunks)."""
-  def fast(s):
-    new, metrics = steps(False)(s, *args)
-    return jnp.all(jnp.isfinite(metrics.loss)) & _all_finite(new.params), new, metrics
+  The unguarded chunk runs first. A run that had diverged before it is put back to its frozen
+  state (its step count advanced) and its metrics set to NaN, as the guard would have. For the
+  others, the unguarded result is the guarded one exactly when every step's loss and the final
+  parameters are finite: a non-finite parameter stays non-finite under ``params + update``, so
+  finite final parameters mean every step's were finite, every step's guard kept its update and
+  every select was the identity. Else (a run diverges in this chunk) the guarded chunk runs from
+  the same start state. Both are compiled into the program (about twice the chunk's compile
+  time). The choice is one scalar ``lax.cond``: call this outside ``vmap`` (under ``vmap`` it
+  becomes a select that runs both chunks)."""
+  new, metrics = steps(False)(state, *args)
+  alive = state.diverged_step < 0  # () for one run, (runs,) for stacked runs
 
-  def skip(s):  # a run diverged before: no unguarded chunk (its placeholder result is not used)
-    return jnp.bool_(False), s, jax.tree.map(jnp.zeros_like, metrics_shape)
+  def per_run(mask, x):
+    return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
 
-  metrics_shape = jax.eval_shape(steps(False), state, *args)[1]
-  ok, new, metrics = jax.lax.cond(jnp.all(state.diverged_step < 0), fast, skip, state)
+  frozen = lambda a, b: jnp.where(per_run(alive, a), a, b)  # noqa: E731
+  new = new._replace(params=jax.tree.map(frozen, new.params, state.params), batch_stats=jax.tree.map(frozen, new.batch_stats, state.batch_stats),
+                     opt_state=jax.tree.map(frozen, new.opt_state, state.opt_state))
+  metrics = jax.tree.map(lambda m: jnp.where(per_run(alive, m), m, jnp.nan), metrics)
+  finite = lambda x: jnp.all(jnp.isfinite(x) | ~per_run(alive, x))  # noqa: E731  (only the runs alive at the start count)
+  ok = finite(metrics.loss) & jnp.all(jnp.stack([finite(x) for x in jax.tree.leaves(new.params)]))
   return jax.lax.cond(ok, lambda: (new, metrics), lambda: steps(True)(state, *args))
 
 

@@ -1,5 +1,7 @@
-"""`bn bench --tiny` end to end: the structure of bench.json and bench.md (not the timings)."""
+"""`bn bench --tiny` end to end: the structure of bench.json and bench.md (not the timings);
+every target's status against its threshold on made-up results."""
 
+import copy
 import json
 
 import numpy as np
@@ -8,10 +10,11 @@ import pytest
 from bn import cli
 from bn.bench import cases as bench_cases, core as bench
 
-TARGETS = {
-    "bn_layer_vs_flax", "bn_overhead_ioffe", "ioffe_vs_matmul_only", "vmapped_seeds", "compile_time",
-    "gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch",
-}
+from bn.bench import suite
+
+CPU_TARGETS = ("bn_layer_vs_flax", "ioffe_vs_reference_scan", "bn_overhead_ioffe", "ioffe_vs_matmul_only", "vmapped_seeds",
+               "vmapped_seeds_shared", "compile_time")
+TARGETS = set(CPU_TARGETS) | {"gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch"}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def test_every_target_has_a_status(tiny):
   for t in ts.values():
     assert t["status"] in ("met", "not met", "not run"), t
     assert (t["measured"] is None) == (t["status"] == "not run"), t
-  for tid in ("bn_layer_vs_flax", "bn_overhead_ioffe", "ioffe_vs_matmul_only", "vmapped_seeds", "compile_time"):
+  for tid in CPU_TARGETS:
     assert ts[tid]["status"] != "not run", ts[tid]
   for tid in ("gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch"):  # no GPU in the tests
     assert ts[tid]["status"] == "not run" and "not run" in ts[tid]["note"]
@@ -51,9 +54,11 @@ def test_layer_cases_cover_the_grid(tiny):
   cases = res["bn_layer"]["cases"]
   assert {(c["dtype"], c["mode"], c["pass"]) for c in cases} == {
       (d, m, p) for d in ("float32", "bfloat16") for m in ("train", "eval") for p in ("fwd", "fwd+bwd")}
+  assert res["bn_layer"]["default_variance"] == "shifted"  # the core's default, timed as "bn"
   for c in cases:
-    impls = {"flax", "bn", "none"} | ({"bn_two_pass"} if c["mode"] == "train" else set())
+    impls = {"flax", "bn", "none"} | ({"bn_fast", "bn_two_pass"} if c["mode"] == "train" else set())
     assert set(c["time"]) == set(c["compile_s"]) == impls
+    assert {k for k in c if k.startswith("ratio_")} == {f"ratio_{i}_vs_flax" for i in impls - {"flax"}}
     assert all(_is_timing(t) for t in c["time"].values())
     r = c["ratio_bn_vs_flax"]
     assert r["ratio"] == pytest.approx(c["time"]["bn"]["median_s"] / c["time"]["flax"]["median_s"])
@@ -71,8 +76,15 @@ def test_train_roofline_and_seeds(tiny):
   assert r["peak_flops"] > 0 and r["flops_per_step"]["engine"] > r["flops_per_step"]["matmul_only"] > 0
   assert 0 < r["fraction_of_peak"]["engine"]
   sd = res["seeds"]
-  assert [x["n"] for x in sd["rows"]] == list(bench.TINY.seeds)
-  assert sd["rows"][0]["ratio_vs_sequential"]["ratio"] == pytest.approx(1.0)
+  seq = sd["sequential"]["time_per_run_step"]
+  assert _is_timing(seq) and sd["sequential"]["runs_per_call"] == 2
+  assert set(sd["modes"]) == {"independent", "shared"} and sd["target_n"] == bench.TINY.seeds[-1]
+  for m in sd["modes"].values():
+    assert [x["n"] for x in m["rows"]] == list(bench.TINY.seeds)
+    for x in m["rows"]:  # per run-step = per step / N; the ratio is against the measured sequential runs, not N = 1
+      assert x["time_per_run_step"]["median_s"] == pytest.approx(x["time_per_step"]["median_s"] / x["n"])
+      assert x["ratio_vs_sequential"]["ratio"] == pytest.approx(x["time_per_run_step"]["median_s"] / seq["median_s"])
+    assert m["ratio_at_target_n"] == m["rows"][-1]["ratio_vs_sequential"]
   assert res["e2e"]["status"] == "not run" and res["gpu"]["status"] == "not run"
 
 
@@ -104,3 +116,84 @@ def test_host_batches_are_shuffled_epochs():
   first = np.concatenate([hb.next() for _ in range(3)])
   assert sorted(first) == sorted(set(first)) and len(first) == 9  # no repeats within an epoch
   assert hb.many(4).shape == (4, 3)
+
+
+# ----------------------------------------------------------------------------- target statuses
+
+
+def _made_up(r: float) -> dict:
+  """A ratio summary as the bench writes it, with every paired ratio equal to ``r``."""
+  return {"ratio": r, "paired_min": r, "paired_max": r}
+
+
+def made_up_results(value: float) -> dict:
+  """Results in which every measured quantity a CPU target reads equals ``value``."""
+  layer = [{"case": f"c{i}", "ratio_bn_vs_flax": _made_up(value if i == 2 else value / 2)} for i in range(4)]  # the worst case decides
+  ratios = {k: _made_up(value) for k in ("engine_vs_reference_scan", "engine_vs_engine_none", "engine_vs_matmul_only")}
+  modes = {m: {"ratio_at_target_n": _made_up(value)} for m in ("independent", "shared")}
+  return {"bn_layer": {"cases": layer}, "train_step": {"ioffe": {"ratios": ratios, "compile_s": {"engine": value}}},
+          "seeds": {"target_n": 8, "modes": modes}}
+
+
+def _expected(t: dict) -> str:
+  """The status a target must have: from its threshold and measurement, read independently of bn.bench."""
+  op, bound = t["threshold"].split()[:2]
+  bound = float(bound.rstrip("x"))
+  v = t["measured"]
+  return "met" if {"<=": v <= bound, ">=": v >= bound}[op] else "not met"
+
+
+@pytest.mark.parametrize("value", [0.3, 0.5, 0.50001, 0.9, 1.0, 1.05, 1.06, 1.2, 1.21, 9.99, 10.0, 10.5, 50.0])
+def test_every_cpu_target_status_follows_its_threshold(value):
+  ts = {t["id"]: t for t in suite.targets(made_up_results(value))}
+  assert set(ts) == TARGETS
+  for tid in CPU_TARGETS:
+    t = ts[tid]
+    assert t["measured"] == pytest.approx(value), t
+    assert t["status"] == _expected(t), t
+  for tid in TARGETS - set(CPU_TARGETS):
+    assert ts[tid]["status"] == "not run" and ts[tid]["measured"] is None
+
+
+def test_target_statuses_at_known_points():
+  ts = {t["id"]: t for t in suite.targets(made_up_results(0.9))}
+  assert ts["ioffe_vs_reference_scan"]["status"] == "met"  # <= 0.90x, on the bound
+  assert ts["vmapped_seeds"]["status"] == "not met"  # <= 0.50x
+  assert ts["bn_layer_vs_flax"]["status"] == "met" and ts["compile_time"]["status"] == "met"
+  ts = {t["id"]: t for t in suite.targets(made_up_results(1.1))}
+  assert ts["bn_layer_vs_flax"]["status"] == "not met" and ts["bn_layer_vs_flax"]["note"].startswith("3/4 cases met")
+  assert ts["ioffe_vs_matmul_only"]["status"] == "met" and ts["bn_overhead_ioffe"]["status"] == "not met"
+
+
+def test_missing_measurements_are_not_run():
+  for res in ({}, {"train_step": {"ioffe": {}}, "seeds": {"modes": {}}}):
+    for t in suite.targets(res):
+      assert t["status"] == "not run" and t["measured"] is None, t
+  res = made_up_results(0.4)
+  del res["seeds"]["modes"]["shared"]
+  ts = {t["id"]: t for t in suite.targets(res)}
+  assert ts["vmapped_seeds_shared"]["status"] == "not run" and ts["vmapped_seeds"]["status"] == "met"
+
+
+def test_compile_target_applies_on_cpu_only(monkeypatch):
+  res = made_up_results(1.0)
+  monkeypatch.setattr(suite.jax, "default_backend", lambda: "gpu")
+  t = {t["id"]: t for t in suite.targets(copy.deepcopy(res))}["compile_time"]
+  assert t["status"] == "not run" and t["measured"] == 1.0 and "measured on gpu" in t["note"]
+
+
+def test_gpu_targets_use_their_thresholds():
+  res = made_up_results(1.0)
+  res["gpu"] = {"targets": [bench.target("gpu_bn_bandwidth", "bandwidth", ">= 0.70x", 0.69),
+                            bench.target("gpu_resnet20_vs_torch", "resnet", ">= 1.00x", 1.0),
+                            bench.target("gpu_airbench_vs_torch", "airbench", ">= 1.00x", None, "not run (no torch/GPU)")]}
+  ts = {t["id"]: t for t in suite.targets(res)}
+  assert [ts[k]["status"] for k in ("gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch")] == ["not met", "met", "not run"]
+
+
+def test_meets_reads_the_operator():
+  assert bench.meets(1.0, "<= 1.00x") and not bench.meets(1.0001, "<= 1.00x")
+  assert bench.meets(0.7, ">= 0.70x") and not bench.meets(0.69, ">= 0.70x")
+  assert bench.meets(9.0, "<= 10 s on CPU") and not bench.meets(1.0, "< 1") and bench.meets(2.0, "> 1")
+  with pytest.raises(ValueError, match="threshold"):
+    bench.meets(1.0, "about 1")

@@ -6,6 +6,7 @@ Each section is ``fn(settings, results_so_far) -> dict`` (JSON-safe).
 from __future__ import annotations
 
 import functools
+import inspect
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,12 @@ from bn.bench.core import compile_timed, load_avg, log, measure, ratio
 # ----------------------------------------------------------------------------- 1. one BN layer
 
 
+DEFAULT_VARIANCE = inspect.signature(bn.batch_norm).parameters["variance"].default  # what ``bn`` times
+LAYER_IMPLS = {  # name -> bn.batch_norm's variance= (None: its default); train mode times all, eval (no estimator) the first three
+    "flax": None, "bn": None, "none": None, "bn_fast": "fast", "bn_two_pass": "two_pass",
+}
+
+
 def _layer_fns(impl: str, train_mode: bool, x):
   """``(fwd(x, params, state) -> (y, state), params, state)`` of one implementation."""
   c = x.shape[-1]
@@ -42,8 +49,8 @@ def _layer_fns(impl: str, train_mode: bool, x):
   params, state = bn.init(c)
   if impl == "none":  # what a layer without BN keeps: the per-feature bias of its linear map
     return (lambda x, p, st: (x + p.bias.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (c,)), st)), params, state
-  variance = {"bn": "fast", "bn_two_pass": "two_pass"}[impl]
-  return (lambda x, p, st: bn.batch_norm(x, p, st, train=train_mode, momentum=0.99, epsilon=1e-5, variance=variance)), params, state
+  variance = {} if LAYER_IMPLS[impl] is None else {"variance": LAYER_IMPLS[impl]}
+  return (lambda x, p, st: bn.batch_norm(x, p, st, train=train_mode, momentum=0.99, epsilon=1e-5, **variance)), params, state
 
 
 def _fwd_bwd(fwd):
@@ -57,8 +64,9 @@ def _fwd_bwd(fwd):
 
 
 def bn_layer(s, res) -> dict:
-  """``bn.batch_norm`` (variance="fast", Flax's estimator) vs ``flax.linen.BatchNorm`` (defaults,
-  ``dtype`` = input dtype) vs a bias add; plus ``bn.batch_norm``'s default two-pass variance in training."""
+  """``bn.batch_norm`` with its default estimator vs ``flax.linen.BatchNorm`` (defaults, ``dtype`` =
+  input dtype) vs a bias add; in training also ``bn.batch_norm``'s other estimators, ``"fast"``
+  (Flax's) and ``"two_pass"``."""
   cases = []
   key = jax.random.PRNGKey(0)
   for shape in s.layer_shapes:
@@ -67,7 +75,7 @@ def bn_layer(s, res) -> dict:
       ct = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32).astype(dtype)
       for mode in ("train", "eval"):
         for pas in ("fwd", "fwd+bwd"):
-          impls = ("flax", "bn", "bn_two_pass", "none") if mode == "train" else ("flax", "bn", "none")
+          impls = tuple(LAYER_IMPLS) if mode == "train" else ("flax", "bn", "none")
           fns, compile_s = {}, {}
           for impl in impls:
             fwd, p, st = _layer_fns(impl, mode == "train", x)
@@ -77,19 +85,14 @@ def bn_layer(s, res) -> dict:
           la = load_avg()
           t = measure(fns, s)
           case = f"{'x'.join(map(str, shape))} {dtype} {mode} {pas}"
-          row = {
-              "case": case, "shape": list(shape), "dtype": dtype, "mode": mode, "pass": pas, "load_avg": la,
-              "time": t, "compile_s": compile_s,
-              "ratio_bn_vs_flax": ratio(t["bn"], t["flax"]),
-              "ratio_none_vs_flax": ratio(t["none"], t["flax"]),
-          }
-          if "bn_two_pass" in t:
-            row["ratio_bn_two_pass_vs_flax"] = ratio(t["bn_two_pass"], t["flax"])
+          row = {"case": case, "shape": list(shape), "dtype": dtype, "mode": mode, "pass": pas, "load_avg": la,
+                 "time": t, "compile_s": compile_s}
+          row.update({f"ratio_{impl}_vs_flax": ratio(t[impl], t["flax"]) for impl in impls if impl != "flax"})
           cases.append(row)
           log(f"bn_layer {case}: flax {t['flax']['median_s'] * 1e3:.3f} ms, bn/flax {row['ratio_bn_vs_flax']['ratio']:.2f}x, "
               f"none/flax {row['ratio_none_vs_flax']['ratio']:.2f}x")
   note = "" if s.mode == "full" else f"{s.mode} mode: NHWC shape {s.layer_shapes[0]} instead of (256, 32, 32, 64), {s.repeats} repeats"
-  return {"cases": cases, "note": note}
+  return {"cases": cases, "note": note, "default_variance": DEFAULT_VARIANCE}
 
 
 # ----------------------------------------------------------------------------- 2. training steps
@@ -366,25 +369,68 @@ def roofline(s, res) -> dict:
 # ----------------------------------------------------------------------------- 4. many runs at once
 
 
+SEED_MODES = {"independent": False, "shared": True}  # data order of the runs in one program -> train.shared_order
+
+
+def _sequential(s, cfg, x, y, steps: int, runs: int = 2):
+  """``runs`` separate one-run programs, one after another (the same compiled program, each run
+  with its own seed and state): ``(fn, compile_s)``; ``fn`` trains each run ``steps`` steps."""
+  task = experiment.from_config(cfg).make_task(10)
+  init = programs.init(task, x.shape[0])
+  states = [init(np.asarray([r], np.int32), np.full(1, cfg.optimizer.lr, np.float32), np.full(1, cfg.optimizer.weight_decay, np.float32), x[:2])
+            for r in range(runs)]
+  compiled, secs = compile_timed(s, programs.chunk(task, steps), states[0], x, y)
+
+  def fn():
+    out = None
+    for r in range(runs):
+      states[r], out = compiled(states[r], x, y)
+    return out
+
+  return fn, secs
+
+
 def seeds(s, res) -> dict:
-  """Cost per run-step of N seeds in one vmapped program; N runs one after another cost
-  N times the N=1 program, so "sequential" is the N=1 program's time per step."""
+  """Cost per run-step of N runs in one program (vmapped), with independent and with shared data
+  order (``train.shared_order``), against N runs one after another: ``sequential`` trains separate
+  one-run programs (seeds 0 and 1, each its own state) back to back and is measured in the same
+  round-robin group; N runs one after another cost N times that, so its cost per run-step is
+  the baseline for every N."""
   xh, yh, xd, yd = _data(s.ioffe_train_size, (s.ioffe_image, s.ioffe_image, 1))
-  k = s.ioffe_steps
+  k = s.seeds_steps
   fns, comp = {}, {}
-  for n in s.seeds:
-    fns[f"n{n}"], comp[f"n{n}"], _ = _engine(s, ioffe_config(s), xd, yd, k, seeds=tuple(range(n)))
+  seq_runs = 2
+  fns["sequential"], comp["sequential"] = _sequential(s, ioffe_config(s), xd, yd, k, seq_runs)
+  for mode, shared in SEED_MODES.items():
+    cfg = ioffe_config(s)
+    cfg.train.shared_order = shared
+    for n in s.seeds:
+      if shared and n == 1:  # one run has one order: the same program as independent N = 1, timed once
+        continue
+      fns[f"{mode}{n}"], comp[f"{mode}{n}"], _ = _engine(s, cfg, xd, yd, k, seeds=tuple(range(n)))
   la = load_avg()
   t = measure(fns, s, per_call=k)
-  base = t[f"n{s.seeds[0]}"]
-  rows = []
-  for n in s.seeds:
-    per_run = {key: (v / n if key.endswith("_s") else v) for key, v in t[f"n{n}"].items() if key != "times_s"}
-    per_run["times_s"] = [v / n for v in t[f"n{n}"]["times_s"]]
-    r = ratio(per_run, base)
-    rows.append({"n": n, "time_per_step": t[f"n{n}"], "time_per_run_step": per_run, "ratio_vs_sequential": r, "compile_s": comp[f"n{n}"]})
-    log(f"seeds N={n}: {per_run['median_s'] * 1e6:.0f} us per run-step, {r['ratio']:.2f}x sequential")
-  return {"steps_per_chunk": k, "load_avg": la, "rows": rows, "max_n": s.seeds[-1], "ratio_at_max_n": rows[-1]["ratio_vs_sequential"]}
+  seq = _per_run(t["sequential"], seq_runs)
+  out = {"steps_per_chunk": k, "load_avg": la, "sequential": {"time_per_run_step": seq, "runs_per_call": seq_runs, "compile_s": comp["sequential"]},
+         "modes": {}, "target_n": 8 if 8 in s.seeds else s.seeds[-1]}
+  for mode in SEED_MODES:
+    rows = []
+    for n in s.seeds:
+      key = f"{mode}{n}" if f"{mode}{n}" in t else f"independent{n}"
+      per_run = _per_run(t[key], n)
+      r = ratio(per_run, seq)
+      rows.append({"n": n, "time_per_step": t[key], "time_per_run_step": per_run, "ratio_vs_sequential": r, "compile_s": comp[key],
+                   "program": key})
+      log(f"seeds {mode} N={n}: {per_run['median_s'] * 1e6:.0f} us per run-step, {r['ratio']:.2f}x sequential")
+    out["modes"][mode] = {"rows": rows, "ratio_at_target_n": next(x["ratio_vs_sequential"] for x in rows if x["n"] == out["target_n"])}
+  return out
+
+
+def _per_run(t: dict, n: int) -> dict:
+  """A timing summary divided by ``n`` runs (every time field and the per-repeat times)."""
+  out = {key: (v / n if key.endswith("_s") else v) for key, v in t.items() if key != "times_s"}
+  out["times_s"] = [v / n for v in t["times_s"]]
+  return out
 
 
 # ----------------------------------------------------------------------------- 5. end to end

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -34,7 +35,7 @@ class Settings:
   repeats: int
   min_time: float  # seconds per timed repeat (calls are batched up to this)
   layer_shapes: tuple[tuple[int, ...], ...]
-  ioffe_steps: int  # steps per timed chunk (also for the vmapped seeds)
+  ioffe_steps: int  # steps per timed chunk in the training-step section
   ioffe_train_size: int
   ioffe_widths: tuple[int, ...]
   ioffe_image: int
@@ -47,7 +48,8 @@ class Settings:
   resnet_train_size: int
   resnet_repeats: int  # reference_scan's convolutions inside lax.scan are slow on XLA:CPU: ~1 min per batch-128 step on 2 cores
   matmul_n: int
-  seeds: tuple[int, ...]
+  seeds: tuple[int, ...]  # runs per program in the seeds section (the curve); its target is read at N = 8
+  seeds_steps: int  # steps per timed call in the seeds section
   ledger: bool
   gpu_steps: int
   ledger_timings: str = ""  # when the ledger is not run: report this quick ledger's timings.json instead (labelled)
@@ -58,18 +60,18 @@ FULL = Settings(
     mode="full", repeats=7, min_time=0.2, layer_shapes=((256, 32, 32, 64), (60, 100)),
     ioffe_steps=1000, ioffe_train_size=60000, ioffe_widths=(100, 100, 100), ioffe_image=28,
     resnet=True, resnet_steps=1, resnet_batch=128, resnet_image=32, resnet_widths=(16, 32, 64), resnet_blocks=3, resnet_train_size=10000, resnet_repeats=3,
-    matmul_n=2048, seeds=(1, 4, 8), ledger=True, gpu_steps=50,
+    matmul_n=2048, seeds=(1, 2, 4, 8, 16), seeds_steps=200, ledger=True, gpu_steps=50,
 )
 QUICK = dataclasses.replace(
     FULL, mode="quick", repeats=5, min_time=0.05, layer_shapes=((32, 32, 32, 64), (60, 100)),
-    ioffe_steps=200, resnet_batch=8, resnet_repeats=2, matmul_n=1024, ledger=False, gpu_steps=20,
+    ioffe_steps=200, resnet_batch=8, resnet_repeats=2, matmul_n=1024, seeds_steps=50, ledger=False, gpu_steps=20,
     ledger_timings="reproduce/timings.json",
 )
 TINY = dataclasses.replace(  # for tests: structure only, numbers meaningless; no ResNet (its compile alone takes ~10 s)
     FULL, mode="tiny", repeats=2, min_time=0.0, layer_shapes=((6, 10),),
     ioffe_steps=3, ioffe_train_size=600, ioffe_widths=(16, 16), ioffe_image=8,
     resnet=False, resnet_steps=1, resnet_batch=8, resnet_image=8, resnet_widths=(4, 8, 8), resnet_blocks=1,
-    resnet_train_size=64, matmul_n=64, seeds=(1, 2), ledger=False, gpu_steps=2,
+    resnet_train_size=64, matmul_n=64, seeds=(1, 2), seeds_steps=3, ledger=False, gpu_steps=2,
     compiler_options=(("xla_backend_optimization_level", 0), ("xla_llvm_disable_expensive_passes", True)),
 )
 MODES = {"full": FULL, "quick": QUICK, "tiny": TINY}
@@ -132,8 +134,23 @@ def load_avg() -> list[float]:
   return [round(v, 2) for v in os.getloadavg()]
 
 
-def target(tid: str, what: str, threshold: str, value: float | None, ok: bool | None, note: str = "") -> dict:
-  status = "not run" if ok is None else ("met" if ok else "not met")
+def meets(value: float, threshold: str) -> bool:
+  """Whether ``value`` satisfies ``threshold``, a string that starts with ``<=``, ``<``, ``>=`` or
+  ``>`` and a number (``"<= 1.05x"``, ``">= 0.70x"``, ``"<= 10 s on CPU"``)."""
+  m = re.match(r"^\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+)", threshold)
+  if not m:
+    raise ValueError(f"threshold {threshold!r}: expected '<= N', '< N', '>= N' or '> N' first")
+  op, bound = m.group(1), float(m.group(2))
+  return {"<=": value <= bound, "<": value < bound, ">=": value >= bound, ">": value > bound}[op]
+
+
+def target(tid: str, what: str, threshold: str, value: float | None, note: str = "", *, applies: bool = True) -> dict:
+  """A target's row. Its status follows from ``value`` and ``threshold`` alone (:func:`meets`):
+  ``not run`` without a measurement or where the target does not apply (``applies=False``)."""
+  if value is None or not applies:
+    status = "not run"
+  else:
+    status = "met" if meets(float(value), threshold) else "not met"
   return {"id": tid, "target": what, "threshold": threshold, "measured": value, "status": status, "note": note}
 
 

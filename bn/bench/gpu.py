@@ -288,11 +288,11 @@ def gpu_section(s, res) -> dict:
   out["bandwidth"] = _bandwidth(s)
   bw = out["bandwidth"].get("train_fwd bfloat16")
   out["targets"] = [target("gpu_bn_bandwidth", "GPU: BN layer (train forward, bf16) bandwidth vs device copy bandwidth", ">= 0.70x",
-                           bw["vs_copy"], bw["vs_copy"] >= 0.7, "3 bytes moved per byte of x (statistics, then normalize)")]
+                           bw["vs_copy"], "3 bytes moved per byte of x (statistics, then normalize)")]
   for name, label in (("resnet20", "ResNet-20"), ("airbench", "airbench-style net")):
     r = ratios.get(name)
     out["targets"].append(target(f"gpu_{name}_vs_torch", f"GPU: {label} images/s, JAX engine vs PyTorch", ">= 1.00x",
-                                 r and r["ratio"], r and r["ratio"] >= 1.0, "" if r else "not run (no torch/GPU)"))
+                                 r["ratio"] if r else None, "" if r else "not run (no torch/GPU)"))
   if forced and backend != "gpu":
     for t in out["targets"]:
       t["note"] = (t["note"] + "; " if t["note"] else "") + f"forced on {backend}: numbers meaningless"
