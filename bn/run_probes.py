@@ -216,7 +216,8 @@ class Prober:
     return self.compiled
 
   def measure(self, state, step: int) -> list[dict]:
-    """The rows (one per run) of the probe point ``step``."""
+    """The rows (one per probed run) of the probe point ``step``."""
+    state = self._subset(state)  # only the runs at spec.lrs: row i is self.runs[i]
     program = self._program(state)
     t0 = time.perf_counter()
     out = jax.device_get(program(state, self.x, self.y, self.xt))

@@ -123,7 +123,8 @@ def trained(tiny, workdirs, small_data):
   chains = [
       [("main", lambda: train_("main", tiny())), ("again", lambda: train_("again", tiny())),
        ("diverge", lambda: train_("diverge", tiny(seeds=(0,), sweep__lr=(0.1, 1e6), probes__every=0)))],
-      [("single0", lambda: train_("single0", tiny(**ONE))), ("single1", lambda: train_("single1", tiny(seeds=(1,), probes__every=0))),
+      [("lrgrid", lambda: train_("lrgrid", tiny(sweep__lr=(0.05, 0.1), probes__lrs=(0.1,), probes__kinds=("act", "norms", "grad_ics")))),
+       ("single0", lambda: train_("single0", tiny(**ONE))), ("single1", lambda: train_("single1", tiny(seeds=(1,), probes__every=0))),
        ("stopped", lambda: stop_and_resume(tiny(**ONE), workdirs / "stopped"))],
       [("nobn", lambda: train_("nobn", tiny(seeds=(0,), norm__kind="none")))]
       + [(kind, functools.partial(train_kind, tiny, small_data, kind)) for kind in KINDS],
@@ -474,7 +475,7 @@ def test_probes_rows(main_run):
         assert len(r["grad_ics"][mode][k]) == 2
     assert set(r["landscape"]) >= {"loss_variation", "grad_predictiveness", "beta_smoothness", "loss0", "grad_norm"}
     assert set(r["landscape_rel"]) == {"loss_variation", "grad_predictiveness", "beta_smoothness"}
-    assert set(r["coupling"]) == {"summary", "cross_fraction", "normalized", "own"} and np.shape(r["coupling"]["normalized"]) == (2, 2)
+    assert set(r["coupling"]) == {"summary", "cross_fraction", "normalized", "own", "relative_cross_fraction", "relative_own"} and np.shape(r["coupling"]["normalized"]) == (2, 2)
     assert np.shape(r["hessian"]["normalized"]) == (2, 2) and 0 <= r["hessian"]["summary"]
     n = r["norms"]
     assert len(n["grad"]) == 2 and all(g > 0 for g in n["grad"]) and all(w > 0 for w in n["weight"])
@@ -486,6 +487,20 @@ def test_probes_rows(main_run):
   for r in p[:2]:
     assert abs(r["act"]["layer0"]["mean"]) < 1e-3 and r["act"]["layer0"]["std"] == pytest.approx(1.0, abs=1e-3)
     assert all(g["mean"] > 0 for g in r["bn_gap"].values())  # running stats start at (0, 1), far from the batch's
+
+
+def test_probes_at_chosen_lrs_are_the_runs_at_those_lrs(main_run, get):
+  """An LR grid probed at one LR (probes.lrs): each row measures the run it is labelled with --
+  the same numbers as the runs of that seed and LR trained alone (the main run: LR 0.1)."""
+  wd, _ = get("lrgrid")
+  p = [json.loads(line) for line in (wd / "probes.jsonl").read_text().splitlines()]
+  ref = {(r["step"], r["seed"]): r for r in rows(main_run[0] / "probes.jsonl")}
+  assert sorted((r["step"], r["seed"]) for r in p) == sorted(ref) and {r["lr"] for r in p} == {0.1}
+  for r in p:
+    want = ref[(r["step"], r["seed"])]
+    assert r["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    np.testing.assert_allclose(r["units"]["layer0"]["mean"], want["units"]["layer0"]["mean"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(r["norms"]["weight"], want["norms"]["weight"], rtol=1e-4)
 
 
 def test_probes_of_a_model_without_bn(nobn_run):
