@@ -268,8 +268,42 @@ def main(argv=None) -> int:
   return kernels(a.steps or 100, a.seeds, a.calls)
 
 
+MATMULS = {  # (batch of runs or None, m, k, n): the Ioffe step's matmul shapes, one run and 8 runs
+    "first layer, one run: 60x784 @ 784x100": (None, 60, 784, 100),
+    "first layer, 8 runs sharing x: 60x784 @ 784x800": (None, 60, 784, 800),
+    "first layer, 8 runs, own x: 8 x (60x784 @ 784x100)": (8, 60, 784, 100),
+    "hidden layer, one run: 60x100 @ 100x100": (None, 60, 100, 100),
+    "hidden layer, 8 runs: 8 x (60x100 @ 100x100)": (8, 60, 100, 100),
+    "square 1024^3": (None, 1024, 1024, 1024),
+}
+
+
+def matmul_rates(repeats: int = 7) -> dict[str, float]:
+  """GFLOP/s of float32 matmuls of the step's shapes, each in a ``fori_loop`` of ~0.2 GFLOP  with a new
+  left operand every iteration (round-robin; the loop adds one elementwise pass per matmul)."""
+  import dataclasses
+
+  s = dataclasses.replace(core.QUICK, repeats=repeats, min_time=0.2)
+  fns, flops = {}, {}
+  for name, (r, m, k, n) in MATMULS.items():
+    lead = () if r is None else (r,)
+    reps = max(1, int(2e8 // (2 * m * k * n * (r or 1))))
+    a = jax.random.normal(jax.random.PRNGKey(0), (reps,) + lead + (m, k))  # a new left operand every iteration: nothing to hoist
+    b = jax.random.normal(jax.random.PRNGKey(1), lead + (k, n))
+    f = jax.jit(lambda a, b, reps=reps, shape=lead + (m, n): jax.lax.fori_loop(
+        0, reps, lambda i, c: c + jnp.matmul(jax.lax.dynamic_index_in_dim(a, i, keepdims=False), b), jnp.zeros(shape)))
+    compiled = f.lower(a, b).compile()
+    fns[name] = lambda c=compiled, a=a, b=b: c(a, b)
+    flops[name] = 2 * m * k * n * (r or 1) * reps
+  t = core.measure(fns, s)
+  return {name: flops[name] / t[name]["median_s"] / 1e9 for name in fns}
+
+
 def kernels(steps: int, seeds: int, calls: int) -> int:
   s = core.QUICK
+  print(f"load {core.load_avg()}; float32 matmul throughput (GFLOP/s, median):")
+  for name, rate in matmul_rates().items():
+    print(f"  {name:52s} {rate:6.1f}")
   xh, yh, xd, yd = cases._data(s.ioffe_train_size, (s.ioffe_image, s.ioffe_image, 1))
   progs = {"engine (1 run)": _engine(s, 1, False, steps, xd, yd)}
   progs[f"{seeds} runs, independent order"] = _engine(s, seeds, False, steps, xd, yd)
