@@ -72,9 +72,28 @@ def settings_table(experiments: dict) -> list[str]:
     if name == "c3_grid":
       steps = f"{c.get('epochs', '?')} epochs × B"
     probes = f"every {p['every']} steps, batch {p['batch_size']}" if p.get("every") else "—"
-    rows.append(f"| {name} | {', '.join(conds)} | {model} | {data} | {steps} | {o['name']}, {_lr_rule(name, c)} | {len(c['seeds'])} | "
-                f"{_eval_mode(c)} | {probes} |")
+    opt, ev = f"{o['name']}, {_lr_rule(name, c)}", _eval_mode(c)
+    model, data, steps, opt, ev = _own_loop(c, (model, data, steps, opt, ev))
+    rows.append(f"| {name} | {', '.join(conds)} | {model} | {data} | {steps} | {opt} | {len(c['seeds'])} | {ev} | {probes} |")
   return head + rows
+
+
+def _own_loop(c: dict, cells: tuple) -> tuple:
+  """The settings cells (model, data, steps, optimizer, eval) of the experiments that run their own
+  loop (their config's ``deep``, ``freeze`` or ``depths`` section), which the generic fields misdescribe."""
+  model, data, steps, opt, ev = cells
+  if "deep" in c:
+    d = c["deep"]
+    return (f"linear, {d['depth']} layers × {d['width']} (LeCun normal)", f"synthetic: x ~ N(0, I), y = A x, {d['examples']} examples",
+            f"{d['steps']} full-batch steps", f"gradient descent, {d['lr']:g}", "— (training loss)")
+  if "freeze" in c:
+    f = c["freeze"]
+    return model, data, f"{f['before']} + {f['budget']} × {c['train']['batch_size']}", opt, f"training-mode loss on {f['batch']} train images"
+  if "depths" in c:
+    m = c["model"]
+    return (f"{m['name']} depth {', '.join(map(str, c['depths']))}, width {(m.get('widths') or ['?'])[0]} {m.get('act', '')}",
+            data, "none (at initialization)", "—", f"gradients on one batch of {c['probes']['batch_size']}")
+  return cells
 
 
 def _test_rows(tests) -> list[str]:

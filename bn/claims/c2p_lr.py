@@ -96,6 +96,10 @@ def analyze(results) -> dict:
       ["claim", "BN's benefit comes from allowing larger learning rates; at a small LR BN and no BN do about as well",
        f"best LR: BN {lr_b:g}, none {lr_n:g}; final test accuracy BN@{lr_b:g} {mean_ci_text(final_acc(bn_, lr_b))}, "
        f"BN@{lr_n:g} {mean_ci_text(final_acc(bn_, lr_n))}, none@{lr_n:g} {mean_ci_text(final_acc(none, lr_n))}"],
+      ["training length", "long schedules (Bjorck et al.: CIFAR-10 ResNets trained to convergence with LR decay); a large LR's "
+       "benefit is largely regularization, which needs time to act",
+       f"{bn_['summary']['steps']} steps at a constant LR (--full trains 10x longer): a verdict here is about this budget, "
+       "where a larger LR may not yet have paid off"],
   ]
   wd = results.get("wd_sweep") or {}
   if wd.get("bn") and wd.get("none"):
