@@ -96,6 +96,13 @@ def _own_loop(c: dict, cells: tuple) -> tuple:
   return cells
 
 
+def secondary_tally(tests) -> str:
+  """How the secondary tests came out, e.g. ``3 as predicted, 1 opposite, 1 unclear`` (``—`` if none)."""
+  second = [t["outcome"] for t in tests if t["role"] == "secondary"]
+  parts = [f"{second.count(o)} {o}" for o in ("as predicted", "opposite", "unclear") if second.count(o)]
+  return ", ".join(parts) or "—"
+
+
 def _test_rows(tests) -> list[str]:
   out = ["| test | predicted | mean [95% CI] | per seed | outcome |", "|---|---|---|---|---|"]
   for t in tests:
@@ -150,10 +157,11 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bn report` from the JSON files in `{out}` (mode: {manifest.get('mode')}). "
        "Every number below is computed from what the runs wrote; every verdict follows the rule stated here.", "",
        "## Summary", "",
-       "| claim | primary test (declared before the run) | result: mean [95% CI] | verdict |", "|---|---|---|---|"]
+       "| claim | primary test (declared before the run) | result: mean [95% CI] | verdict | secondary tests |", "|---|---|---|---|---|"]
   for c in claims:
     p = next(t for t in c["tests"] if t["role"] == "primary")
-    L.append(f"| **{c['id']}** {c['claim']} | {c['primary']} | {_fmt(p)} {p['unit']} ({p['outcome']}, n = {p['n']}) | **{c['verdict']}** |")
+    L.append(f"| **{c['id']}** {c['claim']} | {c['primary']} | {_fmt(p)} {p['unit']} ({p['outcome']}, n = {p['n']}) | **{c['verdict']}** | "
+             f"{secondary_tally(c['tests'])} |")
   if missing:
     L += ["", f"Not finished yet: {', '.join(missing)}."]
   L += ["", f"**Verdict rule.** {analysis.RULE}", "",
@@ -178,6 +186,10 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
     second = [t for t in c["tests"] if t["role"] == "secondary"]
     if second:
       L += ["Secondary tests (reported; they do not change the verdict):", ""] + _test_rows(second) + [""]
+      against = [t for t in second if t["outcome"] == "opposite"]
+      if against:
+        L += [f"*Not all evidence agrees:* {len(against)} of {len(second)} secondary tests came out opposite to the claim's "
+              "prediction; the verdict covers only what the primary test measures.", ""]
     if c.get("table"):
       L += ["Paper vs here:", "", "| | paper | here |", "|---|---|---|"] + [f"| {a} | {b} | {d} |" for a, b, d in c["table"]] + [""]
     L += [f"*The paper:* {claim.paper}", ""]
@@ -188,9 +200,13 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
           f"- commit: {prov.get('git_commit') or 'unknown'}{' (with uncommitted changes)' if prov.get('git_dirty') else ''}",
           f"- machine: {prov.get('machine', '?')}; backend {prov.get('backend', '?')}; started {prov.get('date', '?')}",
           "- packages: " + ", ".join(f"{k} {v}" for k, v in sorted((prov.get("packages") or {}).items()))]
+    seen = []
     for d in prov.get("datasets") or []:
       files = "; ".join(f"{f['path']} (sha256 {f['sha256'][:16]}…)" for f in d.get("files", [])) or d.get("location", "")
-      L.append(f"- data: {d.get('name')} from {d.get('source')}: {files}")
+      line = f"- data: {d.get('name')} from {d.get('source')}: {files}"
+      if line not in seen:  # experiments that share a dataset record it once each
+        seen.append(line)
+    L += seen
   else:
     L.append("(not recorded by this ledger run)")
   L.append("")

@@ -81,6 +81,13 @@ def test_verdict_rule(primary, sanity, secondary, verdict):
   assert analysis.verdict(tests) == verdict
 
 
+def test_secondary_tally_counts_what_disagrees():
+  from bn import report
+  tests = [_t("as predicted", "primary"), _t("opposite", "sanity")] + [_t(o, "secondary") for o in ("opposite", "as predicted", "opposite", "unclear")]
+  assert report.secondary_tally(tests) == "1 as predicted, 2 opposite, 1 unclear"  # sanity and primary are not counted
+  assert report.secondary_tally([_t("as predicted", "primary")]) == "—"
+
+
 def test_verdict_needs_exactly_one_primary_and_known_kinds():
   with pytest.raises(ValueError, match="exactly one primary"):
     analysis.verdict([_t("as predicted", "secondary")])

@@ -23,7 +23,7 @@ def get_config(mode: str = "quick"):
   c = base()
   c.name = "deep_linear"
   c.seeds = tuple(range(10)) if mode != "tiny" else (0, 1)
-  c.data.update(source="synthetic", synthetic_shape=(10, 1, 1))  # unused: the runner draws its own data
+  c.data.update(name="synthetic", source="synthetic", synthetic_shape=(10, 1, 1))  # unused: the runner draws its own data
   c.model.update(name="mlp", widths=(10,) * 24, act="linear", init_std=None)
   c.deep = ml_collections.ConfigDict(dict(
       depth=25, width=10, examples=256, lr=0.003, rho=1e-3,
