@@ -9,6 +9,10 @@ program. Two independent choices say how (``Task.loop`` / ``Task.runs``; see
 * over runs: ``"vmap"`` -- ``jax.vmap``; or ``"unroll"`` -- one copy of the step per
   run, in the same program (:func:`map_runs`).
 
+A scanned chunk draws its batches before its first step and checks the divergence guard
+once per chunk (:func:`bn.train.train_chunk`); with ``Task.shared_order`` every run takes
+run 0's batches (:func:`share_order`).
+
 Every builder takes an optional ``mesh``: then the program runs inside
 ``shard_map`` over the mesh's data axis (the task must come from
 :func:`bn.parallel.parallel_task`), with parameters and state replicated, so the

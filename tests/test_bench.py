@@ -197,3 +197,22 @@ def test_meets_reads_the_operator():
   assert bench.meets(9.0, "<= 10 s on CPU") and not bench.meets(1.0, "< 1") and bench.meets(2.0, "> 1")
   with pytest.raises(ValueError, match="threshold"):
     bench.meets(1.0, "about 1")
+
+
+def test_profile_categorizes_kernels_from_the_hlo():
+  """bn.bench.profile's kernel categories come from the compiled HLO: matmuls (first layer by its
+  784-wide dimension), the gather, and the rest."""
+  import jax
+  import jax.numpy as jnp
+
+  from bn.bench import profile
+
+  def f(images, idx, w1, w2):
+    x = images[idx]
+    return jnp.tanh(jnp.tanh(x @ w1) @ w2).sum()
+
+  args = (jnp.ones((50, 784)), jnp.arange(6), jnp.ones((784, 16)), jnp.ones((16, 16)))
+  cat = profile.categorize(jax.jit(f).lower(*args).compile().as_text(), 784)
+  kinds = set(cat.values())
+  assert {"matmul, first layer", "matmul, other"} <= kinds, cat
+  assert all(k in profile.CATEGORIES for k in kinds)
