@@ -125,8 +125,8 @@ def _fig1(long, lr, out) -> str:
       for i, p in enumerate((15, 50, 85)):
         for key, style in (("unit0", "-"), ("eval_unit0", ":")):
           s, v = analysis.probe_series(rows, lambda r, i=i, k=key: r[k][layer][i])
-          for seed_vals in v:
-            ax.plot(s, seed_vals, style, color=f"C{i}", lw=0.8, alpha=0.8, label=f"{p}th" if key == "unit0" and seed_vals is v[0] else None)
+          for j, seed_vals in enumerate(v):
+            ax.plot(s, seed_vals, style, color=f"C{i}", lw=0.8, alpha=0.8, label=f"{p}th" if key == "unit0" and j == 0 else None)
       ax.set(title=f"{'no BN' if cond == 'none' else 'BN'}, {layer}, unit 0", xlabel="step" if row else None)
       if row == 0 and col == 0:
         ax.legend(fontsize=7)
