@@ -214,7 +214,13 @@ def what_would_change(t: dict, verdict_: str) -> str:
     if t["outcome"] == "as predicted":
       return f"An interval that reaches ±{m:g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}])."
     return f"An interval inside ±{m:g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}]): more seeds, or a smaller true difference."
-  return f"An interval on the other side of {m:g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}])."
+  edge = m if k == "not_higher" else -m  # not_higher: the claim holds below +margin; not_lower: above -margin
+  side = "reaches above" if k == "not_higher" else "reaches below"
+  if t["outcome"] == "as predicted":
+    return f"An interval that {side} {edge:+g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}])."
+  if t["outcome"] == "opposite":
+    return f"An interval that comes back across {edge:+g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}])."
+  return f"An interval entirely on the predicted side of {edge:+g} (it spans [{t['lo']:+.3g}, {t['hi']:+.3g}]): more seeds, or a true difference further from it."
 
 
 # ----------------------------------------------------------------------------- measurements several claims use
@@ -242,11 +248,13 @@ def runs_of(run, lr: float | None = None) -> list[dict]:
   return sorted(rs, key=lambda r: r["seed"])
 
 
-def auc_at(run, lr: float | None = None) -> np.ndarray:
-  """Per seed: mean test accuracy over all evaluations of the runs of one LR (NaN if a run diverged)."""
+def auc_at(run, lr: float | None = None, diverged: float = float("nan")) -> np.ndarray:
+  """Per seed: mean test accuracy over all evaluations of the runs of one LR -- the area under the
+  test-accuracy curve per step. A run's evaluations from its divergence on count as ``diverged``
+  (NaN by default, which makes its mean NaN; e.g. chance accuracy to count them as guessing)."""
   _, acc = metric_table(run, "test_accuracy", lr)
   _, div = metric_table(run, "diverged", lr)
-  return np.mean(np.where(div > 0, np.nan, acc), axis=1)
+  return np.mean(np.where(div > 0, diverged, acc), axis=1)
 
 
 def lrs_of(run) -> list[float]:

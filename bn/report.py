@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bn import analysis, artifacts, claims as bn_claims
+from bn import analysis, artifacts, claims as bn_claims, provenance
 from bn.errors import UsageError
 
 MANIFEST = "ledger.json"
@@ -96,6 +96,12 @@ def _own_loop(c: dict, cells: tuple) -> tuple:
   return cells
 
 
+def _analysis_code() -> str:
+  """Which code computed the verdicts (it may be newer than the code that trained: see Provenance)."""
+  commit, dirty = provenance.git_state()
+  return f"analysis code at commit {commit[:12]}{' with uncommitted changes' if dirty else ''}" if commit else "analysis code outside a git checkout"
+
+
 def secondary_tally(tests) -> str:
   """How the secondary tests came out, e.g. ``3 as predicted, 1 opposite, 1 unclear`` (``—`` if none)."""
   second = [t["outcome"] for t in tests if t["role"] == "secondary"]
@@ -154,7 +160,8 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
   timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
   prov = manifest.get("provenance") or {}
   L = ["# Why does Batch Normalization work? — the claims ledger", "",
-       f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bn report` from the JSON files in `{out}` (mode: {manifest.get('mode')}). "
+       f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bn report` ({_analysis_code()}) from the JSON files in `{out}` "
+       f"(mode: {manifest.get('mode')}). "
        "Every number below is computed from what the runs wrote; every verdict follows the rule stated here.", "",
        "## Summary", "",
        "| claim | primary test (declared before the run) | result: mean [95% CI] | verdict | secondary tests |", "|---|---|---|---|---|"]

@@ -197,7 +197,7 @@ IOFFE = {
     "population": dict(t={0.5: 800}, cap=0.90, loss=0.55, shift=0.05),
     "population_noise": dict(t={0.5: 700}, cap=0.91, loss=0.50, shift=0.2),
     "frozen": dict(t={0.5: 650}, cap=0.93, loss=0.45, shift=0.05),
-    **{f"noisy_d{d:g}": dict(t={0.5: "noisy"}, dose=d, cap=0.94, loss=0.42, shift=1.0) for d in DOSES},
+    **{f"noisy_d{d:g}": dict(t={0.5: "noisy"}, dose=d, cap=0.948, loss=0.42, shift=1.0) for d in DOSES},
 }
 
 

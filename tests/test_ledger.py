@@ -81,6 +81,18 @@ def test_verdict_rule(primary, sanity, secondary, verdict):
   assert analysis.verdict(tests) == verdict
 
 
+@pytest.mark.parametrize("kind,values,outcome,says", [
+    ("not_lower", [-0.002, -0.001, -0.0015, -0.001, -0.002, -0.001], "as predicted", "reaches below -0.01"),
+    ("not_lower", [-0.05, -0.06, -0.055, -0.05, -0.06, -0.05], "opposite", "comes back across -0.01"),
+    ("not_higher", [0.002, 0.001, 0.0015, 0.001, 0.002, 0.001], "as predicted", "reaches above +0.01"),
+    ("not_higher", [0.0, 0.02, -0.01, 0.03, 0.0, 0.01], "unclear", "entirely on the predicted side of +0.01"),
+])
+def test_what_would_change_names_the_margin_on_its_side(kind, values, outcome, says):
+  t = analysis.test("t", values, kind, margin=0.01, role="primary")
+  assert t["outcome"] == outcome
+  assert says in analysis.what_would_change(t, analysis.verdict([t]))
+
+
 def test_secondary_tally_counts_what_disagrees():
   from bn import report
   tests = [_t("as predicted", "primary"), _t("opposite", "sanity")] + [_t(o, "secondary") for o in ("opposite", "as predicted", "opposite", "unclear")]

@@ -38,8 +38,16 @@ def censored(runs_lrs, target: float) -> str:
   """A note for a test whose per-seed values come from :func:`log2_steps` of ``runs_lrs``
   (``[(run, lr), ...]``): how many seeds never reached the target and were counted at the last step."""
   n = sum(int(np.sum(~np.isfinite(analysis.steps_to(r, target, lr)))) for r, lr in runs_lrs)
-  return "" if not n else (f"{n} run(s) never reached {target:.0%}; counted at the last step, a lower bound on their steps "
-                           "(it shrinks a difference toward 0)")
+  notes = [] if not n else [f"{n} run(s) never reached {target:.0%}; counted at the last step, a lower bound on their steps "
+                            "(it shrinks a difference toward 0)"]
+  for r, lr in runs_lrs:  # reached by the first evaluation: the steps are an upper bound, resolved no finer than one interval
+    steps, _ = analysis.metric_table(r, "test_accuracy", lr)
+    first = int(np.sum(analysis.steps_to(r, target, lr) == steps[0])) if len(steps) else 0
+    if first:
+      label = (r.get("summary") or {}).get("name") or (factor(r, "norm", "kind") if "config" in r else "")
+      notes.append(f"{first} {label + ' ' if label else ''}run(s) reached {target:.0%} by the first evaluation (step {steps[0]:g}): "
+                   "counted at that step, an upper bound")
+  return "; ".join(notes)
 
 
 def at_best_lr(run, target: float) -> tuple[float, np.ndarray]:

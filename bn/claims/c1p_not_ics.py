@@ -3,22 +3,28 @@
 What is tested, declared before the run:
 
 * **Primary**: noisy BN -- BN followed by Santurkar et al.'s non-stationary per-sample noise
-  (their Alg. 1, dose 1 = their constants) -- trains about as fast as BN: log2(steps to 75%
-  test accuracy), noisy - BN, *not more than* +0.25 (a factor 1.19 in steps), at the shared LR
-  0.5 (non-inferiority: faster than BN would not contradict the claim). A noisy run that never
-  reaches 75% counts as infinitely slow (the test is then unclear, not flattered).
+  (their Alg. 1, dose 1 = their constants) -- trains about as well as BN: its mean test accuracy
+  over training (every evaluation, i.e. the area under the accuracy-vs-step curve), noisy - BN,
+  is *not below* -0.01, at the shared LR 0.5 (non-inferiority: better than BN would not contradict
+  the claim). Evaluations of a diverged run count at chance accuracy.
 * **Sanity**: the noise does make the layer inputs unstable: shift |Δμ|/σ_ref per probe interval,
   mean over hidden layers, noisy - BN > 0 (the noise is drawn afresh at every probe point, as in
   training).
-* **Sanity**: BN is faster than no BN by more than twice the margin at this LR (log2 steps BN -
-  none < -0.5): otherwise "as fast as BN" could not be told apart from "as slow as no BN".
-* Secondary: the noisy inputs move more than *without* BN (Santurkar's premise; at a fixed probe
-  cadence this compares per-step noise with drift accumulated over 500 steps, so it depends on the
-  cadence); noisy BN trains faster than no BN; the dose-response (noise at 0, 0.5, 1, 2 and
-  4x Santurkar's constants: steps to the target (75%) against the measured shift -- if ICS mattered, steps
-  would grow with the shift); gradient ICS (their Def. 2.1) per layer, 1 - cos(G_k, G'_k),
-  at a matched relative update size (every earlier weight matrix moves by rho of its norm, in both
-  nets) and raw; and their 25-layer deep linear network, where they found BN *increases* it.
+* **Sanity**: BN trains better than no BN by more than twice the margin at this LR (mean test
+  accuracy BN - none > 0.02): otherwise "as well as BN" could not be told apart from "as badly as
+  no BN".
+* Secondary: steps to 75% test accuracy, noisy - BN, not above +0.25 log2 (a factor 1.19; never
+  reaching counts as inf) -- the first design's primary, demoted after the first confirmatory run
+  showed that BN and noisy BN reach 75% by the first evaluation (step 100) in most seeds, so the
+  steps are resolved no finer than one evaluation interval (a factor 2 at step 100) and cannot
+  resolve the 0.25 margin; the noisy inputs move more than *without* BN (Santurkar's premise; at
+  a fixed probe cadence this compares per-step noise with drift accumulated over 500 steps, so it
+  depends on the cadence); noisy BN trains faster than no BN; the dose-response (noise at 0, 0.5,
+  1, 2 and 4x Santurkar's constants: slope of the mean test accuracy over the dose, not below
+  -0.005 per dose -- if stable inputs mattered, accuracy would fall with the dose); gradient ICS
+  (their Def. 2.1) per layer, 1 - cos(G_k, G'_k), at a matched relative update size (every
+  earlier weight matrix moves by rho of its norm, in both nets) and raw; and their 25-layer deep
+  linear network, where they found BN *increases* it.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from bn.claims._common import censored, factor, log2_steps, mean_ci_text, mean_s
 from bn.claims.base import Claim
 
 LR = 0.5
-MARGIN = 0.25  # log2 steps: "about as fast" = not slower than by a factor 2 ** 0.25 = 1.19
+MARGIN = 0.01  # mean test accuracy over training: "about as well" = not worse than BN by more than 1 point
+STEPS_MARGIN = 0.25  # log2 steps (secondary): not slower than by a factor 2 ** 0.25 = 1.19
+DOSE_MARGIN = 0.005  # mean test accuracy per unit of dose (secondary): not falling faster
 ICS_MARGIN = float(np.log10(2.0))  # "does not reduce gradient ICS": not below half of no-BN's 1 - cos
 
 
@@ -56,11 +64,16 @@ def _ics(rows, mode: str) -> np.ndarray:
   return analysis.per_point(rows, lambda r: float(np.mean(np.log10(np.maximum(1.0 - np.asarray(r["grad_ics"][mode]["cos"][1:]), 1e-12)))))
 
 
-def dose_slope(m, target) -> np.ndarray:
-  """Per seed: least-squares slope of log2(steps to target) over the noise dose."""
+def auc(run) -> np.ndarray:
+  """Per seed: mean test accuracy over training at LR 0.5, diverged evaluations at chance."""
+  return analysis.auc_at(run, LR, diverged=analysis.chance(run)[1])
+
+
+def dose_slope(m) -> np.ndarray:
+  """Per seed: least-squares slope of the mean test accuracy over training against the noise dose."""
   doses = _doses(m)
   x = np.array([d for d, _ in doses])
-  y = np.array([log2_steps(r, target, LR, never="inf") for _, r in doses])  # (doses, seeds); never reaching counts against flatness
+  y = np.array([auc(r) for _, r in doses])  # (doses, seeds)
   xc = x - x.mean()
   return (xc @ (y - y.mean(0))) / (xc @ xc)
 
@@ -75,18 +88,21 @@ def analyze(results) -> dict:
   noisy_inf = log2_steps(noisy, target, LR, never="inf")  # never reaching counts against the prediction
   t = analysis.test
   tests = [
-      t(f"noisy BN trains about as fast as BN: log2 steps to {target:.0%}, noisy - BN (LR {LR:g})", noisy_inf - steps["bn"],
-        "not_higher", margin=MARGIN, role="primary", unit="log2 steps", note=censored([(bn_, LR)], target)),
+      t(f"noisy BN trains about as well as BN: mean test accuracy over training, noisy - BN (LR {LR:g})", auc(noisy) - auc(bn_),
+        "not_lower", margin=MARGIN, role="primary", unit="accuracy"),
       t("the noise destabilizes the layer inputs: shift |Δμ|/σ_ref, mean over hidden layers, noisy - BN",
         mean_shift(rows["noisy"]) - mean_shift(rows["bn"]), "higher", role="sanity"),
-      t(f"BN is faster than no BN by more than twice the margin: log2 steps BN - none + {2 * MARGIN:g} (LR {LR:g})",
-        steps["bn"] - steps["none"] + 2 * MARGIN, "lower", role="sanity", unit="log2 steps", note=censored([(bn_, LR), (none, LR)], target)),
+      t(f"BN trains better than no BN by more than twice the margin: mean test accuracy BN - none - {2 * MARGIN:g} (LR {LR:g})",
+        auc(bn_) - auc(none) - 2 * MARGIN, "higher", role="sanity", unit="accuracy"),
+      t(f"steps to {target:.0%} test accuracy, noisy - BN, not above +{STEPS_MARGIN} log2 (the first design's primary; "
+        "resolved no finer than one evaluation interval)", noisy_inf - steps["bn"], "not_higher", margin=STEPS_MARGIN, unit="log2 steps",
+        note=censored([(bn_, LR), (noisy, LR)], target)),
       t("... and more than without BN (Santurkar's premise; depends on the probe cadence): shift, noisy - none",
         mean_shift(rows["noisy"]) - mean_shift(rows["none"]), "higher"),
       t(f"noisy BN trains faster than no BN: log2 steps to {target:.0%}, noisy - none", steps["noisy"] - steps["none"], "lower", unit="log2 steps",
         note=censored([(noisy, LR), (none, LR)], target)),
-      t("dose-response: slope of log2 steps over the noise dose (0 = BN ... 4x Santurkar's), not above 0.1 per dose",
-        dose_slope(m, target), "not_higher", margin=0.1, unit="log2 steps per dose"),
+      t(f"dose-response: slope of the mean test accuracy over the noise dose (0 = BN ... 4x Santurkar's), not below -{DOSE_MARGIN:g} per dose",
+        dose_slope(m), "not_lower", margin=DOSE_MARGIN, unit="accuracy per dose"),
       t("gradient ICS at a matched relative update: log10 (1 - cos) BN / none, mean over layers k >= 1",
         _ics(rows["bn"], "matched") - _ics(rows["none"], "matched"), "not_lower", margin=ICS_MARGIN, unit="decades"),
       t("gradient ICS under the actual updates (the paper's): log10 (1 - cos) BN / none", _ics(rows["bn"], "raw") - _ics(rows["none"], "raw"),
@@ -97,14 +113,15 @@ def analyze(results) -> dict:
     d_bn, d_none = _deep_ics(deep["bn"]["results"]), _deep_ics(deep["none"]["results"])
     tests.append(t("deep linear net (25 x 10, full-batch GD): log10 (1 - cos) BN / none, matched update, mean over layers",
                    d_bn - d_none, "higher", unit="decades"))
-  dose_rows = [[f"{d:g}", mean_ci_text(2.0 ** log2_steps(r, target, LR)), mean_ci_text(mean_shift(analysis.probes_of(r, LR)))]
-               for d, r in _doses(m)]
+  dose_rows = [[f"{d:g}", mean_ci_text(2.0 ** log2_steps(r, target, LR)), mean_ci_text(mean_shift(analysis.probes_of(r, LR))),
+                mean_ci_text(auc(r))] for d, r in _doses(m)]
   table = [
       ["setting", "VGG on CIFAR-10, batch 128, SGD LR 0.1, 15k steps (and a 25-layer deep linear net)",
        f"the Ioffe MLP on {factor(bn_, 'data', 'name')}, batch 60, SGD LR {LR:g}, {bn_['summary']['steps']} steps"],
       ["noise", "per unit μ ~ U(±0.5), σ ~ U(1, 1.25); per sample m ~ U(μ ± 0.1), s ~ N(σ, 0.1); y → s·y + m",
        "the same (dose 1), fresh at every step and every probe point"],
       ["noisy BN vs BN", "trains about as well as BN, better than standard (accuracy ≈ 83% vs 80%, secondary source)",
+       f"mean test accuracy over training: BN {mean_ci_text(auc(bn_))}, noisy {mean_ci_text(auc(noisy))}, none {mean_ci_text(auc(none))}; "
        f"steps to {target:.0%}: BN {mean_ci_text(2.0 ** steps['bn'])}, noisy {mean_ci_text(2.0 ** steps['noisy'])}, none {mean_ci_text(2.0 ** steps['none'])}"],
       ["gradient ICS", "not reduced by BN; increased in the deep linear net", "see the tests (matched and raw)"],
   ]
@@ -124,14 +141,13 @@ def plot(results, a, out) -> list[str]:
   m = results["ioffe"]
   plt = plotting.plt()
   fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-  target = factor(m["bn"], "train", "target_accuracy")
-  # (a) dose-response: steps vs measured shift
+  # (a) dose-response: mean test accuracy over training vs measured shift
   for d, r in _doses(m):
-    sh, st = mean_shift(analysis.probes_of(r, LR)), 2.0 ** log2_steps(r, target, LR)
+    sh, st = mean_shift(analysis.probes_of(r, LR)), auc(r)
     axes[0].errorbar(np.mean(sh), np.mean(st), xerr=np.std(sh), yerr=np.std(st), fmt="o", color=plt.cm.viridis(d / 4.0), label=f"dose {d:g}")
-  sh, st = mean_shift(analysis.probes_of(m["none"], LR)), 2.0 ** log2_steps(m["none"], target, LR)
+  sh, st = mean_shift(analysis.probes_of(m["none"], LR)), auc(m["none"])
   axes[0].errorbar(np.mean(sh), np.mean(st), xerr=np.std(sh), yerr=np.std(st), fmt="s", color=plotting.COLORS["none"], label="no BN")
-  axes[0].set(xscale="log", xlabel="measured layer-input shift |Δμ|/σ_ref (mean over hidden layers)", ylabel=f"steps to {target:.0%}",
+  axes[0].set(xscale="log", xlabel="measured layer-input shift |Δμ|/σ_ref (mean over hidden layers)", ylabel="mean test accuracy over training",
               title="(a) noise dose-response (mean ± sd over seeds)")
   axes[0].legend(fontsize=7)
   # (b) gradient ICS per layer
@@ -244,8 +260,9 @@ def measure_deep_linear(c, workdir: Path, dataset=None) -> dict:
 CLAIM = Claim(
     id="C1'", order=1.5,
     title="BN's benefit does not come from reducing internal covariate shift (Santurkar et al. 2018)",
-    predicts="noisy BN, whose layer inputs are deliberately unstable, trains about as fast as BN; BN does not reduce gradient ICS",
-    primary=f"log2 steps to 75% test accuracy, noisy BN (dose 1) − BN, not above +{MARGIN} (LR {LR:g}, precise-BN evaluation, paired by seed)",
+    predicts="noisy BN, whose layer inputs are deliberately unstable, trains about as well as BN; BN does not reduce gradient ICS",
+    primary=f"mean test accuracy over training (area under the accuracy curve), noisy BN (dose 1) − BN, not below −{MARGIN:g} "
+            f"(LR {LR:g}, precise-BN evaluation, paired by seed)",
     paper="Santurkar et al. (2018): noisy BN trains about as well as BN and better than no BN (VGG/CIFAR-10, ≈83% with BN "
           "vs 80% without, secondary source); BN does not reduce gradient ICS, and in a 25-layer deep linear net it increases it.",
     source="Santurkar, Tsipras, Ilyas & Madry 2018, arXiv 1805.11604, §2 and App. A.2",
