@@ -625,26 +625,41 @@ def _normalize(x, mean, var, scale, epsilon):
 
 
 def _population_noise(key, u, lay: _Layout, g: int, mask):
-  """``(u - z / sqrt(n)) / sqrt(c / n)`` per group of ``g`` examples and feature:
-  ``z ~ N(0, 1)``, ``c ~ chi2(n - 1)``, ``n`` = the group's (valid) values per feature --
-  the law of ``(x - mu_B) / sigma_B`` for i.i.d. Gaussian ``x`` with ``u = (x - mu) / sigma``."""
+  """Each standardized value ``u`` as one member of a ghost batch: with ``n`` the
+  (valid) values per feature in ``u``'s group of ``g`` examples, ``u`` joins
+  ``n - 1`` synthetic i.i.d. ``N(0, 1)`` companions (drawn afresh for every
+  value) and leaves as ``(u - m) / s``, ``m`` and ``s^2`` the mean and biased
+  variance of the ``n`` values. This is the exact law of ``(x_i - mu_B) / sigma_B``
+  (``sigma_B`` the biased std) for i.i.d. Gaussian ``x`` given ``u = (x_i - mu) / sigma``;
+  for ``u ~ N(0, 1)`` it has mean 0 and variance 1, and always ``|y| <= sqrt(n - 1)``
+  (``n = 2``: ``y = +-1``). Values of one group get independent companions, so the
+  dependence between members of one ghost batch (e.g. that their outputs sum to 0)
+  is not reproduced.
+
+  Drawn from sufficient statistics: the companions' sum ``S = sqrt(n - 1) z``,
+  ``z ~ N(0, 1)``, and their sum of squared deviations ``Q ~ chi2(n - 2)``
+  (``Q = 0`` for ``n = 2``), independent; with ``d = u - m = ((n - 1) u - S) / n``,
+  ``s^2 = d^2 / (n - 1) + Q / n``. Fewer than 2 valid values: ``u`` unchanged."""
   view = (u.shape[0] // g, g) + tuple(u.shape[1:])
   axes = tuple(a for a in range(1, len(view)) if a - 1 not in lay.feature_axes)
-  shape = tuple(1 if a in axes else view[a] for a in range(len(view)))
   rdt = _real_dtype(u.dtype)
+  uv = u.reshape(view)
+  k_z, k_q = jax.random.split(key)
+  z = jax.random.normal(k_z, view, rdt)
   if mask is None:
-    n = math.prod(view[a] for a in axes)
-    df = n - 1.0
+    n = float(math.prod(view[a] for a in axes))
+    q = jnp.zeros(view, rdt) if n <= 2 else jax.random.chisquare(k_q, n - 2.0, view, rdt)
   else:
-    n = jnp.sum(jnp.broadcast_to(mask, u.shape).reshape(view), axes, keepdims=True, dtype=rdt)
-    df = jnp.maximum(n - 1.0, 1.0)
-  k_z, k_c = jax.random.split(key)
-  z = jax.random.normal(k_z, shape, rdt)
-  c = jax.random.chisquare(k_c, df, shape, rdt)
-  shift, gain = z * lax.rsqrt(jnp.asarray(n, rdt)), jnp.sqrt(n / c)
+    count = jnp.sum(jnp.broadcast_to(mask, u.shape).reshape(view), axes, keepdims=True, dtype=rdt)
+    df = jnp.broadcast_to(jnp.maximum(count - 2.0, 1.0), view)
+    q = jnp.where(count > 2, jax.random.chisquare(k_q, df, view, rdt), 0.0)
+    n = jnp.maximum(count, 2.0)  # groups with fewer than 2 valid values are restored below
+  d = ((n - 1.0) * uv - jnp.sqrt(n - 1.0) * z) / n
+  var = lax.square(d) / (n - 1.0) + q / n  # the n values' biased variance
+  y = d * lax.rsqrt(var + jnp.finfo(rdt).tiny)
   if mask is not None:  # fewer than 2 valid values: no statistics to perturb
-    shift, gain = jnp.where(n >= 2, shift, 0.0), jnp.where(n >= 2, gain, 1.0)
-  return ((u.reshape(view) - shift) * gain).reshape(u.shape)
+    y = jnp.where(count >= 2, y, uv)
+  return y.reshape(u.shape)
 
 
 def _train_normalize(x32, lay: _Layout, mean_b, var_b, run_mean, run_var, scale, *, epsilon, renorm, population,
@@ -839,13 +854,20 @@ def batch_norm(
     key: PRNG key for ``noise`` and ``population_noise`` (training only).
     population: in training, normalize with the running statistics (as in
       eval) but still fold in the batch statistics: no batch-statistics noise.
-    population_noise: with ``population=True``, an int ``g``: perturb the
-      normalization by the sampling noise of the statistics of a batch of ``g``
-      examples (Luo et al. 2019): axis 0 splits into groups of ``g`` and per group
-      and feature ``y = ((x - mean) / sigma - z / sqrt(n)) / sqrt(c / n)`` with
-      ``z ~ N(0, 1)``, ``c ~ chi2(n - 1)``, ``n`` = ``g`` times the values per
-      example and feature (valid ones under a mask); ``sigma^2 = var + epsilon``.
-      Needs ``key``.
+    population_noise: with ``population=True``, an int ``g``: give the output
+      the sampling noise of the statistics of a batch of ``g`` examples (Luo et
+      al. 2019). Axis 0 splits into groups of ``g``; ``n`` = ``g`` times the
+      values per example and feature (valid ones under a mask). Each value
+      ``u = (x - mean) / sigma`` (``sigma^2 = var + epsilon``) is normalized as one
+      member of a synthetic ghost batch of ``n`` values whose other ``n - 1``
+      are fresh i.i.d. ``N(0, 1)`` draws: ``y = (u - m_B) / s_B`` with the
+      batch's mean and biased std, drawn from sufficient statistics. Per value
+      this is exactly the law of ghost BN's ``(x_i - mu_B) / sigma_B`` for
+      i.i.d. Gaussian ``x`` given ``u`` (variance 1 for standard-normal ``u``;
+      always ``|y| <= sqrt(n - 1)``); each value gets its own companions, so
+      the dependence between the outputs of one ghost batch is not reproduced. Groups with fewer than 2
+      valid values are left unperturbed. Gradients flow through ``u``'s own
+      share of ``m_B`` and ``s_B``. Needs ``key``.
     stats_gradient: ``False`` treats ``mu_B`` and ``sigma_B`` as constants in the
       backward pass (the forward pass is unchanged).
     strict_batch: ``True``: fewer than 2 values of a feature in a (ghost) batch
