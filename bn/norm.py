@@ -639,7 +639,10 @@ def _population_noise(key, u, lay: _Layout, g: int, mask):
   Drawn from sufficient statistics: the companions' sum ``S = sqrt(n - 1) z``,
   ``z ~ N(0, 1)``, and their sum of squared deviations ``Q ~ chi2(n - 2)``
   (``Q = 0`` for ``n = 2``), independent; with ``d = u - m = ((n - 1) u - S) / n``,
-  ``s^2 = d^2 / (n - 1) + Q / n``. Fewer than 2 valid values: ``u`` unchanged."""
+  ``s^2 = d^2 / (n - 1) + Q / n``. Fewer than 2 valid values: ``u`` unchanged.
+
+  No gradient flows through the synthetic statistics ``m`` and ``s`` (as none flows
+  through the population statistics): ``dy/du = 1 / s``."""
   view = (u.shape[0] // g, g) + tuple(u.shape[1:])
   axes = tuple(a for a in range(1, len(view)) if a - 1 not in lay.feature_axes)
   rdt = _real_dtype(u.dtype)
@@ -656,7 +659,8 @@ def _population_noise(key, u, lay: _Layout, g: int, mask):
     n = jnp.maximum(count, 2.0)  # groups with fewer than 2 valid values are restored below
   d = ((n - 1.0) * uv - jnp.sqrt(n - 1.0) * z) / n
   var = lax.square(d) / (n - 1.0) + q / n  # the n values' biased variance
-  y = d * lax.rsqrt(var + jnp.finfo(rdt).tiny)
+  inv = lax.stop_gradient(lax.rsqrt(var + jnp.finfo(rdt).tiny))
+  y = (lax.stop_gradient(d) + (uv - lax.stop_gradient(uv))) * inv  # the value d / s; the gradient 1 / s (m and s held fixed)
   if mask is not None:  # fewer than 2 valid values: no statistics to perturb
     y = jnp.where(count >= 2, y, uv)
   return y.reshape(u.shape)
