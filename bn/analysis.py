@@ -195,6 +195,12 @@ def power_statement(t: dict) -> str:
   if t["kind"] == "equivalent":
     return (f"the 95% CI is ±{half:.3g} wide around the mean, so equivalence within ±{t['margin']:g} can be shown only if the "
             f"true difference is within ±{max(t['margin'] - half, 0):.3g}.")
+  if t["kind"] in ("not_lower", "not_higher"):  # one-sided margin: the distance that matters is to the margin, not to 0
+    edge = -t["margin"] if t["kind"] == "not_lower" else t["margin"]
+    side = "above" if t["kind"] == "not_lower" else "below"
+    return (f"with {t['n']} seeds (sd {t['sd']:.3g} of the per-seed value) a true difference at least {t['mde']:.3g} {t['unit']} "
+            f"{side} the margin {edge:+g} (i.e. {side} {edge + (t['mde'] if side == 'above' else -t['mde']):+.3g}) is shown "
+            "non-inferior with 80% power.")
   return f"with {t['n']} seeds (sd {t['sd']:.3g} of the per-seed value) a true effect of {t['mde']:.3g} {t['unit']} or more is detected with 80% power."
 
 

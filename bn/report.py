@@ -109,11 +109,16 @@ def secondary_tally(tests) -> str:
   return ", ".join(parts) or "—"
 
 
+def _cell(text: str) -> str:
+  """Text for a Markdown table cell: a literal ``|`` (as in ``|Δμ|``) would end the cell."""
+  return str(text).replace("|", "\\|")
+
+
 def _test_rows(tests) -> list[str]:
   out = ["| test | predicted | mean [95% CI] | per seed | outcome |", "|---|---|---|---|---|"]
   for t in tests:
     note = f" ({t['note']})" if t.get("note") else ""
-    out.append(f"| {t['name']}{note} | {t['predicted']} | {_fmt(t)} {t['unit']} | {_seeds(t)} | {t['outcome']} |")
+    out.append(f"| {_cell(t['name'] + note)} | {t['predicted']} | {_fmt(t)} {t['unit']} | {_seeds(t)} | {t['outcome']} |")
   return out
 
 
@@ -146,7 +151,7 @@ def build(out) -> Path:
       continue
     a = claim.analyze(results)
     entry = {"id": claim.id, "claim": claim.title, "predicts": claim.predicts, "primary": claim.primary, "source": claim.source,
-             **a, "verdict": analysis.verdict(a["tests"])}
+             "scope": claim.scope, **a, "verdict": analysis.verdict(a["tests"])}
     claims.append(entry)
     sections.append((claim, entry, claim.plot(results, a, out), results))
   artifacts.write_json(out / "claims.json", {"rule": analysis.RULE, "mode": manifest.get("mode"), "provenance": manifest.get("provenance"),
@@ -167,8 +172,12 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
        "| claim | primary test (declared before the run) | result: mean [95% CI] | verdict | secondary tests |", "|---|---|---|---|---|"]
   for c in claims:
     p = next(t for t in c["tests"] if t["role"] == "primary")
-    L.append(f"| **{c['id']}** {c['claim']} | {c['primary']} | {_fmt(p)} {p['unit']} ({p['outcome']}, n = {p['n']}) | **{c['verdict']}** | "
+    L.append(f"| **{c['id']}** {_cell(c['claim'])} | {_cell(c['primary'])} | {_fmt(p)} {p['unit']} ({p['outcome']}, n = {p['n']}) | **{c['verdict']}** | "
              f"{secondary_tally(c['tests'])} |")
+  scoped = [c for c in claims if c.get("scope")]
+  if scoped:
+    L += ["", "**What a verdict covers** (part of each claim's module, like its primary test):", ""]
+    L += [f"- **{c['id']}**: {c['scope']}" for c in scoped]
   if missing:
     L += ["", f"Not finished yet: {', '.join(missing)}."]
   L += ["", f"**Verdict rule.** {analysis.RULE}", "",
@@ -184,6 +193,7 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
           f"**Primary test** (declared in `bn/claims/` before the run): {c['primary']}.", "",
           f"*Result:* {_fmt(p)} {p['unit']} over {p['n']} seeds — **{p['outcome']}** → verdict **{c['verdict']}**."
           + (f" ({p['note']})" if p.get("note") else ""), "",
+          *([f"*What the verdict covers:* {c['scope']}", ""] if c.get("scope") else []),
           f"*Power:* {analysis.power_statement(p)}", "",
           f"*What would change the verdict:* {analysis.what_would_change(p, c['verdict'])}", ""]
     sanity = [t for t in c["tests"] if t["role"] == "sanity"]
@@ -197,8 +207,10 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
       if against:
         L += [f"*Not all evidence agrees:* {len(against)} of {len(second)} secondary tests came out opposite to the claim's "
               "prediction; the verdict covers only what the primary test measures.", ""]
+    if c.get("notes"):
+      L += ["Notes (computed from this run):", ""] + [f"- {n}" for n in c["notes"]] + [""]
     if c.get("table"):
-      L += ["Paper vs here:", "", "| | paper | here |", "|---|---|---|"] + [f"| {a} | {b} | {d} |" for a, b, d in c["table"]] + [""]
+      L += ["Paper vs here:", "", "| | paper | here |", "|---|---|---|"] + [f"| {_cell(a)} | {_cell(b)} | {_cell(d)} |" for a, b, d in c["table"]] + [""]
     L += [f"*The paper:* {claim.paper}", ""]
     L += [f"![{c['id']}]({name})" for name in plots] + [""]
   L += ["## Provenance", ""]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bn import analysis, artifacts, claims, cli, ledger
+from bn import analysis, artifacts, claims, cli, ledger, report
 
 CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6", "C7"]
 
@@ -201,3 +201,14 @@ def test_bn_report_rebuilds_from_json(tiny):
 def test_unknown_experiment_is_a_clear_error(tmp_path, capsys):
   assert cli.main(["reproduce", "--tiny", "--out", str(tmp_path), "--only", "nope", "--no-progress"]) == 2
   assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_power_statement_of_a_margin_test_is_about_the_margin():
+  t = analysis.test("x", [0.001, -0.002, 0.0, -0.001, 0.002], "not_lower", margin=0.01)
+  text = analysis.power_statement(t)
+  assert "the margin -0.01" in text and "non-inferior" in text and f"{t['mde']:.3g}" in text
+  assert "non-inferior" not in analysis.power_statement(analysis.test("y", [0.1, 0.2, 0.15], "lower"))
+
+
+def test_report_cells_escape_the_table_separator():
+  assert report._cell("shift |Δμ|/σ") == "shift \\|Δμ\\|/σ"

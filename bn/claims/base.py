@@ -43,3 +43,6 @@ class Claim:
   order: float
   runners: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
   source: str = ""  # the paper (authors, year, arXiv id)
+  # what a verdict does and does not cover, when the claim says more than its primary test can show
+  # (written with the claim, before any run; the report prints it next to the verdict)
+  scope: str = ""

@@ -13,9 +13,14 @@ What is tested, declared before the run (deep ReLU MLP, 10 seeds, an LR grid tra
 * **Sanity**: BN has a benefit to explain: ``a_best > 0``.
 * Secondary: the premise -- the largest stable LR (not diverged, > 50% training accuracy) is
   larger with BN (in decades; a discrete grid, so seeds often agree exactly: the report then
-  uses a sign test); and, from the weight-decay sweep of the Ioffe MLP, BN's effective learning
-  rate lr/||W_k||^2 (van Laarhoven 2017): a BN net "stable at a large LR" may be taking small
-  effective steps because its weights grew (Arora et al. 2019).
+  uses a sign test); BN's advantage at the no-BN net's best LR. The weight-decay sweep's effective
+  learning rates lr/||W_k||^2 (van Laarhoven 2017; Arora et al. 2019) are reported in the table, not
+  as a test: the unnormalized net is not scale-invariant, so its lr/||W||^2 is not an effective LR
+  and the comparison is no prediction of the claim.
+* What this setting cannot test: Bjorck et al.'s mechanism is a large LR that regularizes and is
+  then decayed; here both nets train at a constant LR (in --full too), for 1,000 steps (10,000 in
+  --full), with LeCun-normal initialization for both (He initialization would suit the
+  unnormalized ReLU net better and could shrink BN's advantage at equal LRs).
 """
 
 from __future__ import annotations
@@ -98,14 +103,14 @@ def analyze(results) -> dict:
        f"BN@{lr_n:g} {mean_ci_text(final_acc(bn_, lr_n))}, none@{lr_n:g} {mean_ci_text(final_acc(none, lr_n))}"],
       ["training length", "long schedules (Bjorck et al.: CIFAR-10 ResNets trained to convergence with LR decay); a large LR's "
        "benefit is largely regularization, which needs time to act",
-       f"{bn_['summary']['steps']} steps at a constant LR (--full trains 10x longer): a verdict here is about this budget, "
-       "where a larger LR may not yet have paid off"],
+       f"{bn_['summary']['steps']} steps at a constant LR, no decay (--full: 10x longer, still constant): a verdict here is about "
+       "this budget and schedule, where a larger LR may not yet have paid off"],
+      ["initialization", "He initialization for the ReLU nets (standard for CIFAR ResNets)",
+       "LeCun normal for both nets: it may handicap the unnormalized ReLU net at every LR"],
   ]
   wd = results.get("wd_sweep") or {}
   if wd.get("bn") and wd.get("none"):
     wds = sorted({r["weight_decay"] for r in wd["bn"]["summary"]["runs"]})
-    tests.append(t("without weight decay, BN's effective LR lr/||W||^2 (hidden layers, end of training), log10 BN - none",
-                   _effective_lr(wd["bn"], 0.0) - _effective_lr(wd["none"], 0.0), "lower", unit="decades"))
     table.append(["scale invariance", "(van Laarhoven 2017; Arora et al. 2019) BN's effective LR lr/||W||² falls as ||W|| grows",
                   "; ".join(f"wd {w:g}: BN − none accuracy {mean_ci_text(_acc_at_wd(wd['bn'], w) - _acc_at_wd(wd['none'], w))}, "
                             f"log10 eff. LR BN {mean_ci_text(_effective_lr(wd['bn'], w))} vs none {mean_ci_text(_effective_lr(wd['none'], w))}"
@@ -148,5 +153,9 @@ CLAIM = Claim(
     paper="Bjorck et al. (2018): BN's main benefit is allowing much larger learning rates (which regularize); at a small "
           "learning rate BN and unnormalized nets train similarly; without BN large steps diverge.",
     source="Bjorck, Gomes, Selman & Weinberger 2018, arXiv 1806.02375",
+    scope="whether, in this setting, BN's advantage needs learning rates the unnormalized net cannot use: a 6×64 ReLU MLP, "
+          "LeCun-normal initialization for both nets, a constant LR for 1,000 steps (10,000 with --full). It does not test "
+          "Bjorck et al.'s setting (long schedules with LR decay, He-initialized baselines); a *contradicted* here means the "
+          "claim failed at this budget, not that it fails in theirs. The premise (BN is stable at larger LRs) is a secondary test.",
     experiments=("lr_sweep", "wd_sweep"), analyze=analyze, plot=plot,
 )
