@@ -175,3 +175,17 @@ def test_jit_grad_and_vmap_over_keys():
   for k in range(5):
     np.testing.assert_allclose(ys[k], np.asarray(f(x, keys[k])), rtol=1e-5, atol=1e-6)
   assert not np.allclose(ys[0], ys[1])
+
+
+@pytest.mark.parametrize("df", [1, 6, 32, 33, 58])
+def test_chi2_draws_against_numpy(df):
+  # exact (a sum of squared normals) up to 32 degrees of freedom, Wilson-Hilferty above: mean df, variance 2 df, quantiles
+  from bn.norm import _chi2
+
+  q = np.asarray(jax.jit(lambda k: _chi2(k, df, (VALUES,), jnp.float32))(jax.random.key(df)), np.float64)
+  ref = np.random.default_rng(df).chisquare(df, VALUES)
+  assert np.all(q >= 0)
+  assert q.mean() == pytest.approx(df, rel=0.01)
+  assert q.var() == pytest.approx(2 * df, rel=0.03)
+  for a, b in zip(np.quantile(q, QUANTILES), np.quantile(ref, QUANTILES)):
+    assert a == pytest.approx(b, rel=0.02, abs=0.01)
