@@ -101,7 +101,8 @@ def reproduce(argv: list[str]) -> int:
   if mode in ledger.EXPECTED and not a.no_progress:
     print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
   ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress,
-                    log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True))  # records OUT/timings.json as it goes
+                    log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True),  # records OUT/timings.json as it goes
+                    command=["reproduce", *argv])
   from bn import report as bn_report
 
   print(f"report: {bn_report.build(out)}")

@@ -23,7 +23,7 @@ from bn.report import MANIFEST
 
 MODES = ("tiny", "quick", "full")
 # What a user should expect, stated at start-up (measured numbers: docs/benchmarks.md).
-EXPECTED = {"quick": "about 13 min on a 2-core CPU", "full": "5-6 h on a 2-core CPU (C5's CNN is over half), far less on a GPU"}
+EXPECTED = {"quick": "about 13 min on a 2-core CPU", "full": "6-8 h on a 2-core CPU (estimated: the Ioffe experiment at 50,000 steps ~4 h, C5's CNN ~1.5 h), far less on a GPU"}
 
 
 def config_module(name: str):
@@ -74,10 +74,11 @@ def check_out(out: Path, mode: str, dataset: str | None) -> dict | None:
 
 
 def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None = None, progress: bool = True,
-               log=None) -> dict:
+               log=None, command: list[str] | None = None) -> dict:
   """Runs every (selected) experiment into ``out``; returns ``{experiment: wall seconds, "total": ...}``
   of this invocation, which ``OUT/timings.json`` records after every condition (a killed ledger
-  keeps the time it spent; see :func:`record_timings`)."""
+  keeps the time it spent; see :func:`record_timings`). ``command``: the ``bn`` arguments the
+  provenance records (default: this process's command line)."""
   stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
   say = log or (stderr if progress else (lambda line: None))
   warnings_only = lambda line: (log or stderr)(line) if line.startswith("warning:") else None  # noqa: E731 -- without progress
@@ -107,7 +108,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   experiments = {**(previous or {}).get("experiments", {}), **{n: list(configs[n]) for n in names}}
   from bn import provenance
 
-  record = provenance.collect(data_cache.values())
+  record = provenance.collect(data_cache.values(), argv=command)
   if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
     record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
                                                    {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
