@@ -8,6 +8,7 @@ training examples in training mode. Measured per seed: the gradient norm of
 every layer; summarized as log10(||grad layer 0|| / ||grad last hidden layer||).
 Expected (mean-field theory of BN): with BN the ratio grows about linearly in L
 (gradients explode exponentially with depth); without BN it stays near 0.
+Runtime on a 2-core CPU: ~35 s quick (measured), ~1 min full.
 """
 
 from bn.config import base
