@@ -232,5 +232,5 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
   if timings:
     t = timings.get("cumulative_s") or timings.get("last_invocation_s", {})
     L += ["## Timing", "", "Wall time by experiment, summed over the invocations of this mode (seconds): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) + ".", ""]
+          + ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k != "total") + (f"; total {t['total']:.0f}" if "total" in t else "") + ".", ""]
   return "\n".join(L) + "\n"

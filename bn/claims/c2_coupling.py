@@ -65,7 +65,7 @@ def analyze(results) -> dict:
   t = analysis.test
   tests = [
       t("cross-layer share of the second-order loss change for equal relative steps, mean over training, BN - none",
-        relative(rows["bn"]) - relative(rows["none"]), "lower", role="primary"),
+        relative(rows["bn"]) - relative(rows["none"]), "lower", role="primary", unit="share"),
       t("... in the first half of training", relative(rows["bn"], (0, 0.5)) - relative(rows["none"], (0, 0.5)), "lower"),
       t("... in the second half of training", relative(rows["bn"], (0.5, 1)) - relative(rows["none"], (0.5, 1)), "lower"),
       t("normalized Hessian blocks of the weights (1 for a rank-one Hessian), mean over layer pairs and training, BN - none",

@@ -99,8 +99,8 @@ def analyze(results) -> dict:
       ["network", "ResNet-110 / deep nets on CIFAR-10", f"MLP {factor(bn_, 'model', 'widths')} ReLU on {factor(bn_, 'data', 'name')}, "
                                                           f"{bn_['summary']['steps']} steps, batch {factor(bn_, 'train', 'batch_size')}"],
       ["claim", "BN's benefit comes from allowing larger learning rates; at a small LR BN and no BN do about as well",
-       f"best LR: BN {lr_b:g}, none {lr_n:g}; final test accuracy BN@{lr_b:g} {mean_ci_text(final_acc(bn_, lr_b))}, "
-       f"BN@{lr_n:g} {mean_ci_text(final_acc(bn_, lr_n))}, none@{lr_n:g} {mean_ci_text(final_acc(none, lr_n))}"],
+       f"best LR: BN {lr_b:g}, none {lr_n:g}; final test accuracy: BN at its best LR {lr_b:g} {mean_ci_text(final_acc(bn_, lr_b))}, "
+       f"BN at no BN's best LR {lr_n:g} {mean_ci_text(final_acc(bn_, lr_n))}, no BN at {lr_n:g} {mean_ci_text(final_acc(none, lr_n))}"],
       ["training length", "long schedules (Bjorck et al.: CIFAR-10 ResNets trained to convergence with LR decay); a large LR's "
        "benefit is largely regularization, which needs time to act",
        f"{bn_['summary']['steps']} steps at a constant LR, no decay (--full: 10x longer, still constant): a verdict here is about "

@@ -112,7 +112,8 @@ def analyze(results) -> dict:
                    np.mean([stopped(c[b, "population", b]) - stopped(bn(b, b)) for b in pop], axis=0), "higher", unit="nats"))
   noisy = [b for b in pop if any(k == (b, "population_noise", g) for k in c for g in (8, min(8, b)))]
   if noisy:
-    tests.append(t("the noise alone regularizes: population BN + ghost-8 noise - population BN, early-stopped test loss, mean over B",
+    where = f"at B = {noisy[0]}" if len(noisy) == 1 else f"mean over B in {noisy}"
+    tests.append(t(f"the noise alone regularizes: population BN + ghost-8 noise - population BN, early-stopped test loss, {where}",
                    np.mean([stopped(c[b, "population_noise", min(8, b)]) - stopped(c[b, "population", b]) for b in noisy], axis=0),
                    "lower", unit="nats"))
   any_run = bn(small, small)
@@ -122,7 +123,7 @@ def analyze(results) -> dict:
        f"{factor(any_run, 'epochs') if 'epochs' in any_run['config']['config'] else '?'} epochs per cell, LR ∝ √B, precise-BN evaluation"],
       ["result", "ghost BN closes part of the large-batch generalization gap; Keskar: test 98.03±0.07 (small) vs 97.81±0.07 (large)",
        f"early-stopped test loss ghost 8 − full statistics (mean over B): {mean_ci_text(pooled(stopped, 8))}"],
-      ["fading", "regularization weakens as the (statistics) batch grows (Luo et al. 2019)",
+      ["BN − none (descriptive)", "regularization weakens as the (statistics) batch grows (Luo et al. 2019)",
        "BN − none early-stopped test loss (descriptive; BN also optimizes faster, most at B = 1024's few steps): "
        + ", ".join(f"B={b}: {mean_ci_text(d[b])}" for b in batches)],
   ]
