@@ -56,7 +56,7 @@ data: install
 test: install data
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The main job: the claims ledger (C1-C6) and its report in $(OUT)/report.md. Re-running resumes.
+# The main job: the claims ledger (C1-C7) and its report in $(OUT)/report.md. Re-running resumes.
 reproduce: install data
 	$(BIN)/bn reproduce --$(MODE) --out $(OUT)
 
