@@ -14,6 +14,7 @@ not ``tempfile.mkstemp``'s private 0600: results are meant to be read by others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -86,13 +87,17 @@ def check_local_path(path: str | os.PathLike, flag: str) -> None:
                      f"the results afterwards (e.g. `gsutil -m rsync -r DIR gs://...`).")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", suffix: str = ".tmp"):
+  """Writes ``path`` all or nothing: yields a temporary file next to it (opened with ``mode``);
+  when the block ends it is flushed, fsync'ed and renamed over ``path`` with the umask's mode
+  (:func:`publish`); on any exception it is removed and ``path`` is untouched."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, mode) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     publish(tmp, path)
@@ -100,6 +105,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  with atomic_file(path) as f:
+    f.write(text)
 
 
 def write_json(path, obj) -> None:

@@ -45,7 +45,6 @@ import math
 import os
 import socket
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -53,7 +52,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from bn.artifacts import publish
+from bn.artifacts import atomic_file
 from bn.errors import RunError, UsageError
 
 SOURCES = ("auto", "idx", "tfds", "synthetic")
@@ -66,6 +65,14 @@ CATALOG = {
     "cifar100": ((32, 32, 3), 100),
     "svhn_cropped": ((32, 32, 3), 10),
 }
+
+
+def num_classes(name: str, source: str = "auto", synthetic_classes: int = 10) -> int:
+  """How many classes a dataset spec has: ``synthetic_classes`` for synthetic data, else the catalog's
+  (10 for a dataset it does not list)."""
+  if source == "synthetic" or name == "synthetic":
+    return synthetic_classes
+  return CATALOG.get(name, (None, 10))[1]
 IDX_DATASETS = ("mnist", "fashion_mnist")
 SYSTEM_IDX_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 IDX_PREFIX = {"train": "train", "test": "t10k"}  # split -> file-name prefix
@@ -367,15 +374,8 @@ def read_source(source: Sequence, *, image_key: str = "image", label_key: str = 
 
 def _write_npz(path: str, split: Split):
   """Writes ``split`` to ``path`` atomically (temp file in the same directory + os.replace)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, x=split.x, y=split.y)
-    publish(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with atomic_file(path, "wb", suffix=".npz") as f:
+    np.savez(f, x=split.x, y=split.y)
 
 
 def _read_cached(path: str, read) -> Split:
@@ -592,31 +592,21 @@ def _matches(path: str, size: int, sha256: str) -> bool:
 def _fetch(url: str, path: str, size: int, sha256: str, timeout: float) -> None:
   """Downloads ``url`` to a temporary file next to ``path``; renames it to ``path`` only when its
   size and SHA-256 are the expected ones. Nothing is left behind on any failure."""
-  directory = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part")
-  try:
-    with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-      length = r.headers.get("Content-Length")
-      if length is not None and length.isdigit() and int(length) != size:
-        raise _Refused(f"the server announces {int(length)} bytes, expected {size}")
-      h, got = hashlib.sha256(), 0
-      while chunk := r.read(1 << 20):
-        got += len(chunk)
-        if got > size:
-          raise _Refused(f"more than the expected {size} bytes")
-        h.update(chunk)
-        f.write(chunk)
-      if got != size:
-        raise _Refused(f"{got} bytes, expected {size}")
-      if h.hexdigest() != sha256:
-        raise _Refused(f"SHA-256 {h.hexdigest()}, expected {sha256}")
-      f.flush()
-      os.fsync(f.fileno())
-    publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_file(path, "wb", suffix=".part") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+    length = r.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) != size:
+      raise _Refused(f"the server announces {int(length)} bytes, expected {size}")
+    h, got = hashlib.sha256(), 0
+    while chunk := r.read(1 << 20):
+      got += len(chunk)
+      if got > size:
+        raise _Refused(f"more than the expected {size} bytes")
+      h.update(chunk)
+      f.write(chunk)
+    if got != size:
+      raise _Refused(f"{got} bytes, expected {size}")
+    if h.hexdigest() != sha256:
+      raise _Refused(f"SHA-256 {h.hexdigest()}, expected {sha256}")
 
 
 def download_idx(name: str, directory: str | None = None, *, mirrors: Sequence[str] | None = None,
