@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bn import artifacts, stats
+from bn import artifacts, data, stats
 from bn.errors import RunError
 
 RULE = ("Each claim has one primary test, declared in its module before the run. The claim is *supported* when the "
@@ -232,26 +232,12 @@ def what_would_change(t: dict, verdict_: str) -> str:
 # ----------------------------------------------------------------------------- measurements several claims use
 
 
-def probe_mean(run, getter, skip_first: bool = False) -> np.ndarray:
-  """Mean over probe points of ``getter(row)``, per seed (``skip_first``: without the step-0 point)."""
-  steps, v = probe_series(run["probes"], getter)
-  if skip_first and v.shape[1] > 1:
-    v = v[:, 1:]
-  return np.nanmean(v, axis=1)
-
-
 def gap(run, key="gap_loss"):
   """A condition's per-seed generalization gap (``gap_loss``: test - train loss)."""
   return per_seed(run["summary"], key)
 
 
 # ----------------------------------------------------------------------------- v2 measurements
-
-
-def runs_of(run, lr: float | None = None) -> list[dict]:
-  """A condition's runs (of one swept LR), sorted by seed."""
-  rs = [r for r in run["summary"]["runs"] if lr is None or math.isclose(r["lr"], lr)]
-  return sorted(rs, key=lambda r: r["seed"])
 
 
 def auc_at(run, lr: float | None = None, diverged: float = float("nan")) -> np.ndarray:
@@ -307,8 +293,7 @@ def chance(run) -> tuple[float, float]:
   """``(loss, accuracy)`` of guessing uniformly among the dataset's classes: what a diverged run is counted as."""
   c = run["config"]["config"]
   d = c["data"]
-  classes = d.get("synthetic_classes", 10) if d.get("source") == "synthetic" or d.get("name") == "synthetic" else \
-      {"cifar100": 100}.get(d.get("name"), 10)
+  classes = data.num_classes(d.get("name"), d.get("source"), d.get("synthetic_classes", 10))
   return math.log(classes), 1.0 / classes
 
 
@@ -336,6 +321,19 @@ def per_point(rows: list[dict], getter) -> np.ndarray:
   return np.nanmean(v, axis=1) if v.size else np.array([], float)
 
 
+def unit_shift_intervals(rows: list[dict], layer: str, seed: int, source: str = "units"):
+  """``(steps, shifts)`` of one seed: the probe steps and, per interval between consecutive probe
+  points and per unit, ``|mu_j(t) - mu_j(t-1)| / sigma_ref_j`` (see :func:`unit_shift`);
+  ``shifts`` is None with fewer than 2 probe points."""
+  mine = sorted((r for r in rows if r["seed"] == seed and source in r), key=lambda r: r["step"])
+  if len(mine) < 2:
+    return None, None
+  mu = np.array([r[source][layer]["mean"] for r in mine])
+  sd = np.array([r[source][layer]["std"] for r in mine])
+  ref = np.sqrt(np.mean(np.square(sd), axis=0))
+  return np.array([r["step"] for r in mine]), np.abs(np.diff(mu, axis=0)) / np.maximum(ref, 1e-12)  # (intervals, units)
+
+
 def unit_shift(rows: list[dict], layer: str, *, source: str = "units", window=None) -> np.ndarray:
   """Per seed: the mean over consecutive probe intervals (in ``window``) and over units of
   ``|mu_j(t) - mu_j(t-1)| / sigma_ref_j`` for one layer's units, where ``sigma_ref_j`` is the
@@ -347,15 +345,10 @@ def unit_shift(rows: list[dict], layer: str, *, source: str = "units", window=No
   the fixed test batch instead of train mode on the probe batch."""
   out = []
   for seed in sorted({r["seed"] for r in rows}):
-    mine = sorted((r for r in rows if r["seed"] == seed and source in r), key=lambda r: r["step"])
-    if len(mine) < 2:
+    steps, d = unit_shift_intervals(rows, layer, seed, source)
+    if d is None:
       out.append(np.nan)
       continue
-    mu = np.array([r[source][layer]["mean"] for r in mine])
-    sd = np.array([r[source][layer]["std"] for r in mine])
-    ref = np.sqrt(np.mean(np.square(sd), axis=0))
-    d = np.abs(np.diff(mu, axis=0)) / np.maximum(ref, 1e-12)  # (intervals, units)
-    steps = np.array([r["step"] for r in mine])
     if window is not None:
       lo, hi = steps[0], steps[-1]
       ends = steps[1:]

@@ -22,11 +22,10 @@ import jax
 import numpy as np
 
 import bn
-from bn import config as bn_config, data as bn_data, models, pipeline, train
+from bn import config as bn_config, data as bn_data, models, pipeline, run_probes, train
 from bn.config import ConfigError
 
 LAUNCH_KEYS = ("coordinator", "num_processes", "process_id", "cluster_detect", "init_timeout")
-PROBE_KINDS = ("act", "eval_act", "norms", "grad_ics", "landscape", "coupling", "hessian")  # bn.run_probes.KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +170,9 @@ def _check(c) -> None:
     _positive("probes.batch_size", c.probes.batch_size)
     _positive("probes.hessian_probes", c.probes.hessian_probes)
     _positive("probes.eval_batch_size", c.probes.eval_batch_size)
-    unknown = set(c.probes.kinds) - set(PROBE_KINDS)
+    unknown = set(c.probes.kinds) - set(run_probes.KINDS)
     if unknown:
-      raise ConfigError(f"--config.probes.kinds has unknown probes {sorted(unknown)}; choose from {', '.join(PROBE_KINDS)} (empty: all).")
+      raise ConfigError(f"--config.probes.kinds has unknown probes {sorted(unknown)}; choose from {', '.join(run_probes.KINDS)} (empty: all).")
     if not c.probes.rho > 0:
       raise ConfigError(f"--config.probes.rho={c.probes.rho} must be > 0.")
     swept = tuple(c.sweep.lr) or (c.optimizer.lr,)
@@ -255,12 +254,6 @@ def norm_spec(n) -> models.NormSpec:
   )
 
 
-def _num_classes(d) -> int:
-  if d.source == "synthetic" or d.name == "synthetic":
-    return d.synthetic_classes
-  return bn_data.CATALOG.get(d.name, (None, 10))[1]
-
-
 def from_config(c) -> Experiment:
   """The typed experiment of config ``c``; raises ConfigError naming the first bad key."""
   _check(c)
@@ -272,7 +265,7 @@ def from_config(c) -> Experiment:
     return models.create(model_name, norm=spec, num_classes=num_classes, **model_kwargs)
 
   try:
-    model(_num_classes(c.data))  # checks the model name and its options now (no device needed)
+    model(bn_data.num_classes(c.data.name, c.data.source, c.data.synthetic_classes))  # checks the model name and its options now (no device needed)
   except ValueError as e:
     raise ConfigError(f"--config.model / --config.norm: {e}") from None
   o, t = c.optimizer, c.train
@@ -321,11 +314,7 @@ def load_dataset(spec: DataSpec, dataset: bn_data.Dataset | None = None) -> bn_d
         synthetic_shape=spec.synthetic_shape, synthetic_classes=spec.synthetic_classes, synthetic_sizes=spec.synthetic_sizes,
         flag="--config.data.data_dir",
     )
-  n = len(dataset.train.y)
-  if 0 < spec.train_size < n:
-    idx = np.sort(np.random.default_rng(spec.split_seed + 2).permutation(n)[: spec.train_size])
-    dataset = dataclasses.replace(dataset, train=bn_data.Split(dataset.train.x[idx], dataset.train.y[idx]))
-  return dataset
+  return dataclasses.replace(dataset, train=train_eval_subset(dataset.train, spec.train_size, spec.split_seed + 2))
 
 
 def dataset_key(spec: DataSpec) -> tuple:
@@ -336,7 +325,9 @@ def dataset_key(spec: DataSpec) -> tuple:
 
 
 def train_eval_subset(split: bn_data.Split, size: int, seed: int) -> bn_data.Split:
-  """A fixed subset of the training split for eval-mode metrics (the gap's train side)."""
+  """A fixed random subset of ``size`` examples of ``split`` (in their original order), the same for a
+  seed; all of it when ``size`` is 0 or at least its length. Used for the eval-mode training
+  metrics, the evaluated test subset, ``data.train_size`` and the precise-BN sample."""
   n = len(split.y)
   if size <= 0 or size >= n:
     return split

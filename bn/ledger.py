@@ -126,7 +126,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
     if measure is not None:
       if progress and not finished:
         say(f"{desc}: measuring (no training)")
-      measure(c, workdir, data_cache[experiment.dataset_key(exp.data)])
+      measure_condition(measure, c, workdir, data_cache[experiment.dataset_key(exp.data)])
     else:
       loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[experiment.dataset_key(exp.data)], desc=desc,
                          log=say if progress else warnings_only, startup=False)
@@ -135,6 +135,26 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
     timings["total"] = time.perf_counter() - t_all
     record_timings(out, mode, timings, previous=prev_timings, conditions=done)
   return timings
+
+
+def measure_condition(measure, c, workdir: Path, dataset) -> dict:
+  """A condition that trains nothing: ``workdir/results.json`` from ``measure(c, dataset)`` (a claim's
+  runner), with ``config.json``, the wall time and the provenance; a second call returns what the
+  first wrote -- only for the same config (another mode's results must not pass for this one's)."""
+  out_file, cfg_file, mine = workdir / "results.json", workdir / "config.json", bn_config.to_dict(c)
+  if out_file.exists():
+    recorded = artifacts.read_json(cfg_file).get("config") if cfg_file.exists() else None
+    if recorded != mine:
+      keys = "; ".join(f"{k}: {a!r} (workdir) vs {b!r} (this run)" for k, a, b in artifacts.config_diff(recorded or {}, mine))
+      raise bn_config.ConfigError(f"{workdir} holds results of a different config ({keys}); use another --out, "
+                                  f"or delete {workdir} to measure again.")
+    return artifacts.read_json(out_file)
+  t0 = time.perf_counter()
+  result = {**measure(c, dataset), "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
+  workdir.mkdir(parents=True, exist_ok=True)
+  artifacts.write_json(cfg_file, {"config": mine})
+  artifacts.write_json(out_file, result)
+  return result
 
 
 def record_timings(out: Path, mode: str, timings: dict, *, previous: dict | None = None, conditions: dict | None = None) -> None:

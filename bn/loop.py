@@ -81,8 +81,8 @@ class Trainer:
     if self.task.precise_bn is not None:  # precise BN: a fixed random sample of the training set, in chunks
       n = exp.schedule.precise_bn
       k = max(1, n // min(chunk, n))
-      idx = np.sort(np.random.default_rng(exp.data.split_seed + 3).permutation(len(dataset.train.y))[: k * (n // k)])
-      x = parallel.place_train(bn_data.Split(dataset.train.x[idx], dataset.train.y[idx]), stats, plan).x
+      sample = bn_experiment.train_eval_subset(dataset.train, k * (n // k), exp.data.split_seed + 3)
+      x = parallel.place_train(sample, stats, plan).x
       self.recal_x = x.reshape((k, n // k) + x.shape[1:])
     self._eval = programs.evaluate(self.ptask, len(self.eval_sets), self.mesh)
     self._eval_compiled = None
@@ -303,8 +303,7 @@ ACCUMULATED = ("compile_time_s", "probe_points", "probe_time_s", "probe_compile_
 def summarize(exp: bn_experiment.Experiment, rows, diverged_step, wall, compile_time, steps_done, prober=None, data_files=()) -> dict:
   """``summary.json``: final metrics per run, gap, steps to target, divergence, timing, provenance.
 
-  ``prober``: a dict of the probing cost (``probe_points``, ``probe_time_s``, ``probe_compile_time_s``)
-  or an object with ``points``, ``time``, ``compile_time``."""
+  ``prober``: a dict of the probing cost (``probe_points``, ``probe_time_s``, ``probe_compile_time_s``)."""
   from bn import stats
 
   target = exp.schedule.target_accuracy
@@ -325,8 +324,6 @@ def summarize(exp: bn_experiment.Experiment, rows, diverged_step, wall, compile_
         "steps_to_target": steps_to,
         "diverged": bool(div[i] >= 0), "diverged_step": int(div[i]) if div[i] >= 0 else None,
     })
-  if prober is not None and not isinstance(prober, dict):
-    prober = {"probe_points": prober.points, "probe_time_s": prober.time, "probe_compile_time_s": prober.compile_time}
   return {
       "name": exp.name, "steps": steps_done, "target_accuracy": target, "runs": per_run,
       "wall_time_s": wall, "compile_time_s": compile_time,
@@ -371,14 +368,10 @@ class WorkdirState(NamedTuple):
   extending: bool  # config.json records fewer train.steps: the run is trained on (its summary.json goes)
 
 
-def check_workdir(exp: bn_experiment.Experiment, workdir: Path, *, extend: bool = False) -> dict | None:
-  """The finished summary if ``workdir`` already holds this experiment's results; None when it is
-  new or resumable. Raises UsageError (ConfigError) for a file, or a workdir holding another config's run."""
-  return inspect_workdir(exp, workdir, extend=extend).finished
-
-
 def inspect_workdir(exp: bn_experiment.Experiment, workdir: Path, *, extend: bool = False) -> WorkdirState:
-  """Checks what ``workdir`` holds against ``exp`` without writing anything (see :func:`check_workdir`)."""
+  """Checks what ``workdir`` holds against ``exp`` without writing anything: ``finished`` is the summary
+  if it already holds this experiment's results (None when new or resumable). Raises UsageError
+  (ConfigError) for a file, or a workdir holding another config's run."""
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise UsageError(f"--workdir {workdir} is a file, not a directory; give a directory (new or holding this run).")

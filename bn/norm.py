@@ -661,8 +661,8 @@ def _population_noise(key, u, lay: _Layout, g: int, mask):
 
   No gradient flows through the synthetic statistics ``m`` and ``s`` (as none flows
   through the population statistics): ``dy/du = 1 / s``."""
-  view = (u.shape[0] // g, g) + tuple(u.shape[1:])
-  axes = tuple(a for a in range(1, len(view)) if a - 1 not in lay.feature_axes)
+  pl = _layout(u, lay.feature_axes, g, None)  # u's groups of g examples, as a ghost-batch view
+  view, axes = pl.view_shape, pl.reduce_axes
   rdt = _real_dtype(u.dtype)
   uv = u.reshape(view)
   k_z, k_q = jax.random.split(key)

@@ -22,7 +22,6 @@ same layouts serve one device and many.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -213,7 +212,3 @@ def evaluate(task: train.Task, num_sets: int, mesh=None):
   rows = P(None, task.axis_name)  # (chunks, rows): each device holds its rows of every chunk
   sets = ((rows, rows, rows),) * num_sets
   return jax.jit(_sharded(f, mesh, (P(), P(), sets, P()), P()))
-
-
-def shape_of(tree: Any):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)

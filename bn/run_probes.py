@@ -93,11 +93,13 @@ def with_kernels(params, paths, kv) -> dict:
   return unflatten_dict(flat)
 
 
-def _layer_kernels(subtree):
+def layer_kernels(subtree):
+  """The kernels (weight matrices) of one layer's parameter subtree."""
   return [v for p, v in flatten_dict(dict(subtree)).items() if p[-1] == "kernel"]
 
 
-def _sq(tree):
+def sum_sq(tree):
+  """Sum of squares of every leaf (in float32)."""
   return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
 
 
@@ -142,8 +144,8 @@ def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
   loss, grads = jax.value_and_grad(loss_fn)(params)
   out["loss"] = loss
   updates = rule.update(grads, state.opt_state, params)[0]  # the update the optimizer would take: the chain that trains
-  w_norm = jnp.stack([jnp.sqrt(_sq(_layer_kernels(params[n]))) for n in layers])
-  u_norm = jnp.stack([jnp.sqrt(_sq(_layer_kernels(updates[n]))) for n in layers])
+  w_norm = jnp.stack([jnp.sqrt(sum_sq(layer_kernels(params[n]))) for n in layers])
+  u_norm = jnp.stack([jnp.sqrt(sum_sq(layer_kernels(updates[n]))) for n in layers])
   if "norms" in kinds:
     out["norms"] = {"weight": w_norm, "effective_lr": lr / jnp.maximum(jnp.square(w_norm), 1e-30),
                     "grad": probes.layer_norms(grads, layers), "relative_update": u_norm / jnp.maximum(w_norm, 1e-30)}
@@ -153,7 +155,7 @@ def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
   kv = kernels(params, paths)
   loss_v, V0, _ = probes.normalized_parametrization(lambda w: loss_fn(with_kernels(params, paths, w)), kv)
   if "grad_ics" in kinds:
-    select = lambda t: _layer_kernels(t)  # noqa: E731  (compare the weight-matrix gradients)
+    select = layer_kernels  # compare the weight-matrix gradients
     raw = probes.gradient_ics(loss_fn, params, lambda g: updates, layers, select=select)  # the paper's: the actual update
     # matched: every earlier layer's weight columns move by rho of their norm along their actual update
     # direction (other parameters fixed); gradients compared in the normalized parametrization
@@ -195,8 +197,11 @@ class Prober:
     self.runs = [trainer.runs[i] for i in self.index]
     self.task = trainer.task
     self.spec = spec
-    self.fn = jax.jit(jax.vmap(functools.partial(probe_one, trainer.task, spec), in_axes=(programs.STATE_AXES, None, None, None)))
+    # the probed runs laid out as the training program lays them out (vmap, or unrolled for conv nets on CPU)
+    self.fn = jax.jit(programs.map_runs(functools.partial(probe_one, trainer.task, spec), trainer.task.runs,
+                                        (programs.STATE_AXES, None, None, None), 0))
     self.compiled = None
+    self.names = None  # (layer names, kernel paths) of the model, read once from the parameter tree
     self.time = 0.0  # seconds spent probing (running the program; the loop adds writing probes.jsonl), compile excluded
     self.compile_time = 0.0
     self.points = 0
@@ -221,8 +226,10 @@ class Prober:
     program = self._program(state)
     t0 = time.perf_counter()
     out = jax.device_get(program(state, self.x, self.y, self.xt))
-    layers = models.layer_names(jax.tree.map(lambda t: t[0], state.params))
-    kernel_names = list(kernel_paths(jax.tree.map(lambda t: t[0], state.params)))
+    if self.names is None:
+      one = jax.tree.map(lambda t: t[0], state.params)
+      self.names = (list(models.layer_names(one)), list(kernel_paths(one)))
+    layers, kernel_names = self.names
     rows = []
     for i, r in enumerate(self.runs):
       pick = jax.tree.map(lambda t: np.asarray(t)[i], out)

@@ -206,12 +206,6 @@ def _device_slice(idx, key, axis_name):
   return jax.lax.dynamic_slice_in_dim(idx, i * b, b), jax.random.fold_in(key, i)
 
 
-def get_batch(task: Task, state: TrainState, images, labels, key):
-  idx, sampler = pipeline.sampler_next(state.sampler, task.batch_size)
-  x, y = _batch_at(task, idx, images, labels, key)
-  return x, y, sampler
-
-
 def _batch_at(task: Task, idx, images, labels, key):
   """The batch of the global indices ``idx`` (this device's slice of it), augmented with ``key``."""
   idx, key = _device_slice(idx, key, task.axis_name)

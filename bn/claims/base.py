@@ -23,7 +23,8 @@ class Claim:
   ``experiments`` names configs of ``experiments/configs/`` (each with ``get_config(mode)``
   and ``conditions(mode)``) whose finished conditions ``analyze`` reads; ``runners`` maps an
   experiment that trains nothing to the function that measures it instead
-  (``runner(config, workdir, dataset)`` writing ``workdir/results.json``).
+  (``runner(config, dataset) -> dict``; :func:`bn.ledger.measure_condition` writes it to
+  ``workdir/results.json`` with the config, the wall time and the provenance).
   ``analyze(results) -> {"tests": [...], "table": [[aspect, paper, here], ...], "notes": [...]}``
   computes the tests (:func:`bn.analysis.test`; exactly one with ``role="primary"``), the
   "paper vs here" rows and any caveats; ``plot(results, analysis, out_dir) -> [png names]``

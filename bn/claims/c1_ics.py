@@ -113,14 +113,7 @@ def plot(results, a, out) -> list[str]:
 
 def _shift_curve(rows, layer):
   """(seeds, intervals): per-interval shift of one layer (fixed reference scale), for plotting."""
-  out = []
-  for seed in sorted({r["seed"] for r in rows}):
-    mine = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["step"])
-    mu = np.array([r["units"][layer]["mean"] for r in mine])
-    sd = np.array([r["units"][layer]["std"] for r in mine])
-    ref = np.sqrt(np.mean(np.square(sd), axis=0))
-    out.append(np.mean(np.abs(np.diff(mu, axis=0)) / np.maximum(ref, 1e-12), axis=1))
-  return np.array(out)
+  return np.array([np.mean(analysis.unit_shift_intervals(rows, layer, seed)[1], axis=1) for seed in sorted({r["seed"] for r in rows})])
 
 
 def _fig1(long, lr, out) -> str:

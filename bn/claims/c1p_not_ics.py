@@ -33,15 +33,12 @@ What is tested, declared before the run:
 
 from __future__ import annotations
 
-import functools
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bn import analysis, artifacts, config as bn_config, models, plotting, probes
+from bn import analysis, models, plotting, probes, run_probes
 from bn.programs import ONCE
 from bn.claims._common import censored, factor, log2_steps, mean_ci_text, mean_shift
 from bn.claims.base import Claim
@@ -223,10 +220,10 @@ def deep_linear(c, seeds, kind: str) -> list[dict]:
     f = lambda q: loss_fn(q, s, xy)[0]  # noqa: E731
     g = jax.grad(f)(p)
     upd = jax.tree.map(lambda t: -d.lr * t, g)
-    kern = lambda t: [v for path, v in jax.tree_util.tree_leaves_with_path(t) if "kernel" in jax.tree_util.keystr(path)]  # noqa: E731
+    kern = run_probes.layer_kernels
     raw = probes.gradient_ics(f, p, lambda _: upd, layers, select=kern)
-    w = jnp.stack([jnp.sqrt(sum(jnp.sum(k * k) for k in kern(p[n]))) for n in layers])
-    u = jnp.stack([jnp.sqrt(sum(jnp.sum(k * k) for k in kern(upd[n]))) for n in layers])
+    w = jnp.stack([jnp.sqrt(run_probes.sum_sq(kern(p[n]))) for n in layers])
+    u = jnp.stack([jnp.sqrt(run_probes.sum_sq(kern(upd[n]))) for n in layers])
     scale = d.rho * w / jnp.maximum(u, 1e-30)
     matched_upd = {n: jax.tree_util.tree_map_with_path(lambda path, t, i=i: t * scale[i] if "kernel" in jax.tree_util.keystr(path) else t, upd[n])
                    for i, n in enumerate(layers)}
@@ -249,21 +246,12 @@ def deep_linear(c, seeds, kind: str) -> list[dict]:
            "loss": [float(l[i]) for l in losses]} for i in range(len(seeds))]
 
 
-def measure_deep_linear(c, workdir: Path, dataset=None) -> dict:
-  """Runner of the ``deep_linear`` experiment: ``results.json`` with per-seed gradient ICS over training."""
-  out_file = workdir / "results.json"
-  if out_file.exists():
-    return artifacts.read_json(out_file)
-  kind = c.norm.kind
-  t0 = time.perf_counter()
-  per_seed = deep_linear(c, c.seeds, kind)
-  result = {"name": c.name, "seeds": list(c.seeds), "norm": kind, "depth": c.deep.depth, "width": c.deep.width, "lr": c.deep.lr,
-            "steps": per_seed[0]["steps"], "cos_raw": [r["cos_raw"] for r in per_seed], "cos_matched": [r["cos_matched"] for r in per_seed],
-            "loss": [r["loss"] for r in per_seed], "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
-  workdir.mkdir(parents=True, exist_ok=True)
-  artifacts.write_json(workdir / "config.json", {"config": bn_config.to_dict(c)})
-  artifacts.write_json(out_file, result)
-  return result
+def measure_deep_linear(c, dataset=None) -> dict:
+  """Runner of the ``deep_linear`` experiment: per-seed gradient ICS over training (the data is its own)."""
+  per_seed = deep_linear(c, c.seeds, c.norm.kind)
+  return {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "depth": c.deep.depth, "width": c.deep.width, "lr": c.deep.lr,
+          "steps": per_seed[0]["steps"], "cos_raw": [r["cos_raw"] for r in per_seed], "cos_matched": [r["cos_matched"] for r in per_seed],
+          "loss": [r["loss"] for r in per_seed]}
 
 
 CLAIM = Claim(

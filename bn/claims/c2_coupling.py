@@ -21,14 +21,12 @@ No published metric exists; this project defines the tests, declared before the 
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bn import analysis, artifacts, config as bn_config, data as bn_data, experiment, parallel, plotting, programs, train
+from bn import analysis, data as bn_data, experiment, models, parallel, plotting, programs, train
 from bn.claims._common import mean_ci_text
 from bn.claims.base import Claim
 
@@ -133,15 +131,11 @@ def plot(results, _a, out) -> list[str]:
 # ----------------------------------------------------------------------------- the freezing ablation (its own loop)
 
 
-def measure_freeze(c, workdir: Path, dataset: bn_data.Dataset) -> dict:
+def measure_freeze(c, dataset: bn_data.Dataset) -> dict:
   """Runner of the ``freeze`` experiment: train ``c.freeze.before`` steps, then from that state
   ``c.freeze.budget`` steps of every variant -- all layers, or one layer alone (the others at
   a per-layer LR multiplier of 0) -- for every seed in one program; record the training-mode
   loss on a fixed batch of ``c.freeze.batch`` training examples before and after."""
-  out_file = workdir / "results.json"
-  if out_file.exists():
-    return artifacts.read_json(out_file)
-  t0 = time.perf_counter()
   exp = experiment.from_config(c)
   ds = experiment.load_dataset(exp.data, dataset)
   stats = bn_data.channel_stats(ds.train.x)
@@ -153,25 +147,20 @@ def measure_freeze(c, workdir: Path, dataset: bn_data.Dataset) -> dict:
   state, _ = programs.chunk(task, c.freeze.before).lower(state, x, y).compile()(state, x, y)
   idx = np.random.default_rng(c.data.split_seed + 5).permutation(len(y))[: c.freeze.batch]
   xb, yb = x[np.sort(idx)], y[np.sort(idx)]
-  k = int(state.hparams.layer_lr.shape[1])
-  names = ["all"] + [f"layer{i}" for i in range(k - 1)] + ["head"]
+  names = ["all", *models.layer_names(state.params)]  # the order of hparams.layer_lr
+  k = len(names) - 1
   masks = np.concatenate([np.ones((1, k)), np.eye(k)]).astype(np.float32)  # (variants, layers)
   v = len(masks)
   # every (variant, seed) pair as one run: the phase-1 state repeated, the mask per run
   rep = programs.take_runs(state, np.tile(np.arange(n), v))
   rep = rep._replace(hparams=rep.hparams._replace(layer_lr=jnp.asarray(np.repeat(masks, n, axis=0))))
-  loss_fn = jax.jit(jax.vmap(lambda s: train.loss_and_updates(task, s.params, s.batch_stats, xb, yb, jax.random.PRNGKey(0), s.step)[0],
-                             in_axes=(programs.STATE_AXES,)))
+  loss_fn = jax.jit(programs.map_runs(lambda s: train.loss_and_updates(task, s.params, s.batch_stats, xb, yb, jax.random.PRNGKey(0), s.step)[0],
+                                      task.runs, (programs.STATE_AXES,), 0))
   before = np.asarray(loss_fn(rep)).reshape(v, n)
   rep, _ = programs.chunk(task, c.freeze.budget).lower(rep, x, y).compile()(rep, x, y)
   after = np.asarray(loss_fn(rep)).reshape(v, n)
-  result = {"name": c.name, "seeds": seeds.tolist(), "norm": c.norm.kind, "variants": names, "before_steps": c.freeze.before,
-            "budget": c.freeze.budget, "loss_before": before.tolist(), "loss_after": after.tolist(), "reduction": (before - after).tolist(),
-            "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
-  workdir.mkdir(parents=True, exist_ok=True)
-  artifacts.write_json(workdir / "config.json", {"config": bn_config.to_dict(c)})
-  artifacts.write_json(out_file, result)
-  return result
+  return {"name": c.name, "seeds": seeds.tolist(), "norm": c.norm.kind, "variants": names, "before_steps": c.freeze.before,
+          "budget": c.freeze.budget, "loss_before": before.tolist(), "loss_after": after.tolist(), "reduction": (before - after).tolist()}
 
 
 CLAIM = Claim(

@@ -10,14 +10,12 @@ What is tested, declared before the run (no training: one gradient per seed and 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bn import analysis, artifacts, config as bn_config, data as bn_data, experiment, models, parallel, plotting, probes, train
+from bn import analysis, data as bn_data, experiment, models, parallel, plotting, train
 from bn.claims.base import Claim
 
 EXPERIMENT = "depth_init"
@@ -46,33 +44,19 @@ def grad_norms_at_init(c, depth: int, x, y):
   return jax.jit(jax.vmap(one))(jnp.asarray(c.seeds, jnp.int32))
 
 
-def measure(c, workdir: Path, dataset: bn_data.Dataset) -> dict:
-  """Writes ``results.json`` with per-depth, per-seed layer gradient norms (and ``config.json``)."""
-  out_file = workdir / "results.json"
-  if out_file.exists():  # measured before: by this config only (another mode's results must not pass for this one's)
-    cfg_file = workdir / "config.json"
-    recorded = artifacts.read_json(cfg_file).get("config") if cfg_file.exists() else None
-    if recorded != bn_config.to_dict(c):
-      keys = "; ".join(f"{k}: {a!r} (workdir) vs {b!r} (this run)" for k, a, b in artifacts.config_diff(recorded or {}, bn_config.to_dict(c)))
-      raise bn_config.ConfigError(f"{workdir} holds results of a different config ({keys}); use another --out, "
-                                  f"or delete {workdir} to measure again.")
-    return artifacts.read_json(out_file)
+def measure(c, dataset: bn_data.Dataset) -> dict:
+  """Runner of the ``depth_init`` experiment: per-depth, per-seed layer gradient norms at initialization."""
   exp = experiment.from_config(c)
   ds = experiment.load_dataset(exp.data, dataset)
   stats = bn_data.channel_stats(ds.train.x)
   n = min(c.probes.batch_size, len(ds.train.y))
   x, y = parallel.place_train(bn_data.Split(ds.train.x[:n], ds.train.y[:n]), stats)
-  t0 = time.perf_counter()
   rows = []
   for depth in c.depths:
     norms = np.asarray(grad_norms_at_init(c, depth, x, y))
     rows.append({"depth": depth, "grad_norms": norms.tolist()})
-  result = {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "act": c.model.act, "width": c.model.widths[0],
-            "batch": n, "depths": rows, "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
-  workdir.mkdir(parents=True, exist_ok=True)
-  artifacts.write_json(workdir / "config.json", {"config": bn_config.to_dict(c)})
-  artifacts.write_json(out_file, result)
-  return result
+  return {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "act": c.model.act, "width": c.model.widths[0],
+          "batch": n, "depths": rows}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -91,7 +75,7 @@ def depth_slopes(result: dict) -> np.ndarray:
 def analyze(results) -> dict:
   r = results[EXPERIMENT]
   s_bn, s_none = depth_slopes(r["bn"]["results"]), depth_slopes(r["none"]["results"])
-  rb, rn = r["bn"]["results"], r["none"]["results"]
+  rb = r["bn"]["results"]
   return {"tests": [
       analysis.test("gradients explode with depth under BN: slope of log10(‖g_first‖/‖g_last‖) per layer of depth, BN", s_bn, "higher",
                     role="primary", unit="decades/layer"),
