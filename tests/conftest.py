@@ -19,10 +19,29 @@ os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".s
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 DEVICES = 8
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache for one test module (its path): subprocesses of `bn train` and
+  resumed runs load the programs the module compiled instead of compiling them again."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  old = {k: getattr(jax.config, k) for k in keys}
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  cc.reset_cache()
+  yield path
+  for k, v in old.items():
+    jax.config.update(k, v)
+  cc.reset_cache()
 
 
 def pytest_configure(config):

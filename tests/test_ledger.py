@@ -3,8 +3,6 @@ ledger end to end in tiny mode (synthetic data, a few steps), including resume a
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ kernels and is slower on CPU); inputs come from NumPy."""
 
 import dataclasses
 import functools
-import itertools
 
 import flax.linen as nn
 import jax

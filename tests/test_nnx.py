@@ -165,6 +165,18 @@ def test_dtypes_like_flax(x_dtype, dtype):
   assert_close(ours.var[...], ref.var[...], rtol=1e-2)
 
 
+def test_bfloat16_layer_normalizes_at_eval_with_float32_running_statistics():
+  # dtype=bfloat16: the running statistics stay float32 and eval normalizes with them in float32; only the output is
+  # cast to bfloat16 (NumPy reference in float64, compared at bfloat16's resolution)
+  m = _layer(bx.BatchNorm, 3, dtype=jnp.bfloat16)
+  x = jnp.asarray(inputs((16, 3))[0], jnp.float32)
+  y = m(x, use_running_average=True)
+  assert y.dtype == jnp.bfloat16 and m.mean.dtype == m.var.dtype == jnp.float32
+  mean, var = np.asarray(m.mean[...], np.float64), np.asarray(m.var[...], np.float64)
+  want = (np.asarray(x, np.float64) - mean) / np.sqrt(var + m.epsilon) * np.asarray(m.scale[...], np.float64) + np.asarray(m.bias[...], np.float64)
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=1e-2, atol=1e-2)
+
+
 def test_axis_name_matches_flax():
   x = inputs((4, 6, 3))[0]  # 4 "devices" x 6 examples x 3 features
   ref, ours = (_layer(c, 3, axis_name="dev", momentum=0.5) for c in (nnx.BatchNorm, bx.BatchNorm))

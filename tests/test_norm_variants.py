@@ -87,8 +87,9 @@ def test_noise_errors():
   x, params, state = random_setup((4, 3), (1,))[0], *bn.init(3)
   with pytest.raises(TypeError, match="noise must be bn.Noise"):
     bn.batch_norm(x, params, state, train=True, noise=(0.5, 1.25), key=jax.random.key(0))
-  with pytest.raises(ValueError, match=r"Noise\(dose=-1.0\) must be >= 0"):
-    bn.batch_norm(x, params, state, train=True, noise=bn.Noise(dose=-1.0), key=jax.random.key(0))
+  for field in ("dose", "mean_halfwidth", "scale_std"):
+    with pytest.raises(ValueError, match=rf"Noise\({field}=-1.0\) must be >= 0"):
+      bn.batch_norm(x, params, state, train=True, noise=bn.Noise(**{field: -1.0}), key=jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------- stop-gradient through the statistics

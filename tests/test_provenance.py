@@ -2,13 +2,10 @@
 ledger's provenance record, remote paths refused, and a closed pipe that is not an error."""
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from bn import cli, config as bn_config, experiment, loop, provenance
 from tests.test_data import write_idx_set

@@ -25,8 +25,10 @@ import pytest
 from bn import artifacts, cli, config, experiment, ledger, loop
 from bn.errors import RunError, UsageError
 from bn.progress import Progress
+from run_helpers import REPO, bn_train_command, config_maker
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("compile_cache")
+
 STEPS, EVERY, PROBE_EVERY = 400, 100, 200
 
 # Probes every 200 steps, checkpoints every 100: most checkpoints fall between probe points.
@@ -54,22 +56,6 @@ WALL = {"wall_time", "wall_time_s", "compile_time_s", "steps_per_s", "run_steps_
 # ----------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  cc.reset_cache()
-  yield path
-  for k, v in old.items():
-    jax.config.update(k, v)
-  cc.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def cfg_path(tmp_path_factory):
   p = tmp_path_factory.mktemp("configs") / "rel.py"
@@ -79,12 +65,7 @@ def cfg_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg(cfg_path):
-  def make(**updates):
-    c = config.load(str(cfg_path))
-    for k, v in updates.items():
-      config.assign(c, k.replace("__", "."), v)
-    return c
-  return make
+  return config_maker(cfg_path)
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +104,7 @@ def committed_steps(wd):
 
 def bn_train(cfg_path, wd, cache, *extra, env=None):
   """`bn train` as a real process (the compilation cache shared with this one)."""
-  e = {k: v for k, v in os.environ.items() if k not in (loop.KILL_ENV, loop.ENOSPC_ENV)}
-  e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **(env or {}))
-  cmd = [sys.executable, "-m", "bn", "train", "--config", str(cfg_path), "--workdir", str(wd), "--no-progress", *extra]
+  cmd, e = bn_train_command(cfg_path, wd, cache, *extra, drop_env=(loop.KILL_ENV, loop.ENOSPC_ENV), env=env)
   return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
 
 
@@ -352,7 +331,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(cfg, tmp_pa
   existing = tmp_path / "existing"
   existing.mkdir()
   (existing / "notes.txt").write_text("mine")
-  with pytest.raises(RunError):
+  with pytest.raises(RunError, match="No space left on device"):
     loop.train_workdir(experiment.from_config(cfg()), existing, progress=False)
   assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # left as it was
 
@@ -402,17 +381,19 @@ def test_ledger_out_of_another_mode_is_refused(tmp_path, capsys):
   assert (out / "ledger.json").read_text() == before and sorted(p.name for p in out.iterdir()) == ["ledger.json"]
 
 
-def test_measured_results_of_another_config_are_refused(tmp_path):
-  from bn.claims import c6_depth
+@pytest.mark.parametrize("experiment", ["depth_init", "freeze", "deep_linear"])  # every experiment that trains nothing
+def test_measured_results_of_another_config_are_refused(tmp_path, experiment):
+  from bn import claims
 
-  tiny, quick = (ledger.condition_configs("depth_init", m)["bn"] for m in ("tiny", "quick"))
+  measure = claims.runner(experiment)
+  tiny, quick = (ledger.condition_configs(experiment, m)["bn"] for m in ("tiny", "quick"))
   wd = tmp_path / "bn"
   wd.mkdir()
   artifacts.write_json(wd / "config.json", {"config": config.to_dict(tiny)})
   artifacts.write_json(wd / "results.json", {"depths": []})
-  assert c6_depth.measure(tiny, wd, None) == {"depths": []}  # its own results are reused
+  assert ledger.measure_condition(measure, tiny, wd, None) == {"depths": []}  # its own results are reused
   with pytest.raises(config.ConfigError, match=r"holds results of a different config \(.*\(workdir\) vs .*\(this run\)"):
-    c6_depth.measure(quick, wd, None)
+    ledger.measure_condition(measure, quick, wd, None)
 
 
 def test_timings_are_recorded_as_conditions_finish(tmp_path, monkeypatch):

@@ -9,11 +9,9 @@ subprocesses -- load them instead. Runs of the tiny config share one set of prog
 import functools
 import json
 import math
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +21,10 @@ import numpy as np
 import pytest
 
 from bn import cli, config, data, experiment, loop, pipeline, train
+from run_helpers import REPO, bn_train_command, config_maker
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("compile_cache")
+
 O0 = {"xla_backend_optimization_level": 0}
 STEPS, EVERY = 400, 100
 
@@ -54,22 +54,6 @@ RUN_RESULTS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "ga
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  cc.reset_cache()
-  yield path
-  for k, v in old.items():
-    jax.config.update(k, v)
-  cc.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def cfg_path(tmp_path_factory):
   p = tmp_path_factory.mktemp("configs") / "tiny.py"
@@ -79,12 +63,7 @@ def cfg_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(cfg_path):
-  def make(**updates):
-    c = config.load(str(cfg_path))
-    for k, v in updates.items():
-      config.assign(c, k.replace("__", "."), v)
-    return c
-  return make
+  return config_maker(cfg_path)
 
 
 @pytest.fixture(scope="module")
@@ -313,9 +292,7 @@ def test_stop_after_then_resume_matches_an_uninterrupted_run(get, workdirs, sing
 
 
 def _bn_train(cfg_path, wd, cache, *extra):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_NUMPY_RANK_PROMOTION="raise")
-  cmd = [sys.executable, "-m", "bn", "train", "--config", str(cfg_path), "--workdir", str(wd), "--no-progress", *extra]
+  cmd, env = bn_train_command(cfg_path, wd, cache, *extra, env={"JAX_NUMPY_RANK_PROMOTION": "raise"})
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,7 +1,6 @@
 """A validation split (data.val_size > 0) is carved from the training data and evaluated with the
 test split; its metrics agree with an independent evaluation of the trained weights."""
 
-import jax
 import numpy as np
 import optax
 
