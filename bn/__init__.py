@@ -10,6 +10,7 @@ pure core needs no Flax).
 
 from bn.norm import (
     BatchStats,
+    BNOptions,
     BNParams,
     BNState,
     Noise,
@@ -27,7 +28,7 @@ from bn.norm import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchStats", "BNParams", "BNState", "Noise", "Renorm", "batch_norm", "get", "group_norm",
+    "BatchStats", "BNOptions", "BNParams", "BNState", "Noise", "Renorm", "batch_norm", "get", "group_norm",
     "init", "init_state", "layer_norm", "no_norm", "reset",
 ]
 

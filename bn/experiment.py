@@ -114,7 +114,8 @@ class Experiment:
     # precise BN for the kinds that normalize with batch statistics in training; population BN is evaluated
     # with its running statistics, which are what its forward pass used in training
     if self.schedule.precise_bn > 0 and getattr(getattr(model, "norm", None), "kind", "none") in ("batch", "ghost", "renorm", "noisy"):
-      precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", ghost_batch_size=None, population_noise=None))
+      plain = model.norm.options._replace(ghost_batch_size=None, population_noise=None)
+      precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", options=plain))
     return self._task._replace(model=model, loop=loop, runs=runs, precise_bn=precise)
 
   @property
@@ -192,6 +193,13 @@ def _check(c) -> None:
   _choice("norm.kind", c.norm.kind, models.NORM_KINDS)
   _choice("norm.position", c.norm.position, ("pre", "post"))
   _choice("norm.variance", c.norm.variance, bn.norm.VARIANCES)
+  for f in bn.BNOptions._fields:  # every option the config sets, checked by the core's own rules, the key named
+    if f in c.norm:
+      try:
+        one = models.MODEL_OPTIONS._replace(**{f: _OPTION_VALUES.get(f, lambda v: v)(c.norm[f]), "population": f == "population_noise"})
+        bn.norm.check_options(one)
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f"--config.norm.{f}={c.norm[f]!r}: {e}") from None
   _choice("data.source", c.data.source, bn_data.SOURCES)
   _choice("parallel.bn_stats", c.parallel.bn_stats, ("sync", "local"))
   m = c.norm.momentum
@@ -244,14 +252,24 @@ def choose_layout(loop: str, runs: str, model, backend: str | None = None) -> tu
 # ----------------------------------------------------------------------------- translation
 
 
+# Config values of a BN option that need converting into the option's value (every other option field
+# with a key in the config's ``norm`` section is taken as it is: a new bn.BNOptions field needs only its key).
+_OPTION_VALUES = {
+    "ghost_batch_size": lambda g: g or None,
+    "population_noise": lambda g: g or None,
+    "noise": lambda z: bn.Noise(tuple(z.mean_range), tuple(z.scale_range), z.mean_halfwidth, z.scale_std, bool(z.per_sample),
+                                float(z.dose)),
+}
+
+
+def bn_options(n) -> bn.BNOptions:
+  """The :class:`bn.BNOptions` of a config's ``norm`` section: every option field that has a key there."""
+  given = {f: _OPTION_VALUES.get(f, lambda v: v)(n[f]) for f in bn.BNOptions._fields if f in n}
+  return models.MODEL_OPTIONS._replace(**given)
+
+
 def norm_spec(n) -> models.NormSpec:
-  z = n.noise
-  return models.NormSpec(
-      kind=n.kind, position=n.position, momentum=n.momentum, epsilon=n.epsilon, variance=n.variance,
-      ghost_batch_size=n.ghost_batch_size or None, num_groups=n.num_groups,
-      noise=bn.Noise(tuple(z.mean_range), tuple(z.scale_range), z.mean_halfwidth, z.scale_std, bool(z.per_sample), float(z.dose)),
-      stats_gradient=bool(n.stats_gradient), population_noise=n.population_noise or None, affine=bool(n.affine),
-  )
+  return models.NormSpec(kind=n.kind, position=n.position, options=bn_options(n), num_groups=n.num_groups, affine=bool(n.affine))
 
 
 def from_config(c) -> Experiment:

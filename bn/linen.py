@@ -39,8 +39,8 @@ from flax.linen import initializers
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax import lax
 
-from bn._adapter import call_core
-from bn.norm import BNState, Noise, _canonical_axes
+from bn._adapter import call_core, layer_options, sow_requested, sowing_stats
+from bn.norm import BNOptions, BNState, Noise, _canonical_axes
 
 Array = jax.Array
 
@@ -64,7 +64,10 @@ class BatchNorm(nn.Module):
     use_fast_variance: ``True`` -> ``E[x^2] - E[x]^2`` (core ``variance='fast'``),
       ``False`` -> two-pass ``E[(x - E[x])^2]``.
     force_float32_reductions: ``True`` stores the running statistics in float32,
-      ``False`` in ``param_dtype``; statistics are always computed in >= float32.
+      ``False`` in ``param_dtype``; statistics are always computed (and updated) in
+      >= float32, but *stored* in ``param_dtype``: with float16 a running variance
+      above 65504 (a feature std above ~256) is stored as inf, as in Flax. Keep the
+      default for float16 parameters.
 
   Extras (all off by default):
     ghost_batch_size: normalize each chunk of this many examples (axis 0) with
@@ -87,6 +90,13 @@ class BatchNorm(nn.Module):
       per-example ``jax.vmap``. ``True``: the core's error for fewer than 2
       values per feature (a traced mask instead keeps and uses the running
       statistics of such features).
+    variance: the core's estimator, ``"shifted"``, ``"two_pass"`` or ``"fast"``
+      (:func:`bn.batch_norm`); when set it wins over ``use_fast_variance``, which
+      stays Flax's alias (``True`` -> ``"fast"``, ``False`` -> ``"two_pass"``).
+    options: a :class:`bn.BNOptions` with any core option (also ones without an
+      attribute here, e.g. ``skip_nonfinite``); the attributes above that are left
+      at their defaults take its values, the others replace them.
+    sow_stats: sow the batch statistics used (see Probes below).
 
   Known differences from ``flax.linen.BatchNorm`` (everything else agrees to
   float rounding, outputs, running statistics and gradients):
@@ -110,10 +120,13 @@ class BatchNorm(nn.Module):
   batches and noise are off and ``strict_batch`` does not apply (a single value
   per feature gives Flax's output), so any dummy input initializes the layer.
 
-  Probes: in training (not at init) the batch statistics used -- the biased
-  mean and variance, pooled over ghost batches and devices -- are sown as
-  ``bn_stats/mean`` and ``bn_stats/var`` (tuples, one entry per call); a no-op
-  unless ``'bn_stats'`` is mutable.
+  Probes: with ``sow_stats=True`` a training call (not at init) sows the batch
+  statistics it used -- the biased mean and variance, pooled over ghost batches and
+  devices -- as ``bn_stats/mean`` and ``bn_stats/var`` (tuples, one entry per call;
+  a no-op unless ``'bn_stats'`` is mutable). Off by default, as in Flax, whose layer
+  writes only ``batch_stats``: with ``apply(..., mutable=True)`` a sown collection
+  comes back, and fed back in it would grow by one entry per call and step.
+  :func:`recalibrate` turns sowing on for its own calls.
   """
 
   use_running_average: bool | None = None
@@ -139,6 +152,9 @@ class BatchNorm(nn.Module):
   population_noise: int | None = None
   stats_gradient: bool = True
   strict_batch: bool = False
+  variance: str | None = None
+  options: BNOptions | None = None
+  sow_stats: bool = False
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None, renorm=None):
@@ -171,29 +187,28 @@ class BatchNorm(nn.Module):
     state = BNState(ra_mean.value, ra_var.value, count)
     train = not use_running_average
     initializing = self.is_initializing()
-    ghost, noise, pop_noise, key = self.ghost_batch_size, self.noise, self.population_noise, None
-    if train and initializing:
-      ghost, noise, pop_noise = None, None, None
-    if train and (noise is not None or pop_noise is not None):
-      if not self.has_rng("noise"):
-        what = "noise" if noise is not None else "population_noise"
-        raise ValueError(
-            f"BatchNorm({what}=...) draws random noise in training: pass an rng stream named 'noise', "
-            "e.g. model.apply(variables, x, rngs={'noise': key}, mutable=['batch_stats'])."
-        )
-      key = self.make_rng("noise")
+    key = None
+    if train and not initializing:
+      o = layer_options(self, renorm)
+      if o.noise is not None or o.population_noise is not None:
+        if not self.has_rng("noise"):
+          what = "noise" if o.noise is not None else "population_noise"
+          raise ValueError(
+              f"BatchNorm({what}=...) draws random noise in training: pass an rng stream named 'noise', "
+              "e.g. model.apply(variables, x, rngs={'noise': key}, mutable=['batch_stats'])."
+          )
+        key = self.make_rng("noise")
 
-    y, new_state, stats = call_core(
-        self, x, scale, bias, state, train=train, mask=mask, axis_name=None if initializing else self.axis_name,
-        ghost_batch_size=ghost, renorm=renorm, noise=noise, population_noise=pop_noise, key=key,
-        strict_batch=self.strict_batch and not initializing,
-    )
+    y, new_state, stats = call_core(self, x, scale, bias, state, train=train, mask=mask,
+                                    axis_name=None if initializing else self.axis_name, renorm=renorm, key=key,
+                                    initializing=initializing)
     if train and not initializing:
       ra_mean.value, ra_var.value = new_state.mean, new_state.var
       if ra_count is not None:
         ra_count.value = new_state.count
-      self.sow("bn_stats", "mean", stats.mean)
-      self.sow("bn_stats", "var", stats.var)
+      if sow_requested(self):
+        self.sow("bn_stats", "mean", stats.mean)
+        self.sow("bn_stats", "var", stats.var)
     return y
 
 
@@ -229,7 +244,8 @@ def recalibrate(apply_fn: Callable[..., tuple[Any, Any]], variables, batches):
   """
 
   def batch_stats_of(batch):
-    _, mutated = apply_fn(variables, batch, mutable=["batch_stats", "bn_stats"])
+    with sowing_stats():  # every bn.linen.BatchNorm sows the statistics it used, whatever its sow_stats says
+      _, mutated = apply_fn(variables, batch, mutable=["batch_stats", "bn_stats"])
     sown = flatten_dict(dict(mutated.get("bn_stats", {})))
     return {path: sum(calls) / len(calls) for path, calls in sown.items()}
 

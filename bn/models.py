@@ -29,7 +29,6 @@ import bn
 from bn import linen as bn_linen
 
 NORM_KINDS = ("batch", "ghost", "renorm", "noisy", "population", "group", "layer", "none")
-BATCH_KINDS = ("batch", "ghost", "renorm", "noisy", "population")  # the kinds with running statistics
 ACTIVATIONS: dict[str, Callable] = {
     "sigmoid": nn.sigmoid,
     "relu": nn.relu,
@@ -39,20 +38,25 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+POSITIONS = ("pre", "post")
+# The models' BN options unless a NormSpec says otherwise: the core's, with Flax's batch of one and two-pass variance.
+MODEL_OPTIONS = bn.BNOptions(variance="two_pass", strict_batch=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class NormSpec:
-  """Which normalizer, where, and its options (hashable: a Linen attribute)."""
+  """Which normalizer, where, and its options (hashable: a Linen attribute).
+
+  ``options`` is the core's :class:`bn.BNOptions`, passed to the BN layers as it is, except
+  what ``kind`` decides (:meth:`bn_options`): ``ghost`` needs ``options.ghost_batch_size``
+  (which every batch-statistics kind honours), ``noisy`` adds ``options.noise`` (default
+  ``bn.Noise()``), ``population`` sets ``population=True`` (and keeps ``population_noise``),
+  ``renorm`` clips at ``r_max=1, d_max=0`` unless the call passes its schedule's clips."""
 
   kind: str = "batch"
   position: str = "pre"  # "pre": dense -> norm -> act (Ioffe); "post": dense -> act -> norm
-  momentum: float | None = 0.99
-  epsilon: float = 1e-5
-  variance: str = "two_pass"  # the core's estimator (bn.batch_norm's variance=)
-  ghost_batch_size: int | None = None  # kind="ghost" (required); also honoured by batch/renorm/noisy/population
+  options: bn.BNOptions = MODEL_OPTIONS
   num_groups: int = 8  # kind="group": the largest divisor of the channel count not above it; 0: C/2 groups (Wu & He for C < 64)
-  noise: bn.Noise = bn.Noise()  # kind="noisy"
-  stats_gradient: bool = True  # False: no gradient through the batch mean and variance (Ioffe & Szegedy §2's ablation)
-  population_noise: int | None = None  # kind="population": plus the sampling noise of the statistics of this many examples (Luo et al. 2019)
   affine: bool = True  # False: scale and bias frozen at 1 and 0 (BN and the per-example norms)
   axis_name: str | None = None  # data-parallel mesh axis (set by bn.parallel); None on one device
   per_device: bool = False  # with axis_name: each device normalizes with its own shard (ghost BN, ghost = shard)
@@ -60,15 +64,29 @@ class NormSpec:
   def __post_init__(self):
     if self.kind not in NORM_KINDS:
       raise ValueError(f"norm kind {self.kind!r} is not one of {NORM_KINDS}.")
-    if self.position not in ("pre", "post"):
-      raise ValueError(f"norm position {self.position!r} must be 'pre' or 'post'.")
-    if self.kind == "ghost" and not self.ghost_batch_size:
+    if self.position not in POSITIONS:
+      raise ValueError(f"norm position {self.position!r} must be one of {POSITIONS}.")
+    if not isinstance(self.options, bn.BNOptions):
+      raise TypeError(f"NormSpec(options=...) must be bn.BNOptions, got {type(self.options).__name__}.")
+    if self.kind == "ghost" and not self.options.ghost_batch_size:
       raise ValueError("norm kind 'ghost' needs ghost_batch_size (e.g. --config.norm.ghost_batch_size=16).")
-    if self.variance not in bn.norm.VARIANCES:
-      raise ValueError(f"norm variance {self.variance!r} is not one of {bn.norm.VARIANCES}.")
-    if self.population_noise and self.kind != "population":
-      raise ValueError(f"norm population_noise={self.population_noise} needs norm kind 'population' (it perturbs the running statistics "
-                       "population mode normalizes with); set --config.norm.kind=population.")
+    if self.options.population_noise and self.kind != "population":
+      raise ValueError(f"norm population_noise={self.options.population_noise} needs norm kind 'population' (it perturbs the running "
+                       "statistics population mode normalizes with); set --config.norm.kind=population.")
+    bn.norm.check_options(self.bn_options())
+
+  def bn_options(self) -> bn.BNOptions:
+    """The options the BN layers get for this kind (see the class docstring)."""
+    o = self.options
+    return o._replace(noise=(o.noise or bn.Noise()) if self.kind == "noisy" else None, population=self.kind == "population",
+                      population_noise=o.population_noise if self.kind == "population" else None,
+                      renorm=bn.Renorm(1.0, 0.0) if self.kind == "renorm" else None)
+
+
+def norm_spec(kind: str = "batch", position: str = "pre", *, num_groups: int = 8, affine: bool = True, **options) -> NormSpec:
+  """A :class:`NormSpec` with ``options`` given as keywords over :data:`MODEL_OPTIONS`, e.g.
+  ``norm_spec("ghost", ghost_batch_size=16, momentum=0.9)``."""
+  return NormSpec(kind, position, MODEL_OPTIONS._replace(**options), num_groups, affine)
 
 
 def activation(name: str) -> Callable:
@@ -121,26 +139,11 @@ class Norm(nn.Module):
     if s.kind == "none":
       return x
     if s.kind in ("layer", "group"):
-      return PerExampleNorm(s.kind, s.num_groups, s.epsilon, s.affine, name="norm")(x)
-    ghost = s.ghost_batch_size
-    if s.per_device and s.axis_name is not None and ghost is None:
-      ghost = x.shape[0]  # the device's whole shard is one ghost batch: per-device statistics
-    layer = bn_linen.BatchNorm(
-        momentum=s.momentum,
-        epsilon=s.epsilon,
-        use_fast_variance=s.variance == "fast",  # Flax's name for the core's variance="fast"
-        axis_name=s.axis_name,
-        ghost_batch_size=ghost,  # any batch-statistics kind may use ghost batches (e.g. renorm)
-        r_max=1.0 if s.kind == "renorm" else None,  # clips come from the call (a schedule)
-        d_max=0.0 if s.kind == "renorm" else None,
-        noise=s.noise if s.kind == "noisy" else None,
-        population=s.kind == "population",
-        population_noise=s.population_noise or None,
-        stats_gradient=s.stats_gradient,
-        use_scale=s.affine,
-        use_bias=s.affine,
-        name="bn",
-    )
+      return PerExampleNorm(s.kind, s.num_groups, s.options.epsilon, s.affine, name="norm")(x)
+    o = s.bn_options()
+    if s.per_device and s.axis_name is not None and o.ghost_batch_size is None:
+      o = o._replace(ghost_batch_size=x.shape[0])  # the device's whole shard is one ghost batch: per-device statistics
+    layer = bn_linen.BatchNorm(options=o, axis_name=s.axis_name, use_scale=s.affine, use_bias=s.affine, name="bn")
     return layer(x, use_running_average=not train, renorm=renorm if s.kind == "renorm" else None)
 
 

@@ -34,8 +34,8 @@ except ModuleNotFoundError as e:  # pragma: no cover - exercised by the core-onl
 from flax import nnx
 from flax.nnx.nn import dtypes, initializers
 
-from bn._adapter import call_core
-from bn.norm import BNState, Noise
+from bn._adapter import call_core, layer_options
+from bn.norm import BNOptions, BNState, Noise
 
 Array = jax.Array
 
@@ -92,6 +92,12 @@ class BatchNorm(nnx.Module):
       per-example ``nnx.vmap``. ``True``: the core's error for fewer than 2
       values per feature (a traced mask instead keeps and uses the running
       statistics of such features).
+    variance: the core's estimator, ``"shifted"``, ``"two_pass"`` or ``"fast"``
+      (:func:`bn.batch_norm`); when set it wins over ``use_fast_variance``, which
+      stays Flax's alias (``True`` -> ``"fast"``, ``False`` -> ``"two_pass"``).
+    options: a :class:`bn.BNOptions` with any core option (also ones without an
+      argument here, e.g. ``skip_nonfinite``); the arguments above that are left
+      at their defaults take its values, the others replace them.
 
   Known differences from ``flax.nnx.BatchNorm`` (everything else agrees to
   float rounding, outputs, running statistics and gradients):
@@ -149,6 +155,8 @@ class BatchNorm(nnx.Module):
       population_noise: int | None = None,
       stats_gradient: bool = True,
       strict_batch: bool = False,
+      variance: str | None = None,
+      options: BNOptions | None = None,
   ):
     feature_shape = (num_features,)
     self.mean = nnx.BatchStat(jnp.zeros(feature_shape, jnp.float32))
@@ -166,7 +174,8 @@ class BatchNorm(nnx.Module):
       self.bias = nnx.Param(bias_init(rngs.params(), feature_shape, param_dtype), **bias_metadata)
     else:
       self.bias = nnx.data(None)
-    if (noise is not None or population_noise is not None) and ("noise" in rngs or "default" in rngs):
+    noisy = noise is not None or population_noise is not None or (options is not None and (options.noise is not None or options.population_noise is not None))
+    if noisy and ("noise" in rngs or "default" in rngs):
       self.rngs = rngs["noise"].fork()
     else:
       self.rngs = nnx.data(None)
@@ -193,6 +202,8 @@ class BatchNorm(nnx.Module):
     self.population_noise = population_noise
     self.stats_gradient = stats_gradient
     self.strict_batch = strict_batch
+    self.variance = variance
+    self.options = options
 
   def __call__(
       self,
@@ -231,14 +242,12 @@ class BatchNorm(nnx.Module):
     count = self.count[...] if self.momentum is None else jnp.zeros((), jnp.int32)
     state = BNState(self.mean[...], self.var[...], count)
     train = not use_running_average
-    noisy = self.noise is not None or self.population_noise is not None
+    o = layer_options(self, renorm)
+    noisy = o.noise is not None or o.population_noise is not None
     key = self._noise_key(rngs) if train and noisy else None
 
-    y, new_state, stats = call_core(
-        self, x, scale, bias, state, train=train, mask=mask, axis_name=self.axis_name,
-        ghost_batch_size=self.ghost_batch_size, renorm=renorm, noise=self.noise,
-        population_noise=self.population_noise, key=key, strict_batch=self.strict_batch,
-    )
+    y, new_state, stats = call_core(self, x, scale, bias, state, train=train, mask=mask, axis_name=self.axis_name, renorm=renorm,
+                                    key=key)
     if train:
       if new_state.mean.dtype == self.mean.dtype:
         self.mean[...] = new_state.mean

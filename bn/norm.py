@@ -64,7 +64,6 @@ statistics of the global batch (Flax averages per-device means instead).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -72,6 +71,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from bn._moments import (Layout, abs_sq, batch_statistics, canonical_axes, check_counts, group_size, is_bool, is_traced, layout,
+                         lift, prepare_mask, real_dtype, running_update, static_number, to_view)
+from bn._noise import apply_noise, chi2, population_noise as _population_noise
+
+_canonical_axes, _chi2 = canonical_axes, chi2  # the names the adapters and tests import
 
 Array = jax.Array
 
@@ -143,7 +148,33 @@ class Noise(NamedTuple):
 VARIANCES = ("shifted", "two_pass", "fast")
 
 
-# ----------------------------------------------------------------------------- init
+
+
+class BNOptions(NamedTuple):
+  """Every option of :func:`batch_norm` as one value (defaults as :func:`batch_norm`'s).
+
+  The Flax adapters gather their attributes into one (:mod:`bn.linen`, :mod:`bn.nnx`),
+  and :class:`bn.models.NormSpec` embeds one, so an option is declared once, here:
+  a new option is a new field (plus its check in :func:`check_options` and its use in
+  :func:`batch_norm`), and the adapters, models and configs pass it on unchanged.
+  Per-call arguments (``mask``, ``key``, ``axis_name``, ``dtype``) are not options.
+
+  ``batch_norm(x, p, s, train=True, options=opts, ghost_batch_size=8)`` takes ``opts``
+  with ``ghost_batch_size`` replaced; ``opts._replace(...)`` does the same for a value."""
+
+  momentum: float | None = 0.99
+  epsilon: float = 1e-5
+  axis: int | tuple[int, ...] = -1
+  variance: str = "shifted"
+  unbiased: bool = False
+  ghost_batch_size: int | None = None
+  renorm: Renorm | None = None
+  noise: Noise | None = None
+  population: bool = False
+  population_noise: int | None = None
+  stats_gradient: bool = True
+  strict_batch: bool = True
+  skip_nonfinite: bool = False
 
 
 def _feature_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
@@ -184,41 +215,14 @@ def reset(state: BNState) -> BNState:
 # ----------------------------------------------------------------------------- checks
 
 
-def _canonical_axes(ndim: int, axis) -> tuple[int, ...]:
-  axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-  out = []
-  for a in axes:
-    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
-      raise TypeError(f"axis={axis!r} must be an int or a tuple of ints (the feature axes).")
-    if not -ndim <= a < ndim:
-      raise ValueError(f"feature axis {a} is out of range for an input of rank {ndim}; pass axis= within [-{ndim}, {ndim}).")
-    out.append(int(a) % ndim)
-  return tuple(sorted(set(out)))
-
-
-def _is_bool(v) -> bool:
-  return isinstance(v, (bool, np.bool_))
-
-
-def _static_number(v) -> float | None:
-  """``float(v)`` for a concrete Python/NumPy real number (bools excluded), else None."""
-  if _is_bool(v):
-    return None
-  if isinstance(v, (int, float, np.integer, np.floating)):
-    return float(v)
-  if isinstance(v, np.ndarray) and v.ndim == 0 and np.issubdtype(v.dtype, np.number) and not np.iscomplexobj(v):
-    return float(v)
-  return None
-
-
 def _check_flag(name: str, v) -> bool:
-  if not _is_bool(v):
+  if not is_bool(v):
     raise TypeError(f"{name}={v!r} must be a Python bool (True or False); a traced value cannot choose the code path.")
   return bool(v)
 
 
 def _check_int(name: str, v, minimum: int) -> int:
-  if _is_bool(v) or not isinstance(v, (int, np.integer)):
+  if is_bool(v) or not isinstance(v, (int, np.integer)):
     raise TypeError(f"{name}={v!r} must be an int (a number of examples), e.g. {name}=16.")
   if v < minimum:
     raise ValueError(f"{name}={v} must be >= {minimum}.")
@@ -228,11 +232,11 @@ def _check_int(name: str, v, minimum: int) -> int:
 def _check_momentum(momentum):
   if momentum is None:
     return
-  if _is_bool(momentum) or (hasattr(momentum, "dtype") and jnp.issubdtype(momentum.dtype, jnp.bool_)):
+  if is_bool(momentum) or (hasattr(momentum, "dtype") and jnp.issubdtype(momentum.dtype, jnp.bool_)):
     raise TypeError(f"momentum={momentum!r} is a bool; pass a number in [0, 1) such as 0.99 (Flax convention), or None.")
   if isinstance(momentum, str):
     raise TypeError(f"momentum={momentum!r} must be a number in [0, 1) or None.")
-  m = _static_number(momentum)
+  m = static_number(momentum)
   if m is not None and not 0.0 <= m < 1.0:
     raise ValueError(
         f"momentum={momentum} is outside [0, 1). bn uses the Flax convention "
@@ -241,9 +245,9 @@ def _check_momentum(momentum):
 
 
 def _check_epsilon(epsilon):
-  if _is_bool(epsilon) or isinstance(epsilon, str):
+  if is_bool(epsilon) or isinstance(epsilon, str):
     raise TypeError(f"epsilon={epsilon!r} must be a positive number, e.g. epsilon=1e-5.")
-  e = _static_number(epsilon)
+  e = static_number(epsilon)
   if e is not None and not e > 0:
     raise ValueError(f"epsilon={epsilon} must be > 0 (it keeps rsqrt(var + epsilon) finite); e.g. epsilon=1e-5.")
 
@@ -265,7 +269,7 @@ def _check_renorm(renorm):
     return
   if not isinstance(renorm, Renorm):
     raise TypeError(f"renorm must be bn.Renorm(r_max, d_max), got {type(renorm).__name__}.")
-  r, d = _static_number(renorm.r_max), _static_number(renorm.d_max)
+  r, d = static_number(renorm.r_max), static_number(renorm.d_max)
   if r is not None and r < 1.0:
     raise ValueError(
         f"Renorm(r_max={renorm.r_max}) must be >= 1: r is clipped to [1/r_max, r_max] (r_max=1 turns the scale correction off)."
@@ -280,7 +284,7 @@ def _check_noise(noise):
   if not isinstance(noise, Noise):
     raise TypeError(f"noise must be bn.Noise(...), got {type(noise).__name__}.")
   for name in ("mean_halfwidth", "scale_std", "dose"):
-    v = _static_number(getattr(noise, name))
+    v = static_number(getattr(noise, name))
     if v is not None and v < 0:
       raise ValueError(f"Noise({name}={getattr(noise, name)}) must be >= 0.")
   _check_flag("Noise.per_sample", noise.per_sample)
@@ -313,6 +317,59 @@ def _check_shapes(name: str, arr, feature_shape):
     )
 
 
+def _check_state(state: BNState):
+  """Running statistics that can hold an update: floating ``mean``/``var`` of at least float32 (the update
+  is computed in float32 and stored in the state's own dtype) and an integer scalar ``count``."""
+  for name, arr in (("mean", state.mean), ("var", state.var)):
+    dt = jnp.asarray(arr).dtype
+    ok = jnp.issubdtype(dt, jnp.inexact) and (name == "mean" or jnp.issubdtype(dt, jnp.floating))
+    if not ok:
+      raise TypeError(f"state.{name} has dtype {dt}; running statistics must be floating point (an integer state would truncate "
+                      "every update): make the state with bn.init_state(num_features), or cast it with .astype(jnp.float32).")
+    if jnp.finfo(dt).bits < 32:
+      raise TypeError(f"state.{name} has dtype {dt}; running statistics must be stored in float32 or wider: in {dt} the updates "
+                      "are lost to rounding (a bfloat16 count stops at 256) or overflow (float16 variance is inf above 65504). "
+                      "Keep the state in float32 (bn.init_state does), whatever the input's dtype.")
+  count = jnp.asarray(state.count)
+  if count.shape != () or not jnp.issubdtype(count.dtype, jnp.integer):
+    raise TypeError(f"state.count must be an integer scalar (the number of updates folded in), got dtype {count.dtype} and shape "
+                    f"{count.shape}; make the state with bn.init_state(num_features).")
+
+
+def check_options(options: BNOptions) -> BNOptions:
+  """Checks every option that needs no input (types, ranges) and returns them with the ints made Python ints.
+
+  Raises ``TypeError`` for a wrong type and ``ValueError`` for a value out of range, naming the option
+  (e.g. ``momentum=1.5``) and the fix. Traced values (e.g. renorm clips of a schedule) are checked only
+  when concrete; :mod:`bn.experiment` checks a config's values itself."""
+  if not isinstance(options, BNOptions):
+    raise TypeError(f"options must be bn.BNOptions(...), got {type(options).__name__}.")
+  o = options
+  for name in ("unbiased", "population", "stats_gradient", "strict_batch", "skip_nonfinite"):
+    _check_flag(name, getattr(o, name))
+  _check_momentum(o.momentum)
+  _check_epsilon(o.epsilon)
+  _check_variance(o.variance)
+  _check_renorm(o.renorm)
+  _check_noise(o.noise)
+  ghost = None if o.ghost_batch_size is None else _check_int("ghost_batch_size", o.ghost_batch_size, 1)
+  pop = None if o.population_noise is None else _check_int("population_noise", o.population_noise, 1)
+  if pop is not None and not o.population:
+    raise ValueError(f"population_noise={pop} perturbs population-mode normalization: it needs population=True.")
+  return o._replace(ghost_batch_size=ghost, population_noise=pop)
+
+
+def _options(options: BNOptions | None, changes: dict) -> BNOptions:
+  """``options`` (default ``BNOptions()``) with the keyword ``changes`` (unknown keywords: TypeError)."""
+  unknown = sorted(set(changes) - set(BNOptions._fields))
+  if unknown:
+    raise TypeError(f"batch_norm() got an unexpected keyword argument {unknown[0]!r}; its options are {', '.join(BNOptions._fields)} "
+                    "(and the per-call mask, key, axis_name, axis_index_groups, dtype, return_stats).")
+  if options is not None and not isinstance(options, BNOptions):
+    raise TypeError(f"options must be bn.BNOptions(...), got {type(options).__name__}.")
+  return (BNOptions() if options is None else options)._replace(**changes)
+
+
 def _stats_dtype(x):
   return jnp.promote_types(x.dtype, jnp.float32)
 
@@ -324,153 +381,7 @@ def _out_dtype(x, dtype):
   return x.dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _real_dtype(dt):
-  return jnp.finfo(dt).dtype
-
-
-def _abs_sq(x):
-  if jnp.iscomplexobj(x):
-    return lax.square(lax.real(x)) + lax.square(lax.imag(x))
-  return lax.square(x)
-
-
-def _is_traced(v) -> bool:
-  return isinstance(v, jax.core.Tracer)
-
-
-def _check_options(train, params, state, *, momentum, epsilon, variance, renorm, noise, ghost_batch_size, population,
-                   population_noise, flags):
-  """Checks every argument that needs no input; returns ``(train, ghost_batch_size, population_noise)``."""
-  train = _check_flag("train", train)
-  for name, flag in flags.items():
-    _check_flag(name, flag)
-  _check_params(params, state, need_state=True)
-  _check_momentum(momentum)
-  _check_epsilon(epsilon)
-  _check_variance(variance)
-  _check_renorm(renorm)
-  _check_noise(noise)
-  if ghost_batch_size is not None:
-    ghost_batch_size = _check_int("ghost_batch_size", ghost_batch_size, 1)
-  if population_noise is not None:
-    population_noise = _check_int("population_noise", population_noise, 1)
-    if not population:
-      raise ValueError(
-          f"population_noise={population_noise} perturbs population-mode normalization: it needs population=True."
-      )
-  return train, ghost_batch_size, population_noise
-
-
-# ----------------------------------------------------------------------------- the call's layout
-
-
-class _Layout(NamedTuple):
-  """Static facts of one call: where the features are and how statistics group."""
-
-  feature_axes: tuple[int, ...]
-  feature_shape: tuple[int, ...]
-  bshape: tuple[int, ...]  # feature sizes on the feature axes, 1 elsewhere (x's rank)
-  ghost: int | None  # ghost batch size (statistics per chunk of axis 0) or None
-  view_shape: tuple[int, ...]  # x's shape, with axis 0 split into (ghosts, ghost) when ghost is set
-  reduce_axes: tuple[int, ...]  # the statistics' axes in the view
-  local_axis: str | None  # the axis the statistics are merged over (None with ghosts: local)
-
-
-def _layout(x, axis, ghost_batch_size, axis_name) -> _Layout:
-  feature_axes = _canonical_axes(x.ndim, axis)
-  feature_shape = tuple(x.shape[a] for a in feature_axes)
-  bshape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-  if ghost_batch_size is None:
-    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-    return _Layout(feature_axes, feature_shape, bshape, None, tuple(x.shape), reduce_axes, axis_name)
-  g = _group_size("ghost_batch_size", ghost_batch_size, x, feature_axes)
-  view_shape = (x.shape[0] // g, g) + tuple(x.shape[1:])
-  reduce_axes = tuple(a for a in range(1, len(view_shape)) if a - 1 not in feature_axes)
-  return _Layout(feature_axes, feature_shape, bshape, g, view_shape, reduce_axes, None)
-
-
-def _group_size(name, g, x, feature_axes) -> int:
-  """Checks a size ``g`` that splits the batch axis 0 into groups (ghost batches, noise groups)."""
-  n = x.shape[0]
-  if 0 in feature_axes:
-    raise ValueError(f"{name} splits axis 0, the batch axis, but axis 0 is a feature axis; use a channels-last axis=.")
-  if g < 1 or n % g:
-    raise ValueError(
-        f"{name}={g} does not divide the batch of {n} examples; "
-        f"choose a {name.replace('_', ' ')} that divides the (per-device) batch size."
-    )
-  return g
-
-
-def _lift(t, lay: _Layout):
-  """A (running statistic / parameter) array of shape ``bshape`` into the ghost view's rank."""
-  return t if lay.ghost is None else t[None]
-
-
-def _to_view(t, lay: _Layout):
-  return t if lay.ghost is None else t.reshape(lay.view_shape)
-
-
-def _prepare_mask(mask, x):
-  """``mask`` as a bool array broadcastable to ``x`` (checked), plus its concrete NumPy value if it has one."""
-  if mask is None:
-    return None, None
-  concrete = None
-  if not _is_traced(mask):
-    concrete = np.asarray(mask).astype(bool)
-  mask = jnp.asarray(mask)
-  if mask.dtype != jnp.bool_:
-    mask = mask != 0
-  try:
-    jnp.broadcast_shapes(mask.shape, x.shape)
-  except ValueError:
-    raise ValueError(
-        f"mask of shape {mask.shape} does not broadcast to the input shape {x.shape}; "
-        f"give a boolean mask such as shape {x.shape[:1] + (1,) * (x.ndim - 1)}."
-    ) from None
-  if mask.ndim != x.ndim:  # explicit rank (no implicit rank promotion)
-    mask = mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape)
-    if concrete is not None:
-      concrete = concrete.reshape(mask.shape)
-  return mask, concrete
-
-
-def _check_counts(x, lay: _Layout, mask_np, strict: bool, axis_index_groups):
-  """Trace-time checks of the number of values per feature in each (ghost) batch."""
-  per_group = math.prod(lay.view_shape[a] for a in lay.reduce_axes)
-  what = f"a ghost batch of {lay.ghost}" if lay.ghost is not None else "a training batch of one example"
-  if math.prod(x.shape[a] for a in range(x.ndim) if a not in lay.feature_axes) == 0:
-    raise ValueError(
-        f"the training batch is empty: the input of shape {x.shape} has no values along the reduced axes; "
-        "give at least 2 examples (or call with train=False)."
-    )
-  if not strict:
-    return
-  devices = 1
-  if lay.local_axis is not None:
-    devices = lax.psum(1, lay.local_axis, axis_index_groups=axis_index_groups)
-  if mask_np is None:
-    if per_group * devices < 2:
-      raise ValueError(
-          f"cannot estimate a variance from {what} (1 value per feature); use a batch (or ghost batch) of at least 2, "
-          "or train=False to normalize with the running statistics (or strict_batch=False for Flax's variance 0)."
-      )
-    return
-  if lay.local_axis is not None:
-    return  # the valid count is the global one, known only at run time
-  counts = np.broadcast_to(mask_np, x.shape).reshape(lay.view_shape).sum(lay.reduce_axes)
-  fewest = int(counts.min()) if counts.size else 2
-  if fewest < 2:
-    where = f"a ghost batch of {lay.ghost}" if lay.ghost is not None else "the batch"
-    raise ValueError(
-        f"the mask leaves {int((counts < 2).sum())} feature(s) of {where} with fewer than 2 valid values "
-        f"(fewest: {fewest}); no variance can be estimated from them. Give every feature at least 2 valid values "
-        "per (ghost) batch, or pass strict_batch=False (Flax's behaviour: variance 0 for a single value; "
-        "features without any valid value keep their running statistics)."
-    )
-
-
-def _check_training(x32, lay: _Layout, mask_np, *, axis_name, axis_index_groups, renorm, noise, population_noise, key,
+def _check_training(x32, lay: Layout, mask_np, *, axis_name, axis_index_groups, renorm, noise, population_noise, key,
                     strict_batch):
   """Trace-time checks of a training call against its input."""
   _check_axis_name(axis_name)
@@ -479,139 +390,15 @@ def _check_training(x32, lay: _Layout, mask_np, *, axis_name, axis_index_groups,
   if (noise is not None or population_noise is not None) and key is None:
     what = "noise=" if noise is not None else "population_noise="
     raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(...) (a fresh one each step).")
-  _check_counts(x32, lay, mask_np, strict_batch, axis_index_groups)
+  check_counts(x32, lay, mask_np, strict_batch, axis_index_groups)
   if population_noise is not None:
-    _group_size("population_noise", population_noise, x32, lay.feature_axes)
+    group_size("population_noise", population_noise, x32, lay.feature_axes)
     per_example = math.prod(x32.shape[a] for a in range(1, x32.ndim) if a not in lay.feature_axes)
     if population_noise * per_example < 2:
       raise ValueError(
           f"population_noise={population_noise} gives groups of {population_noise * per_example} value(s) per feature; "
           "the noise of a variance estimate needs at least 2 (a larger population_noise)."
       )
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def _pilot(xs, reduce_axes):
-  """Per-feature shift ``K`` of the one-pass estimator: the first value of each
-  (ghost) batch. No gradient flows through ``K`` (the statistics do not depend on it)."""
-  idx = tuple(slice(0, 1) if a in reduce_axes else slice(None) for a in range(xs.ndim))
-  return lax.stop_gradient(xs[idx])
-
-
-def _stage_size(size: int) -> int | None:
-  """The largest divisor of ``size`` in [8, 32], or None."""
-  return next((d for d in range(32, 7, -1) if size % d == 0), None)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _sum_and_sum_sq(d, reduce_axes):
-  """``(sum(d), sum(d^2))`` over ``reduce_axes`` (kept), reading ``d`` once.
-
-  Both sums come from one variadic reduction, in which XLA also fuses the
-  subtraction that produced ``d`` (a pair of plain sums over ``x - K`` reads the
-  data twice, or materializes ``x - K``). At most 32 values per feature: one
-  stage. Otherwise the first reduced axis with a divisor ``k`` in [8, 32] is
-  split and the variadic reduction runs over its ``k`` chunks (XLA:CPU emits
-  such a short loop fast, a longer one slowly); the partials are summed by one
-  more variadic reduction when short, else by plain sums. Without such an
-  axis, or for complex ``d``: two plain sums."""
-  if jnp.iscomplexobj(d):
-    return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
-  zero = np.zeros((), d.dtype)
-
-  def sums(ts, axes):  # (sum t0, sum t1) in one variadic reduction
-    return lax.reduce(ts, (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
-
-  def short(shape):
-    return math.prod(shape[a] for a in reduce_axes) <= 32
-
-  if short(d.shape):
-    return tuple(lax.expand_dims(t, reduce_axes) for t in sums((d, lax.square(d)), reduce_axes))
-  for a in reduce_axes:
-    k = _stage_size(d.shape[a])
-    if k is not None:
-      v = d.reshape(d.shape[:a] + (k, d.shape[a] // k) + d.shape[a + 1:])
-      p1, p2 = sums((v, lax.square(v)), (a,))
-      if short(p1.shape):
-        return tuple(lax.expand_dims(t, reduce_axes) for t in sums((p1, p2), reduce_axes))
-      return jnp.sum(p1, reduce_axes, keepdims=True), jnp.sum(p2, reduce_axes, keepdims=True)
-  return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
-
-
-@_sum_and_sum_sq.defjvp
-def _sum_and_sum_sq_jvp(reduce_axes, primals, tangents):
-  (d,), (t,) = primals, tangents
-  out = _sum_and_sum_sq(d, reduce_axes)
-  t_sq = 2.0 * (lax.real(d) * lax.real(t) + lax.imag(d) * lax.imag(t)) if jnp.iscomplexobj(d) else 2.0 * d * t
-  return out, (jnp.sum(t, reduce_axes, keepdims=True), jnp.sum(t_sq, reduce_axes, keepdims=True))
-
-
-def _moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance):
-  """Mean, biased variance and valid count over ``reduce_axes`` (kept as size-1 dims).
-
-  Masked positions enter through ``jnp.where`` only (their values never reach an
-  arithmetic op, nor the backward pass). Sums are psum'ed with the counts, so
-  device shards of unequal size merge exactly. ``"shifted"`` needs a shift
-  among the valid values; under a mask it is computed in two passes instead
-  (the same numbers as ``"two_pass"``)."""
-  rdt = _real_dtype(xs.dtype)
-  psum = (lambda t: lax.psum(t, axis_name, axis_index_groups=axis_index_groups)) if axis_name else (lambda t: t)
-  if mask is None:
-    n = math.prod(xs.shape[a] for a in reduce_axes)
-    if axis_name:
-      n = n * lax.psum(1, axis_name, axis_index_groups=axis_index_groups)
-    count = None
-  else:
-    count = jnp.sum(jnp.broadcast_to(mask, xs.shape), reduce_axes, keepdims=True, dtype=rdt)
-  select = (lambda t: t) if mask is None else (lambda t: jnp.where(mask, t, 0))
-
-  if variance == "two_pass" or (variance == "shifted" and mask is not None):
-    s1 = jnp.sum(select(xs), reduce_axes, keepdims=True)
-    if count is not None:
-      s1, count = psum((s1, count))
-      n = jnp.maximum(count, 1.0)
-    else:
-      s1 = psum(s1)
-    mean = s1 / n
-    var = psum(jnp.sum(_abs_sq(select(xs - mean)), reduce_axes, keepdims=True)) / n
-  else:
-    if variance == "shifted":
-      k = _pilot(xs, reduce_axes)
-      if axis_name:  # one shift for all devices, so their sums add up
-        k = lax.pmean(k, axis_name, axis_index_groups=axis_index_groups)
-      d = select(xs - k)
-      s1, s2 = _sum_and_sum_sq(d, reduce_axes) if reduce_axes else (d, _abs_sq(d))
-    else:
-      k, d = None, select(xs)
-      s1, s2 = jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(_abs_sq(d), reduce_axes, keepdims=True)
-    if count is not None:
-      s1, s2, count = psum((s1, s2, count))
-      n = jnp.maximum(count, 1.0)
-    else:
-      s1, s2 = psum((s1, s2))
-    mean_d = s1 / n
-    var = jnp.maximum(0.0, s2 / n - _abs_sq(mean_d))
-    mean = mean_d if k is None else k + mean_d
-  if count is None:
-    count = jnp.full(mean.shape, n, rdt)
-  return mean, var, count
-
-
-def _batch_statistics(x_in, lay: _Layout, mask, run_mean, run_var, *, variance, axis_index_groups, strict_batch):
-  """Per (ghost) batch: mean, biased variance, valid count (in the view, reduced axes kept)
-  and ``valid`` (None: all features usable, known statically). Under a mask, features
-  with too few valid values get the running statistics instead."""
-  mask_v = None if mask is None else _to_view(jnp.broadcast_to(mask, x_in.shape), lay)
-  mean_b, var_b, count_b = _moments(_to_view(x_in, lay), lay.reduce_axes, mask_v, lay.local_axis, axis_index_groups,
-                                    variance)
-  if mask is None:
-    return mean_b, var_b, count_b, None
-  valid = count_b >= (2.0 if strict_batch else 1.0)
-  mean_b = jnp.where(valid, mean_b, _lift(run_mean, lay))
-  var_b = jnp.where(valid, var_b, _lift(run_var, lay))
-  return mean_b, var_b, count_b, valid
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -624,67 +411,7 @@ def _normalize(x, mean, var, scale, epsilon):
   return (x - mean) * mul
 
 
-_CHI2_EXACT_DF = 32  # up to this many degrees of freedom a chi-square draw is a sum of squared normals
-
-
-def _chi2(key, df: int, shape, dtype):
-  """``chi2(df)`` draws for a static ``df >= 1``: exactly, as a sum of ``df`` squared normals, up
-  to :data:`_CHI2_EXACT_DF`; above it by the Wilson-Hilferty cube of a normal,
-  ``df (1 - 2/(9 df) + z sqrt(2/(9 df)))^3`` (quantile error below 1e-3 of the mean there), clipped
-  at 0. Both are a few elementwise ops per draw; ``jax.random.chisquare`` (a rejection loop per
-  element) made a population-noise step 10x slower than a population step on CPU."""
-  if df <= _CHI2_EXACT_DF:
-    z = jax.random.normal(key, (df,) + tuple(shape), dtype)
-    return jnp.sum(lax.square(z), axis=0)
-  c = 2.0 / (9.0 * df)
-  z = jax.random.normal(key, shape, dtype)
-  return df * lax.square(jnp.maximum(1.0 - c + z * math.sqrt(c), 0.0)) * jnp.maximum(1.0 - c + z * math.sqrt(c), 0.0)
-
-
-def _population_noise(key, u, lay: _Layout, g: int, mask):
-  """Each standardized value ``u`` as one member of a ghost batch: with ``n`` the
-  (valid) values per feature in ``u``'s group of ``g`` examples, ``u`` joins
-  ``n - 1`` synthetic i.i.d. ``N(0, 1)`` companions (drawn afresh for every
-  value) and leaves as ``(u - m) / s``, ``m`` and ``s^2`` the mean and biased
-  variance of the ``n`` values. This is the exact law of ``(x_i - mu_B) / sigma_B``
-  (``sigma_B`` the biased std) for i.i.d. Gaussian ``x`` given ``u = (x_i - mu) / sigma``;
-  for ``u ~ N(0, 1)`` it has mean 0 and variance 1, and always ``|y| <= sqrt(n - 1)``
-  (``n = 2``: ``y = +-1``). Values of one group get independent companions, so the
-  dependence between members of one ghost batch (e.g. that their outputs sum to 0)
-  is not reproduced.
-
-  Drawn from sufficient statistics: the companions' sum ``S = sqrt(n - 1) z``,
-  ``z ~ N(0, 1)``, and their sum of squared deviations ``Q ~ chi2(n - 2)``
-  (``Q = 0`` for ``n = 2``), independent; with ``d = u - m = ((n - 1) u - S) / n``,
-  ``s^2 = d^2 / (n - 1) + Q / n`` (``Q`` by :func:`_chi2`: exact up to 34 values per group, the
-  Wilson-Hilferty approximation above). Fewer than 2 valid values: ``u`` unchanged.
-
-  No gradient flows through the synthetic statistics ``m`` and ``s`` (as none flows
-  through the population statistics): ``dy/du = 1 / s``."""
-  pl = _layout(u, lay.feature_axes, g, None)  # u's groups of g examples, as a ghost-batch view
-  view, axes = pl.view_shape, pl.reduce_axes
-  rdt = _real_dtype(u.dtype)
-  uv = u.reshape(view)
-  k_z, k_q = jax.random.split(key)
-  z = jax.random.normal(k_z, view, rdt)
-  if mask is None:
-    n = float(math.prod(view[a] for a in axes))
-    q = jnp.zeros(view, rdt) if n <= 2 else _chi2(k_q, int(n) - 2, view, rdt)
-  else:
-    count = jnp.sum(jnp.broadcast_to(mask, u.shape).reshape(view), axes, keepdims=True, dtype=rdt)
-    df = jnp.broadcast_to(jnp.maximum(count - 2.0, 1.0), view)
-    q = jnp.where(count > 2, jax.random.chisquare(k_q, df, view, rdt), 0.0)
-    n = jnp.maximum(count, 2.0)  # groups with fewer than 2 valid values are restored below
-  d = ((n - 1.0) * uv - jnp.sqrt(n - 1.0) * z) / n
-  var = lax.square(d) / (n - 1.0) + q / n  # the n values' biased variance
-  inv = lax.stop_gradient(lax.rsqrt(var + jnp.finfo(rdt).tiny))
-  y = (lax.stop_gradient(d) + (uv - lax.stop_gradient(uv))) * inv  # the value d / s; the gradient 1 / s (m and s held fixed)
-  if mask is not None:  # fewer than 2 valid values: no statistics to perturb
-    y = jnp.where(count >= 2, y, uv)
-  return y.reshape(u.shape)
-
-
-def _train_normalize(x32, lay: _Layout, mean_b, var_b, run_mean, run_var, scale, *, epsilon, renorm, population,
+def _train_normalize(x32, lay: Layout, mean_b, var_b, run_mean, run_var, scale, *, epsilon, renorm, population,
                      population_noise, key, mask, stats_gradient):
   """The normalized (not yet shifted by ``bias``) training output, in x's shape."""
   if population:
@@ -695,36 +422,18 @@ def _train_normalize(x32, lay: _Layout, mean_b, var_b, run_mean, run_var, scale,
     return u if scale is None else u * scale
   if not stats_gradient:
     mean_b, var_b = lax.stop_gradient(mean_b), lax.stop_gradient(var_b)
-  xs = _to_view(x32, lay)
-  s_scale = None if scale is None else _lift(scale, lay)
+  xs = to_view(x32, lay)
+  s_scale = None if scale is None else lift(scale, lay)
   if renorm is None:
     return _normalize(xs, mean_b, var_b, s_scale, epsilon).reshape(x32.shape)
-  rdt = _real_dtype(x32.dtype)
+  rdt = real_dtype(x32.dtype)
   sigma_b = jnp.sqrt(var_b + epsilon)
-  sigma = jnp.sqrt(_lift(run_var, lay) + epsilon)
+  sigma = jnp.sqrt(lift(run_var, lay) + epsilon)
   r_max, d_max = jnp.asarray(renorm.r_max, rdt), jnp.asarray(renorm.d_max, rdt)
   r = lax.stop_gradient(jnp.clip(sigma_b / sigma, 1.0 / r_max, r_max))
-  d = lax.stop_gradient(jnp.clip((mean_b - _lift(run_mean, lay)) / sigma, -d_max, d_max))
+  d = lax.stop_gradient(jnp.clip((mean_b - lift(run_mean, lay)) / sigma, -d_max, d_max))
   ys = (xs - mean_b) / sigma_b * r + d
   return (ys if s_scale is None else ys * s_scale).reshape(x32.shape)
-
-
-def _apply_noise(y, noise: Noise, key, bshape):
-  """Santurkar et al.'s noise ``s * y + m`` (see :class:`Noise`)."""
-  dose = noise.dose
-  if _static_number(dose) == 0.0:
-    return y
-  rdt = _real_dtype(y.dtype)
-  (mlo, mhi), (slo, shi) = noise.mean_range, noise.scale_range
-  h, std = noise.mean_halfwidth * dose, noise.scale_std * dose
-  k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
-  unit_shape = bshape if noise.per_sample else ()
-  value_shape = y.shape if noise.per_sample else bshape
-  mu = jax.random.uniform(k_mu, unit_shape, rdt, mlo * dose, mhi * dose)
-  sigma = jax.random.uniform(k_sigma, unit_shape, rdt, 1.0 + (slo - 1.0) * dose, 1.0 + (shi - 1.0) * dose)
-  m = mu + h * jax.random.uniform(k_m, value_shape, rdt, -1.0, 1.0)
-  s = sigma + std * jax.random.normal(k_s, value_shape, rdt)
-  return y * s + m
 
 
 def _affine_bias(y, params: BNParams, bshape):
@@ -749,90 +458,20 @@ def _mask_guard(x32, mask):
   return jnp.where(ok, x32, 0), ok
 
 
-# ----------------------------------------------------------------------------- running statistics
-
-
-def _pool(lay: _Layout, mean_b, var_b, count_b, valid, axis_name, axis_index_groups, unbiased):
-  """The running update's batch statistics (feature shape): pooled over ghost batches
-  (and, with ghosts, devices) by count. Returns ``(mean, biased var, stored var, count, updated)``;
-  ``updated`` is None when every feature has usable statistics (known statically)."""
-  fshape = lay.feature_shape
-  if lay.ghost is None:
-    mean_u, var_u, n = (t.reshape(fshape) for t in (mean_b, var_b, count_b))
-    stored = var_u * (n / jnp.maximum(n - 1.0, 1.0)) if unbiased else var_u
-    return mean_u, var_u, stored, jnp.mean(n), None if valid is None else valid.reshape(fshape)
-  g = lay.view_shape[0]
-  mean_g, var_g, cnt_g = (t.reshape((g,) + fshape) for t in (mean_b, var_b, count_b))
-  w = cnt_g if valid is None else jnp.where(valid.reshape((g,) + fshape), cnt_g, 0.0)
-  dof = jnp.maximum(w - 1.0, 0.0)
-  psum = (lambda t: lax.psum(t, axis_name, axis_index_groups=axis_index_groups)) if axis_name else (lambda t: t)
-  tot, s_mean, ss, s_dof, ghosts = psum((jnp.sum(w, 0), jnp.sum(mean_g * w, 0), jnp.sum(var_g * w, 0), jnp.sum(dof, 0),
-                                         jnp.asarray(g, w.dtype)))
-  safe = jnp.maximum(tot, 1.0)
-  mean_u, var_u = s_mean / safe, ss / safe
-  stored = ss / jnp.maximum(s_dof, 1.0) if unbiased else var_u
-  return mean_u, var_u, stored, jnp.mean(tot) / ghosts, None if valid is None else tot > 0
-
-
-def _update(state: BNState, mean, var, momentum, updated=None) -> BNState:
-  if momentum is None:
-    w = 1.0 / (state.count.astype(jnp.float32) + 1.0)
-    new_mean = state.mean + (mean - state.mean) * w
-    new_var = state.var + (var - state.var) * w
-  else:
-    new_mean = momentum * state.mean + (1.0 - momentum) * mean
-    new_var = momentum * state.var + (1.0 - momentum) * var
-  mean_dtype = state.mean.dtype
-  if jnp.iscomplexobj(new_mean) and not jnp.issubdtype(mean_dtype, jnp.complexfloating):
-    mean_dtype = jnp.result_type(mean_dtype, jnp.complex64)  # a complex running mean stays complex (as Flax)
-  new_mean, new_var = new_mean.astype(mean_dtype), new_var.astype(state.var.dtype)
-  if updated is None:
-    return BNState(new_mean, new_var, state.count + 1)
-  return BNState(
-      jnp.where(updated, new_mean, state.mean.astype(mean_dtype)),
-      jnp.where(updated, new_var, state.var),
-      state.count + jnp.any(updated).astype(state.count.dtype),
-  )
-
-
-def _running_update(state: BNState, lay: _Layout, mean_b, var_b, count_b, valid, *, momentum, unbiased, axis_name,
-                    axis_index_groups) -> tuple[BNState, BatchStats]:
-  """The new running statistics (no gradient) and the :class:`BatchStats` behind them."""
-  mean_u, var_u, stored, n_stat, updated = _pool(lay, mean_b, var_b, count_b, valid, axis_name, axis_index_groups, unbiased)
-  mean_u, var_u, stored = lax.stop_gradient(mean_u), lax.stop_gradient(var_u), lax.stop_gradient(stored)
-  new_state = _update(state, mean_u, stored, momentum, updated)
-  if updated is not None:
-    mean_u, var_u = jnp.where(updated, mean_u, state.mean), jnp.where(updated, var_u, state.var)
-  return new_state, BatchStats(mean_u, var_u, n_stat)
-
-
-# ----------------------------------------------------------------------------- batch norm
-
-
 def batch_norm(
     x: Array,
     params: BNParams,
     state: BNState,
     *,
     train: bool,
-    momentum: float | None = 0.99,
-    epsilon: float = 1e-5,
-    axis: int | Sequence[int] = -1,
-    variance: str = "shifted",
-    unbiased: bool = False,
+    options: BNOptions | None = None,
     mask: Array | None = None,
+    key: Array | None = None,
     axis_name: str | None = None,
     axis_index_groups: Any = None,
-    ghost_batch_size: int | None = None,
-    renorm: Renorm | None = None,
-    noise: Noise | None = None,
-    key: Array | None = None,
-    population: bool = False,
-    population_noise: int | None = None,
-    stats_gradient: bool = True,
-    strict_batch: bool = True,
     dtype: Any = None,
     return_stats: bool = False,
+    **option_keywords,
 ):
   """Batch Normalization (Ioffe & Szegedy 2015) and its research variants.
 
@@ -843,13 +482,33 @@ def batch_norm(
       y = (x - mean) * scale / sqrt(var + epsilon) + bias            (eval)
       running <- momentum * running + (1 - momentum) * batch         (train)
 
+  The options (every field of :class:`BNOptions`, with its defaults) are keywords, or one
+  ``options=bn.BNOptions(...)`` value whose fields the keywords replace:
+  ``batch_norm(x, p, s, train=True, ghost_batch_size=16)`` equals
+  ``batch_norm(x, p, s, train=True, options=bn.BNOptions(ghost_batch_size=16))``.
+
   Args:
     x: input, features on ``axis`` (default last). Integer/bool inputs are
       promoted to float32; complex inputs get a complex mean and a real variance.
     params: :class:`BNParams` (``scale``/``bias`` may be None).
-    state: :class:`BNState` of running statistics.
+    state: :class:`BNState` of running statistics: floating ``mean``/``var`` of at
+      least float32 (the storage; an update in bfloat16 or float16 would be lost to
+      rounding or overflow) and an integer scalar ``count``.
     train: a Python bool. Use (and fold in) batch statistics; ``False``
       normalizes with the running statistics and returns ``state`` unchanged.
+    options: a :class:`BNOptions`; keywords replace its fields.
+    mask: boolean array of ``x``'s rank (or a scalar) broadcastable to ``x``: only True
+      positions enter the statistics (values at False positions never matter, NaN
+      included). A per-example mask of an (N, C) input has shape (N, 1): a mask of
+      lower rank is refused, since (N,) would broadcast over the features.
+    key: PRNG key for ``noise`` and ``population_noise`` (training only).
+    axis_name, axis_index_groups: reduce statistics across a mapped axis
+      (``vmap``/``shard_map``/``pmap``), merged by count. With ``ghost_batch_size``
+      the normalization stays local and only the running update is global.
+    dtype: output dtype (default ``x.dtype``; float32 for integer inputs).
+    return_stats: also return the :class:`BatchStats` used (for probes).
+
+  Options (keywords, or fields of ``options``):
     momentum: Flax convention (PyTorch 0.1 == 0.9 here); ``None`` = cumulative
       average (running = running + (batch - running) / (count + 1)).
     epsilon: added to the variance, > 0.
@@ -861,11 +520,6 @@ def batch_norm(
     unbiased: store ``var * n / (n - 1)`` as running variance (PyTorch); with
       ghost batches the pooled ``sum_g SS_g / sum_g (n_g - 1)`` over the ghosts'
       sums of squared deviations ``SS_g`` and valid counts ``n_g``.
-    mask: boolean array broadcastable to ``x``: only True positions enter the
-      statistics (values at False positions never matter, NaN included).
-    axis_name, axis_index_groups: reduce statistics across a mapped axis
-      (``vmap``/``shard_map``/``pmap``), merged by count. With ``ghost_batch_size``
-      the normalization stays local and only the running update is global.
     ghost_batch_size: an int; normalize each chunk of this many examples along
       axis 0 with its own statistics (Hoffer et al. 2017); the running
       statistics are updated once from the count-pooled ghost statistics.
@@ -873,7 +527,6 @@ def batch_norm(
       ``y = (x - mu_B) / sigma_B * r + d`` with ``r = clip(sigma_B / sigma, 1/r_max, r_max)``,
       ``d = clip((mu_B - mean) / sigma, -d_max, d_max)`` (no gradient through r, d).
     noise: :class:`Noise` applied after the affine transform in training; needs ``key``.
-    key: PRNG key for ``noise`` and ``population_noise`` (training only).
     population: in training, normalize with the running statistics (as in
       eval) but still fold in the batch statistics: no batch-statistics noise.
     population_noise: with ``population=True``, an int ``g``: give the output
@@ -888,63 +541,67 @@ def batch_norm(
       i.i.d. Gaussian ``x`` given ``u`` (variance 1 for standard-normal ``u``;
       always ``|y| <= sqrt(n - 1)``); each value gets its own companions, so
       the dependence between the outputs of one ghost batch is not reproduced. Groups with fewer than 2
-      valid values are left unperturbed. Gradients flow through ``u``'s own
-      share of ``m_B`` and ``s_B``. Needs ``key``.
+      valid values are left unperturbed. No gradient flows through the synthetic
+      ``m_B`` and ``s_B`` (``dy/du = 1 / s_B``), as none flows through population
+      statistics. Needs ``key``.
     stats_gradient: ``False`` treats ``mu_B`` and ``sigma_B`` as constants in the
       backward pass (the forward pass is unchanged).
     strict_batch: ``True``: fewer than 2 values of a feature in a (ghost) batch
       is an error (when known at trace time; under a traced mask such features
       keep and use their running statistics). ``False``: Flax's behaviour, a
       single value gives variance 0. See the module docstring.
-    dtype: output dtype (default ``x.dtype``; float32 for integer inputs).
-    return_stats: also return the :class:`BatchStats` used (for probes).
+    skip_nonfinite: ``True``: a feature whose batch statistics are not finite (a NaN or
+      inf in the batch) keeps its running statistics (its output is still NaN).
+      ``False`` (as Flax and PyTorch): one non-finite training batch poisons that
+      feature's running statistics for good.
 
   Returns:
     ``(y, new_state)`` or ``(y, new_state, batch_stats)`` with ``return_stats``;
     in eval ``batch_stats`` is the running statistics.
   """
-  train, ghost_batch_size, population_noise = _check_options(
-      train, params, state, momentum=momentum, epsilon=epsilon, variance=variance, renorm=renorm, noise=noise,
-      ghost_batch_size=ghost_batch_size, population=population, population_noise=population_noise,
-      flags=dict(unbiased=unbiased, population=population, stats_gradient=stats_gradient, strict_batch=strict_batch,
-                 return_stats=return_stats))
+  o = check_options(_options(options, option_keywords))
+  train = _check_flag("train", train)
+  _check_flag("return_stats", return_stats)
+  _check_params(params, state, need_state=True)
   x = jnp.asarray(x)
   out_dtype = _out_dtype(x, dtype)
-  lay = _layout(x, axis, ghost_batch_size if train else None, axis_name if train else None)
+  lay = layout(x, o.axis, o.ghost_batch_size if train else None, axis_name if train else None)
   for name, arr in (("params.scale", params.scale), ("params.bias", params.bias), ("state.mean", state.mean), ("state.var", state.var)):
     _check_shapes(name, arr, lay.feature_shape)
-  mask, mask_np = _prepare_mask(mask, x)
+  if train:
+    _check_state(state)
+  mask, mask_np = prepare_mask(mask, x)
   x32 = x.astype(_stats_dtype(x))
   run_mean, run_var = state.mean.reshape(lay.bshape), state.var.reshape(lay.bshape)
   scale = None if params.scale is None else params.scale.reshape(lay.bshape)
   x_in, ok = _mask_guard(x32, mask)
 
   if not train:
-    y = _affine_bias(_normalize(x_in, run_mean, run_var, scale, epsilon), params, lay.bshape)
+    y = _affine_bias(_normalize(x_in, run_mean, run_var, scale, o.epsilon), params, lay.bshape)
     y = _finish(y, x32, ok, out_dtype)
     if return_stats:
       return y, state, BatchStats(state.mean, state.var, jnp.zeros((), jnp.float32))
     return y, state
 
-  _check_training(x32, lay, mask_np, axis_name=axis_name, axis_index_groups=axis_index_groups, renorm=renorm, noise=noise,
-                  population_noise=population_noise, key=key, strict_batch=strict_batch)
+  _check_training(x32, lay, mask_np, axis_name=axis_name, axis_index_groups=axis_index_groups, renorm=o.renorm, noise=o.noise,
+                  population_noise=o.population_noise, key=key, strict_batch=o.strict_batch)
   key_noise = key_pop = key
-  if noise is not None and population_noise is not None:
+  if o.noise is not None and o.population_noise is not None:
     key_noise, key_pop = jax.random.split(key)
 
-  mean_b, var_b, count_b, valid = _batch_statistics(x_in, lay, mask, run_mean, run_var, variance=variance,
-                                                    axis_index_groups=axis_index_groups, strict_batch=strict_batch)
-  y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=epsilon, renorm=renorm,
-                       population=population, population_noise=population_noise, key=key_pop, mask=mask,
-                       stats_gradient=stats_gradient)
+  mean_b, var_b, count_b, valid = batch_statistics(x_in, lay, mask, run_mean, run_var, variance=o.variance,
+                                                   axis_index_groups=axis_index_groups, strict_batch=o.strict_batch)
+  y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=o.epsilon, renorm=o.renorm,
+                       population=o.population, population_noise=o.population_noise, key=key_pop, mask=mask,
+                       stats_gradient=o.stats_gradient)
   y = _affine_bias(y, params, lay.bshape)
-  if noise is not None:
-    y = _apply_noise(y, noise, key_noise, lay.bshape)
+  if o.noise is not None:
+    y = apply_noise(y, o.noise, key_noise, lay.bshape)
   y = _finish(y, x32, ok, out_dtype)
 
-  new_state, used = _running_update(state, lay, mean_b, var_b, count_b, valid, momentum=momentum, unbiased=unbiased,
-                                    axis_name=axis_name, axis_index_groups=axis_index_groups)
-  return (y, new_state, used) if return_stats else (y, new_state)
+  new_state, used = running_update(state, lay, mean_b, var_b, count_b, valid, momentum=o.momentum, unbiased=o.unbiased,
+                                   axis_name=axis_name, axis_index_groups=axis_index_groups, skip_nonfinite=o.skip_nonfinite)
+  return (y, new_state, BatchStats(*used)) if return_stats else (y, new_state)
 
 
 # ----------------------------------------------------------------------------- comparison normalizers
@@ -958,7 +615,7 @@ def _per_example_norm(x, params, groups, epsilon, dtype):
   xg = x.astype(_stats_dtype(x)).reshape(x.shape[:-1] + (groups, c // groups))
   axes = tuple(a for a in range(1, xg.ndim) if a != xg.ndim - 2)
   mean = jnp.mean(xg, axes, keepdims=True)
-  var = jnp.mean(_abs_sq(xg - mean), axes, keepdims=True)
+  var = jnp.mean(abs_sq(xg - mean), axes, keepdims=True)
   y = ((xg - mean) * lax.rsqrt(var + epsilon)).reshape(x.shape)
   bshape = (1,) * (x.ndim - 1) + (c,)  # explicit: no implicit rank promotion
   if params.scale is not None:

@@ -49,6 +49,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from bn import models, probes, programs, train
+from bn._adapter import sowing_stats
 
 KINDS = ("act", "eval_act", "norms", "grad_ics", "landscape", "coupling", "hessian")
 
@@ -114,7 +115,9 @@ def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
   key = jax.random.fold_in(jax.random.fold_in(state.key, 2**31 - 1), state.step)  # fresh noise at every probe point
   renorm = train.renorm_clips(task, state.step)
   variables = {"params": params, "batch_stats": batch_stats}
-  _, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"], rngs={"noise": key})
+  with sowing_stats():  # the BN layers sow the batch statistics they use (bn_gap)
+    _, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"],
+                              rngs={"noise": key})
   out = {}
   if "act" in kinds:
     stats = probes.activation_stats(models.preacts(mut["intermediates"]))

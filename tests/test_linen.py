@@ -132,7 +132,8 @@ def test_attributes_match_flax():
   extras = fields(bl.BatchNorm)[len(ref):]
   # The extras come after Flax's attributes and default to plain BN (Flax's behaviour).
   assert extras == [("ghost_batch_size", None), ("r_max", None), ("d_max", None), ("noise", None), ("population", False),
-                    ("unbiased", False), ("population_noise", None), ("stats_gradient", True), ("strict_batch", False)]
+                    ("unbiased", False), ("population_noise", None), ("stats_gradient", True), ("strict_batch", False),
+                    ("variance", None), ("options", None), ("sow_stats", False)]
 
 
 def test_checkpoint_interop():
@@ -280,7 +281,7 @@ def test_population_and_unbiased():
 
 def test_sow_batch_stats():
   x = inputs((8, 4, 3))[0]
-  layer = bl.BatchNorm(momentum=0.9)
+  layer = bl.BatchNorm(momentum=0.9, sow_stats=True)
   v = _variables((3,))
   apply = jax.jit(lambda v, x, train, mutable: layer.apply(v, x, not train, mutable=mutable)[1], static_argnums=(2, 3))
   assert set(apply(v, x, True, ("batch_stats",))) == {"batch_stats"}  # a no-op unless 'bn_stats' is mutable
@@ -288,6 +289,22 @@ def test_sow_batch_stats():
   assert_close(upd["bn_stats"]["mean"][0], x.astype(np.float64).mean((0, 1)), rtol=1e-5)
   assert_close(upd["bn_stats"]["var"][0], x.astype(np.float64).var((0, 1)), rtol=1e-5)
   assert "bn_stats" not in apply(v, x, False, ("batch_stats", "bn_stats"))  # nothing sown in eval
+  # Off by default (as Flax's layer, which writes only batch_stats), also with every collection mutable.
+  assert set(jax.jit(lambda v, x: bl.BatchNorm(momentum=0.9).apply(v, x, False, mutable=True)[1])(v, x)) == {"params", "batch_stats"}
+
+
+def test_mutable_true_state_does_not_grow():
+  """User code that applies with ``mutable=True`` and feeds the variables back: the tree keeps its structure
+  (before, a sown ``bn_stats`` collection came back and grew by 2 leaves per step: recompiles, growing memory)."""
+  x = inputs((8, 3))[0]
+  model = bl.BatchNorm(momentum=0.9)
+  v = model.init(jax.random.key(0), x, use_running_average=False)
+  step = jax.jit(lambda v, x: model.apply(v, x, use_running_average=False, mutable=True)[1])
+  shapes = jax.tree.map(np.shape, v)
+  for _ in range(3):
+    v = {**v, **step(v, x)}
+    assert jax.tree.map(np.shape, v) == shapes and set(v) == {"params", "batch_stats"}
+  assert step._cache_size() == 1  # one compilation for every step
 
 
 # ------------------------------------------------------------------- recalibrate

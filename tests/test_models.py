@@ -54,7 +54,7 @@ def variables(m, seed=0):
 
 
 def spec(kind, **kw):
-  return models.NormSpec(kind=kind, ghost_batch_size=2 if kind == "ghost" else None, **kw)
+  return models.norm_spec(kind, ghost_batch_size=2 if kind == "ghost" else None, **kw)
 
 
 def make(name, kind, **kw):

@@ -100,7 +100,8 @@ def test_constructor_matches_flax():
   # The extras are keyword-only, after Flax's arguments, and default to plain BN (Flax's behaviour).
   assert [(p.name, p.default) for p in extras] == [
       ("ghost_batch_size", None), ("r_max", None), ("d_max", None), ("noise", None), ("population", False),
-      ("unbiased", False), ("population_noise", None), ("stats_gradient", True), ("strict_batch", False)]
+      ("unbiased", False), ("population_noise", None), ("stats_gradient", True), ("strict_batch", False), ("variance", None),
+      ("options", None)]
   assert all(p.kind is p.KEYWORD_ONLY for p in extras)
 
 

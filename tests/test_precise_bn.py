@@ -36,7 +36,7 @@ def numpy_stats(params, xs):
 
 def test_recalibrate_equals_full_batch_statistics():
   task = task_for()
-  assert task.precise_bn is not None and task.precise_bn.norm.kind == "batch" and task.precise_bn.norm.ghost_batch_size is None
+  assert task.precise_bn is not None and task.precise_bn.norm.kind == "batch" and task.precise_bn.norm.options.ghost_batch_size is None
   rng = np.random.default_rng(0)
   state = train.init_state(task, 0, 0.1, 0.0, np.zeros((2, 2, 2, 1), np.float32), 64)
   params = jax_tree_perturb(state.params, rng)

@@ -6,7 +6,6 @@ Each section is ``fn(settings, results_so_far) -> dict`` (JSON-safe).
 from __future__ import annotations
 
 import functools
-import inspect
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from bn.bench.core import compile_timed, load_avg, log, measure, ratio
 # ----------------------------------------------------------------------------- 1. one BN layer
 
 
-DEFAULT_VARIANCE = inspect.signature(bn.batch_norm).parameters["variance"].default  # what ``bn`` times
+DEFAULT_VARIANCE = bn.BNOptions().variance  # what ``bn`` times
 LAYER_IMPLS = {  # name -> bn.batch_norm's variance= (None: its default); train mode times all, eval (no estimator) the first three
     "flax": None, "bn": None, "none": None, "bn_fast": "fast", "bn_two_pass": "two_pass",
 }

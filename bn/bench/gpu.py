@@ -262,7 +262,7 @@ def gpu_section(s, res) -> dict:
   air_widths = (64, 256, 256) if s.mode != "tiny" else (8, 16, 16)
   batches = {"resnet20": 4 * s.resnet_batch, "airbench": 8 * s.resnet_batch}
   nets = {
-      "resnet20": _gpu_task(models.ResNet20(widths=tuple(s.resnet_widths), blocks_per_stage=s.resnet_blocks, norm=models.NormSpec(momentum=0.9)), batches["resnet20"], 5e-4),
+      "resnet20": _gpu_task(models.ResNet20(widths=tuple(s.resnet_widths), blocks_per_stage=s.resnet_blocks, norm=models.norm_spec(momentum=0.9)), batches["resnet20"], 5e-4),
       "airbench": _gpu_task(AirbenchNet(lambda key, shape, dtype=jnp.float32: jnp.asarray(whiten, dtype), air_widths), batches["airbench"], 0.0),
   }
   torch = _torch()

@@ -182,7 +182,7 @@ def plot(results, a, out) -> list[str]:
 
 def _deep_model(c, kind: str):
   return models.create("mlp", widths=(c.deep.width,) * (c.deep.depth - 1), num_classes=c.deep.width, act="linear",
-                       norm=models.NormSpec(kind=kind, momentum=0.9), init_std=None)
+                       norm=models.norm_spec(kind, momentum=0.9), init_std=None)
 
 
 def deep_linear(c, seeds, kind: str) -> list[dict]:
