@@ -34,14 +34,19 @@ import numpy as np
 from bn import artifacts, data, stats
 from bn.errors import RunError
 
-RULE = ("Each claim has one primary test, declared in its module before the run. The claim is *supported* when the "
-        "primary test came out as predicted (the 95% CI over seeds of the paired per-seed difference lies entirely on the "
-        "predicted side of 0, or inside the equivalence margin), *contradicted* when it came out opposite, and "
-        "*inconclusive* when its CI includes 0 (or straddles the margin). Secondary tests are reported and never change "
-        "the verdict. If a sanity check fails (the experiment did not do what it was built to do, e.g. the injected noise "
-        "did not move the layer inputs), the verdict is *invalid design*: the claim is then neither supported nor "
-        "contradicted by this run.")
-VERDICTS = ("supported", "contradicted", "inconclusive", "invalid design")
+RULE = ("A claim is a conjunction of parts; each part has one primary test, declared in its claim module and written to "
+        "preregistration.json before the first training step. A part is *supported* when its primary test came out as "
+        "predicted (the 95% CI over seeds of the paired per-seed difference lies entirely on the predicted side of 0, or "
+        "inside the equivalence margin) and still does after the Holm-Bonferroni adjustment across every primary test of "
+        "the report, *contradicted* when it came out opposite (also after the adjustment), and *inconclusive* otherwise. "
+        "If a sanity check of the part fails (the experiment did not do what it was built to do), the part is *invalid "
+        "design*; a part the experiments here cannot test is *not tested here*. The claim is *supported* only when every "
+        "part is, *contradicted* when any part is, *mixed* when some parts are supported and the others are not decided, "
+        "and *inconclusive* (or *invalid design*, *not tested here*) when no part is decided. Secondary tests are "
+        "reported and never change a verdict.")
+PART_VERDICTS = ("supported", "contradicted", "inconclusive", "invalid design", "not tested here")
+VERDICTS = ("supported", "contradicted", "mixed", "inconclusive", "invalid design", "not tested here")
+ALPHA = 0.05
 KINDS = ("lower", "higher", "equivalent", "not_higher", "not_lower")
 ROLES = ("primary", "secondary", "sanity")
 
@@ -130,8 +135,32 @@ def mde(sd: float, n: int, power: float = 0.8, confidence: float = 0.95) -> floa
   return (stats.t_ppf(0.5 + confidence / 2, n - 1) + stats.t_ppf(power, n - 1)) * sd / math.sqrt(n)
 
 
-def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float = 0.0, unit: str = "", note: str = "") -> dict:
-  """A test of per-seed values ``diffs`` (a paired difference, or one condition's values against 0)."""
+def _p_value(kind: str, mean: float, sd: float, n: int, margin: float, outcome: str) -> float:
+  """Two-sided t-test p-value of the decision behind ``outcome`` (see the module docstring): against 0
+  for lower/higher, against the margin's edge for not_higher/not_lower, and for an equivalence test the
+  larger of the two edges' p-values (as predicted: both must be crossed; otherwise the nearer edge).
+  Below 0.05 exactly when the 95% t-interval decides the outcome, so Holm's adjustment of these
+  p-values (:func:`adjust`) can only move an outcome to unclear."""
+  se = sd / math.sqrt(n)
+  p_at = lambda b: 2 * stats.t_sf(abs(mean - b) / se, n - 1)  # noqa: E731
+  if kind in ("lower", "higher"):
+    return p_at(0.0)
+  if kind == "not_higher":
+    return p_at(margin)
+  if kind == "not_lower":
+    return p_at(-margin)
+  if outcome == "as predicted":
+    return max(p_at(-margin), p_at(margin))
+  return min(p_at(-margin), p_at(margin)) if outcome == "opposite" else max(p_at(-margin), p_at(margin))
+
+
+def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float = 0.0, unit: str = "", note: str = "",
+         part: str | None = None, censored=None) -> dict:
+  """A test of per-seed values ``diffs`` (a paired difference, or one condition's values against 0).
+
+  ``part``: the claim part it belongs to (None: the whole claim). ``censored``: per seed, whether the
+  value is censored (e.g. a time that is only known to be at most the first evaluation's step);
+  no interval is computed over censored values: the outcome is then unclear and the note says how many."""
   if role not in ROLES:
     raise ValueError(f"unknown test role {role!r}; choose one of {ROLES}.")
   if kind not in KINDS:
@@ -144,7 +173,13 @@ def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float 
   sd = float(np.std(diffs, ddof=1)) if n >= 2 and finite else float("nan")
   lo = hi = float("nan")
   notes = [note] if note else []
-  if not finite:
+  n_cens = int(np.sum(np.asarray(censored, bool))) if censored is not None else 0
+  p = float("nan")
+  if n_cens:
+    finite = False
+    outcome = "unclear"
+    notes.append(f"{n_cens} of {n} values censored; no interval is computed over censored values")
+  elif not finite:
     outcome = "unclear"
     notes.append(f"{int(np.sum(~np.isfinite(diffs)))} of {n} seeds have no value (a run diverged or never reached the target)")
   elif n < 2:
@@ -152,7 +187,7 @@ def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float 
     notes.append("one seed: no interval")
   elif sd == 0.0:  # every seed the same value: a degenerate interval; use an exact sign test instead
     lo = hi = mean
-    p = 2 * 0.5 ** n if mean != 0 else 1.0
+    p = min(1.0, 2 * 0.5 ** n) if mean != 0 else 1.0
     if p < 0.05:
       outcome = _outcome(kind, mean, mean, margin)
     else:
@@ -161,28 +196,78 @@ def test(name: str, diffs, kind: str, *, role: str = "secondary", margin: float 
   else:
     mean, lo, hi = (float(v) for v in stats.mean_ci(diffs))
     outcome = _outcome(kind, lo, hi, margin)
+    p = _p_value(kind, mean, sd, n, margin, outcome)
   predicted = {"lower": "< 0", "higher": "> 0", "equivalent": f"within ±{margin:g}",
                "not_higher": f"not > {margin:g}", "not_lower": f"not < {-margin:g}"}[kind]
   return {"name": name, "role": role, "kind": kind, "predicted": predicted, "margin": margin, "mean": mean, "lo": lo, "hi": hi,
           "n": n, "sd": sd, "mde": mde(sd, n) if sd and sd > 0 else float("nan"), "per_seed": diffs.tolist(), "outcome": outcome,
-          "unit": unit, "note": "; ".join(notes)}
+          "unit": unit, "note": "; ".join(notes), "p": p, "part": part, "censored": n_cens}
 
 
-def check(name: str, ok: bool, detail: str, *, role: str = "sanity") -> dict:
+def check(name: str, ok: bool, detail: str, *, role: str = "sanity", part: str | None = None) -> dict:
   """A test decided by a stated condition rather than an interval (e.g. "the best LR is inside the grid")."""
   return {"name": name, "role": role, "kind": "check", "predicted": "holds", "margin": 0.0, "mean": float("nan"), "lo": float("nan"),
           "hi": float("nan"), "n": 0, "sd": float("nan"), "mde": float("nan"), "per_seed": [],
-          "outcome": "as predicted" if ok else "opposite", "unit": "", "note": detail}
+          "outcome": "as predicted" if ok else "opposite", "unit": "", "note": detail, "p": float("nan"), "part": part, "censored": 0}
 
 
-def verdict(tests: list[dict]) -> str:
-  """The rule of :data:`RULE`: the primary test decides, unless a sanity check failed."""
-  primary = [t for t in tests if t["role"] == "primary"]
+def _primary(tests: list[dict], part: str | None) -> dict:
+  primary = [t for t in tests if t["role"] == "primary" and (part is None or t.get("part") == part)]
   if len(primary) != 1:
-    raise ValueError(f"a claim needs exactly one primary test, got {len(primary)}: {[t['name'] for t in primary]}")
-  if any(t["outcome"] != "as predicted" for t in tests if t["role"] == "sanity"):
+    where = f" for part {part!r}" if part else ""
+    raise ValueError(f"a claim part needs exactly one primary test{where}, got {len(primary)}: {[t['name'] for t in primary]}")
+  return primary[0]
+
+
+def verdict(tests: list[dict], part: str | None = None) -> str:
+  """The verdict of one claim part (:data:`RULE`): its primary test decides, unless a sanity check of
+  the part (or of the whole claim: ``part`` None) failed. ``part`` None: the claim has one primary test."""
+  p = _primary(tests, part)
+  if any(t["outcome"] != "as predicted" for t in tests if t["role"] == "sanity" and t.get("part") in (None, p.get("part"))):
     return "invalid design"
-  return {"as predicted": "supported", "opposite": "contradicted", "unclear": "inconclusive"}[primary[0]["outcome"]]
+  return {"as predicted": "supported", "opposite": "contradicted", "unclear": "inconclusive"}[p["outcome"]]
+
+
+def claim_verdict(part_verdicts) -> str:
+  """A claim's verdict from its parts' (:data:`RULE`): supported only when every part is, contradicted
+  when any part is, mixed when some are supported and the rest undecided, otherwise the parts' common
+  undecided verdict (inconclusive when they differ)."""
+  v = list(part_verdicts)
+  if not v or any(x not in PART_VERDICTS for x in v):
+    raise ValueError(f"part verdicts must be a non-empty list of {PART_VERDICTS}, got {v}")
+  if "contradicted" in v:
+    return "contradicted"
+  if all(x == "supported" for x in v):
+    return "supported"
+  if "supported" in v:
+    return "mixed"
+  if len(set(v)) == 1:
+    return v[0]
+  return "inconclusive"
+
+
+def adjust(primaries: list[dict], alpha: float = ALPHA) -> None:
+  """Holm-Bonferroni across a family of primary tests, in place: each test keeps its raw result
+  (``outcome_raw``, ``p``, ``lo``/``hi``) and gets ``p_adjusted``, ``lo_adjusted``/``hi_adjusted`` (the
+  t-interval at Holm's step level 1 - alpha/(m - rank)) and ``outcome``, the raw outcome where the
+  adjusted p-value is below alpha and *unclear* otherwise. Tests without a p-value (checks, too few
+  seeds) keep their outcome and are not counted in m."""
+  adj = stats.holm([t.get("p", float("nan")) for t in primaries])
+  finite = [t for t in primaries if math.isfinite(t.get("p", float("nan")))]
+  m = len(finite)
+  order = sorted(finite, key=lambda t: t["p"])
+  for t, pa in zip(primaries, adj):
+    t["outcome_raw"] = t.get("outcome_raw", t["outcome"])
+    t["p_adjusted"], t["family_size"] = float(pa), m
+    t["lo_adjusted"] = t["hi_adjusted"] = float("nan")
+    if not math.isfinite(pa):
+      continue
+    rank = next(i for i, u in enumerate(order) if u is t)
+    level = 1 - alpha / (m - rank)
+    if t["sd"] > 0:
+      half = stats.t_ppf(0.5 + level / 2, t["n"] - 1) * t["sd"] / math.sqrt(t["n"])
+      t["lo_adjusted"], t["hi_adjusted"] = t["mean"] - half, t["mean"] + half
+    t["outcome"] = t["outcome_raw"] if pa < alpha else "unclear"
 
 
 def power_statement(t: dict) -> str:
@@ -279,6 +364,21 @@ def steps_to(run, target: float, lr: float | None = None, key: str = "test_accur
   return np.array([stats.steps_to_target(steps, v, target) for v in vals], float)
 
 
+def restricted_log2_steps(run, target: float, lr: float | None = None, key: str = "test_accuracy"):
+  """Per seed: ``log2(min(T, tau))`` with T the (interpolated) steps until ``key`` reaches ``target``
+  and tau the last evaluated step -- the restricted time to target, which is known exactly for a run
+  that never reached it (tau) -- plus what is censored: ``(values, left, right)``, ``left`` the seeds
+  that reached the target at their first evaluation after step 0 (the time is only known to be at
+  most that step: censored, see :func:`test`), ``right`` those that never reached it (counted at tau,
+  exact for the restricted time). A diverged run never reaches the target after its divergence."""
+  steps, _ = metric_table(run, key, lr)
+  t = steps_to(run, target, lr, key)
+  tau = float(steps[-1])
+  left = (t == steps[0]) & (steps[0] > 0)
+  right = ~np.isfinite(t)
+  return np.log2(np.maximum(np.minimum(t, tau), 1.0)), left, right
+
+
 def last(run, key: str, lr: float | None = None, k: int = 1, diverged: float = float("nan")) -> np.ndarray:
   """Per seed: the mean of the last ``k`` evaluations of a metrics field; a run that diverged gets
   ``diverged`` (NaN by default; e.g. the chance-level loss or accuracy, to count it as no better
@@ -356,6 +456,24 @@ def unit_shift(rows: list[dict], layer: str, *, source: str = "units", window=No
       d = d[sel]
     out.append(float(np.mean(d)) if d.size else np.nan)
   return np.array(out, float)
+
+
+def selection_bootstrap(val_a, test_a, val_b, test_b, *, resamples: int = 2000, seed: int = 0, confidence: float = 0.95):
+  """A percentile bootstrap interval of ``test_a[chosen_a] - test_b[chosen_b]`` (mean over seeds) that
+  includes the choice of each side's setting: ``val_*`` and ``test_*`` are ``(settings, seeds)`` per-seed
+  scores (lower is better on validation), paired by seed. In every resample of seeds each side's
+  setting is chosen again on the resampled validation means, so the interval carries the selection's
+  own uncertainty (nested selection). Returns ``(lo, hi)``."""
+  va, ta, vb, tb = (np.asarray(x, float) for x in (val_a, test_a, val_b, test_b))
+  n = va.shape[1]
+  rng = np.random.default_rng(seed)
+  out = np.empty(resamples)
+  for i in range(resamples):
+    idx = rng.integers(0, n, n)
+    pick = lambda v: int(np.argmin(np.where(np.isfinite(v[:, idx]), v[:, idx], np.inf).mean(axis=1)))  # noqa: E731
+    out[i] = np.mean(ta[pick(va), idx] - tb[pick(vb), idx])
+  a = (1 - confidence) / 2
+  return float(np.quantile(out, a)), float(np.quantile(out, 1 - a))
 
 
 def best_lr(run, score, *, higher_is_better: bool = False) -> float:

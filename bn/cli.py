@@ -88,10 +88,15 @@ def reproduce(argv: list[str]) -> int:
   p.add_argument("--out", required=True, help="output directory (experiment workdirs, report.md, claims.json, plots)")
   p.add_argument("--dataset", default=None, help="dataset for every experiment (default fashion_mnist; e.g. mnist once prepared via `bn data prepare mnist`)")
   p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(claims.experiments())}")
+  p.add_argument("--seed-base", type=int, default=ledger.CONFIRMATORY_SEED_BASE,
+                 help=f"first seed (default {ledger.CONFIRMATORY_SEED_BASE}, the confirmatory range; pilots: "
+                      f"--seed-base {ledger.PILOT_SEED_BASE}, a disjoint range)")
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
   from pathlib import Path
 
+  if a.seed_base < 0 or a.seed_base > 2**31 - 10_000:
+    raise UsageError(f"--seed-base {a.seed_base}: give a seed base in [0, {2**31 - 10_000}].")
   mode, out = a.mode or "quick", Path(a.out)
   from bn import artifacts
 
@@ -102,7 +107,7 @@ def reproduce(argv: list[str]) -> int:
     print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
   ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress,
                     log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True),  # records OUT/timings.json as it goes
-                    command=["reproduce", *argv])
+                    command=["reproduce", *argv], seed_base=a.seed_base)
   from bn import report as bn_report
 
   print(f"report: {bn_report.build(out)}")

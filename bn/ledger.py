@@ -17,11 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop
+from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop, prereg
 from bn.errors import UsageError
 from bn.report import MANIFEST
 
 MODES = ("tiny", "quick", "full")
+# Seeds: every experiment config gives its seeds as 0, 1, ...; the ledger trains seed_base + those.
+# Confirmatory runs draw from CONFIRMATORY_SEED_BASE (v3 of the ledger; a design change made after
+# seeing results moves it to a fresh range, see docs/ledger.md); pilots use another base
+# (`bn reproduce --seed-base 0`, and `bn train`'s configs start at 0), so the ranges are disjoint.
+CONFIRMATORY_SEED_BASE = 3000
+PILOT_SEED_BASE = 0
 # What a user should expect, stated at start-up (measured numbers: docs/benchmarks.md).
 EXPECTED = {"quick": "about 13 min on a 2-core CPU", "full": "6-8 h on a 2-core CPU (estimated: the Ioffe experiment at 50,000 steps ~4 h, C5's CNN ~1.5 h), far less on a GPU"}
 
@@ -36,8 +42,8 @@ def config_module(name: str):
   return module
 
 
-def condition_configs(name: str, mode: str, dataset: str | None = None) -> dict:
-  """``{condition: ConfigDict}`` of one experiment in one mode."""
+def condition_configs(name: str, mode: str, dataset: str | None = None, seed_base: int = CONFIRMATORY_SEED_BASE) -> dict:
+  """``{condition: ConfigDict}`` of one experiment in one mode, its seeds moved to ``seed_base`` + the config's."""
   module = config_module(name)
   out = {}
   for cond, overrides in module.conditions(mode).items():
@@ -46,12 +52,13 @@ def condition_configs(name: str, mode: str, dataset: str | None = None) -> dict:
       c.data.name = dataset
     for key, value in overrides.items():
       bn_config.assign(c, key, value)
+    c.seeds = tuple(seed_base + int(x) for x in c.seeds)
     c.name = f"{name}/{cond}"
     out[cond] = c
   return out
 
 
-def check_out(out: Path, mode: str, dataset: str | None) -> dict | None:
+def check_out(out: Path, mode: str, dataset: str | None, seed_base: int = CONFIRMATORY_SEED_BASE) -> dict | None:
   """The manifest of an existing ledger in ``out`` (None for a new one). Raises UsageError when
   ``out`` is a file, a training workdir, or a ledger of another mode or dataset (whose finished
   conditions would otherwise be reported as this mode's), and when it cannot be written."""
@@ -65,6 +72,9 @@ def check_out(out: Path, mode: str, dataset: str | None) -> dict | None:
       now = f"--{mode}" + (f" --dataset {dataset}" if dataset else "")
       raise UsageError(f"--out {out} holds a `bn reproduce {was}` ledger, not {now}: its finished conditions would be "
                                  f"reported as {now}. Give another --out (or delete {out}).")
+    if m.get("seed_base", 0) != seed_base:
+      raise UsageError(f"--out {out} holds a ledger of seeds from {m.get('seed_base', 0)}, not --seed-base {seed_base}: its "
+                       "finished conditions would be reported under other seeds. Give another --out (or delete it).")
   elif out.is_dir() and ((out / "config.json").exists() or (out / "summary.json").exists()):
     raise UsageError(f"--out {out} is a `bn train` workdir; give a new directory (or an earlier --out of bn reproduce).")
   else:
@@ -74,7 +84,7 @@ def check_out(out: Path, mode: str, dataset: str | None) -> dict | None:
 
 
 def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None = None, progress: bool = True,
-               log=None, command: list[str] | None = None) -> dict:
+               log=None, command: list[str] | None = None, seed_base: int = CONFIRMATORY_SEED_BASE) -> dict:
   """Runs every (selected) experiment into ``out``; returns ``{experiment: wall seconds, "total": ...}``
   of this invocation, which ``OUT/timings.json`` records after every condition (a killed ledger
   keeps the time it spent; see :func:`record_timings`). ``command``: the ``bn`` arguments the
@@ -87,10 +97,10 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   unknown = set(names) - set(known)
   if unknown:
     raise bn_config.ConfigError(f"unknown experiment(s) {sorted(unknown)}; choose from {', '.join(known)}.")
-  configs = {name: condition_configs(name, mode, dataset) for name in names}
+  configs = {name: condition_configs(name, mode, dataset, seed_base) for name in names}
   plan = [(name, cond, c, experiment.from_config(c)) for name in names for cond, c in configs[name].items()]  # every config checked first
   out = Path(out)
-  previous = check_out(out, mode, dataset)
+  previous = check_out(out, mode, dataset, seed_base)
   data_cache: dict = {}
   for *_, exp in plan:  # every dataset loaded (and checked) before anything is written
     key = experiment.dataset_key(exp.data)
@@ -112,7 +122,10 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
     record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
                                                    {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
-  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "experiments": experiments, "provenance": record})
+  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "seed_base": seed_base, "experiments": experiments,
+                                        "provenance": record})
+  seeds = {n: {cond: list(c.seeds) for cond, c in configs[n].items()} for n in names}
+  prereg.write(out, prereg.registration(bn_claims.all_claims(), seeds, mode=mode, seed_base=seed_base, provenance=record))
   timings: dict = {}
   done: dict = {"trained": [], "skipped": []}
   prev_timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bn import analysis, artifacts, claims as bn_claims, provenance
+from bn import analysis, artifacts, claims as bn_claims, prereg, provenance
 from bn.errors import UsageError
 
 MANIFEST = "ledger.json"
@@ -132,10 +132,37 @@ def read_manifest(out: Path) -> dict:
   return artifacts.read_json(path)
 
 
+WORDS = {"supported": "yes", "contradicted": "no", "inconclusive": "undecided (the interval includes no effect)",
+         "invalid design": "no evidence (a sanity check failed: the experiment did not do what it was built to do)",
+         "not tested here": "not tested here"}
+
+
+def judge(claim, a: dict, record: dict | None) -> list[dict]:
+  """The parts of one analysed claim: each with its primary test (None where untested), its
+  registration status; verdicts are added by :func:`decide` after the multiplicity adjustment."""
+  parts = []
+  for part in claim.parts:
+    test = None if part.untested else analysis._primary(a["tests"], part.id)
+    parts.append({"id": part.id, "says": part.says, "primary": part.primary, "untested": part.untested, "test": test,
+                  "registration": prereg.status(record, claim, part)})
+  return parts
+
+
+def decide(entries: list[dict]) -> None:
+  """Holm-Bonferroni across every tested part's primary test of the report, then each part's verdict
+  and each claim's (:data:`bn.analysis.RULE`), in place."""
+  analysis.adjust([p["test"] for e in entries for p in e["parts"] if p["test"] is not None])
+  for e in entries:
+    for p in e["parts"]:
+      p["verdict"] = "not tested here" if p["test"] is None else analysis.verdict(e["tests"], p["id"])
+    e["verdict"] = analysis.claim_verdict([p["verdict"] for p in e["parts"]])
+
+
 def build(out) -> Path:
   """Writes ``out/report.md``, ``out/claims.json`` and the plots; returns the report's path."""
   out = Path(out)
   manifest = read_manifest(out)
+  record = prereg.read(out)
   planned = manifest["experiments"]
   loaded: dict[str, dict] = {}
   claims, sections, missing = [], [], []
@@ -150,15 +177,61 @@ def build(out) -> Path:
       missing.append(claim.id)
       continue
     a = claim.analyze(results)
-    entry = {"id": claim.id, "claim": claim.title, "predicts": claim.predicts, "primary": claim.primary, "source": claim.source,
-             "scope": claim.scope, **a, "verdict": analysis.verdict(a["tests"])}
+    entry = {"id": claim.id, "claim": claim.title, "predicts": claim.predicts, "source": claim.source,
+             "scope": claim.scope, **a, "parts": judge(claim, a, record)}
     claims.append(entry)
-    sections.append((claim, entry, claim.plot(results, a, out), results))
-  artifacts.write_json(out / "claims.json", {"rule": analysis.RULE, "mode": manifest.get("mode"), "provenance": manifest.get("provenance"),
+    sections.append((claim, entry, results))
+  decide(claims)
+  sections = [(claim, entry, claim.plot(results, entry, out), results) for claim, entry, results in sections]
+  artifacts.write_json(out / "claims.json", {"rule": analysis.RULE, "mode": manifest.get("mode"), "seed_base": manifest.get("seed_base"),
+                                             "provenance": manifest.get("provenance"), "preregistered": record is not None,
                                              "claims": claims})
   path = out / "report.md"
   artifacts.atomic_write_text(path, render(out, manifest, claims, sections, missing))
   return path
+
+
+def _result(t: dict | None) -> str:
+  if t is None:
+    return "—"
+  adj = ""
+  if np.isfinite(t.get("p_adjusted", np.nan)):
+    adj = f"; p = {t['p']:.2g}, Holm-adjusted {t['p_adjusted']:.2g} (of {t['family_size']})"
+  return f"{_fmt(t)} {t['unit']} (n = {t['n']}{adj})"
+
+
+def findings(claims) -> list[str]:
+  """The plain-words summary: per claim, each part's finding with its interval."""
+  L = []
+  for c in claims:
+    bits = []
+    for p in c["parts"]:
+      why = f" ({p['untested']})" if p["untested"] else f" — {_result(p['test'])}"
+      bits.append(f"{p['says']}: **{WORDS[p['verdict']]}**{why}")
+    L.append(f"- **{c['id']}** ({c['claim']}; claim verdict **{c['verdict']}**): " + "; ".join(bits) + ".")
+  return L
+
+
+def summary_table(claims) -> list[str]:
+  L = ["| claim part (what *supported* would say) | primary test | result: mean [95% CI] | part verdict | registration |",
+       "|---|---|---|---|---|"]
+  for c in claims:
+    L.append(f"| **{c['id']}** {_cell(c['claim'])} — claim verdict **{c['verdict']}** | | | | |")
+    for p in c["parts"]:
+      test = _cell(p["primary"] or "—")
+      res = _cell(_result(p["test"])) if p["test"] is not None else _cell(p["untested"])
+      L.append(f"| {c['id']}.{p['id']}: {_cell(p['says'])} | {test} | {res} | **{p['verdict']}** | {p['registration']} |")
+  return L
+
+
+def seeds_line(manifest: dict) -> str:
+  from bn import ledger
+
+  base = manifest.get("seed_base", 0)
+  kind = ("the confirmatory range" if base == ledger.CONFIRMATORY_SEED_BASE else
+          "the pilot range: not a confirmatory run" if base == ledger.PILOT_SEED_BASE else "a range of its own")
+  return (f"Seeds: every experiment's seeds start at {base} ({kind}; confirmatory runs start at {ledger.CONFIRMATORY_SEED_BASE}, "
+          f"pilots at {ledger.PILOT_SEED_BASE}: disjoint ranges).")
 
 
 def render(out: Path, manifest: dict, claims, sections, missing) -> str:
@@ -167,20 +240,19 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
   L = ["# Why does Batch Normalization work? — the claims ledger", "",
        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bn report` ({_analysis_code()}) from the JSON files in `{out}` "
        f"(mode: {manifest.get('mode')}). "
-       "Every number below is computed from what the runs wrote; every verdict follows the rule stated here.", "",
-       "## Summary", "",
-       "| claim | primary test (declared before the run) | result: mean [95% CI] | verdict | secondary tests |", "|---|---|---|---|---|"]
-  for c in claims:
-    p = next(t for t in c["tests"] if t["role"] == "primary")
-    L.append(f"| **{c['id']}** {_cell(c['claim'])} | {_cell(c['primary'])} | {_fmt(p)} {p['unit']} ({p['outcome']}, n = {p['n']}) | **{c['verdict']}** | "
-             f"{secondary_tally(c['tests'])} |")
+       "Every number below is computed from what the runs wrote; every verdict follows the rule stated here.", ""]
+  if manifest.get("mode") == "tiny":
+    L += ["**A smoke test, not a result**: `--tiny` trains a few steps on synthetic data; its verdicts mean nothing.", ""]
+  L += ["## What was found", ""] + findings(claims) + ["", "## Summary", ""] + summary_table(claims)
   scoped = [c for c in claims if c.get("scope")]
   if scoped:
-    L += ["", "**What a verdict covers** (part of each claim's module, like its primary test):", ""]
+    L += ["", "**What a verdict covers** (part of each claim's module, like its primary tests):", ""]
     L += [f"- **{c['id']}**: {c['scope']}" for c in scoped]
   if missing:
     L += ["", f"Not finished yet: {', '.join(missing)}."]
-  L += ["", f"**Verdict rule.** {analysis.RULE}", "",
+  L += ["", f"**Verdict rule.** {analysis.RULE}", "", seeds_line(manifest), "",
+        "Registration: *pre-registered* means the part's declaration and its claim module's code are those recorded in "
+        "`preregistration.json` before the first training step; *changed after the run* names what differs.", "",
         "A verdict is about the primary test in this setting (CPU-scale analogs: MLPs on Fashion-MNIST, thousands of steps), "
         "not about the paper's setting; the \"paper vs here\" table of each claim says how they differ.", ""]
   loaded = {}
@@ -188,14 +260,20 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
     loaded.update(results)
   L += ["## Settings", ""] + settings_table(loaded) + [""]
   for claim, c, plots, _ in sections:
-    p = next(t for t in c["tests"] if t["role"] == "primary")
     L += [f"## {c['id']} — {c['claim']}", "", f"*Source:* {claim.source or '—'}. *Prediction:* {c['predicts']}.", "",
-          f"**Primary test** (declared in `bn/claims/` before the run): {c['primary']}.", "",
-          f"*Result:* {_fmt(p)} {p['unit']} over {p['n']} seeds — **{p['outcome']}** → verdict **{c['verdict']}**."
-          + (f" ({p['note']})" if p.get("note") else ""), "",
-          *([f"*What the verdict covers:* {c['scope']}", ""] if c.get("scope") else []),
-          f"*Power:* {analysis.power_statement(p)}", "",
-          f"*What would change the verdict:* {analysis.what_would_change(p, c['verdict'])}", ""]
+          f"Claim verdict: **{c['verdict']}** (from its parts, by the rule above).", ""]
+    for p in c["parts"]:
+      L += [f"**Part {c['id']}.{p['id']}** — {p['says']}: **{p['verdict']}** ({p['registration']}).", ""]
+      if p["test"] is None:
+        L += [f"*Not tested here:* {p['untested']}", ""]
+        continue
+      t = p["test"]
+      L += [f"*Primary test:* {p['primary']}.", "",
+            f"*Result:* {_result(t)} — raw outcome **{t['outcome_raw']}**, after the adjustment **{t['outcome']}**."
+            + (f" ({t['note']})" if t.get("note") else ""), "",
+            f"*Power:* {analysis.power_statement(t)}", "",
+            f"*What would change the verdict:* {analysis.what_would_change(t, p['verdict'])}", ""]
+    L += [*([f"*What the verdicts cover:* {c['scope']}", ""] if c.get("scope") else [])]
     sanity = [t for t in c["tests"] if t["role"] == "sanity"]
     if sanity:
       L += ["Sanity checks (the experiment did what it was built to do; a failure makes the verdict *invalid design*):", ""]

@@ -23,6 +23,47 @@ def t_ppf(q: float, df: float) -> float:
   return float(scipy.stats.t.ppf(q, df))
 
 
+def t_sf(x: float, df: float) -> float:
+  """Upper tail ``P(T > x)`` of Student's t with ``df > 0`` degrees of freedom (``scipy.stats.t.sf``)."""
+  if not df > 0:
+    raise ValueError(f"t_sf needs df > 0, got df={df}.")
+  return float(scipy.stats.t.sf(x, df))
+
+
+def holm(p_values) -> np.ndarray:
+  """Holm-Bonferroni adjusted p-values of a family of tests (same order as given).
+
+  With the m p-values sorted ascending, ``p_(i)`` is adjusted to
+  ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting where the adjusted value is below
+  alpha controls the family-wise error rate at alpha (Holm 1979). NaN p-values (tests
+  without one) stay NaN and do not count towards m."""
+  p = np.asarray(p_values, np.float64)
+  out = np.full(p.shape, np.nan)
+  idx = np.flatnonzero(np.isfinite(p))
+  m = idx.size
+  running = 0.0
+  for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+    running = max(running, min(1.0, (m - rank) * p[i]))
+    out[i] = running
+  return out
+
+
+def km_median(times, reached) -> float:
+  """Kaplan-Meier median of right-censored times: ``times`` (per subject: the event time, or the
+  last time observed when ``reached`` is False). The smallest event time at which the estimated
+  survival falls to 0.5 or below; ``inf`` when it never does (more than half censored before)."""
+  t, e = np.asarray(times, np.float64), np.asarray(reached, bool)
+  if t.shape != e.shape or t.ndim != 1:
+    raise ValueError(f"times and reached must be 1-D of equal length, got {t.shape} and {e.shape}.")
+  surv = 1.0
+  for u in np.unique(t[e]):
+    at_risk = np.sum(t >= u)
+    surv *= 1.0 - np.sum((t == u) & e) / at_risk
+    if surv <= 0.5:
+      return float(u)
+  return math.inf
+
+
 # ----------------------------------------------------------------------------- intervals
 
 

@@ -17,6 +17,30 @@ Results = Mapping[str, Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+  """One part of a claim (a claim is the conjunction of its parts), with its own primary test.
+
+  ``says``: what a *supported* verdict of this part states, in plain words (the summary table's row
+  title: it says no more than the test shows). ``primary``: the primary test in words; ``kind``,
+  ``margin`` and ``unit``: its statistic's predicted direction (:data:`bn.analysis.KINDS`). The
+  claim's ``analyze`` returns exactly one test with ``role="primary"`` and ``part=id`` for every part,
+  except a part with ``untested`` set: why the experiments here cannot test it (its verdict is then
+  *not tested here*). All of it is written before the run and recorded in ``preregistration.json``."""
+
+  id: str
+  says: str
+  primary: str = ""
+  kind: str = "lower"
+  margin: float = 0.0
+  unit: str = ""
+  untested: str = ""
+
+  def declaration(self) -> dict:
+    """What pre-registration records of this part (compared with the report's code afterwards)."""
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
   """One explanation of BN put to the test.
 
@@ -26,18 +50,23 @@ class Claim:
   (``runner(config, dataset) -> dict``; :func:`bn.ledger.measure_condition` writes it to
   ``workdir/results.json`` with the config, the wall time and the provenance).
   ``analyze(results) -> {"tests": [...], "table": [[aspect, paper, here], ...], "notes": [...]}``
-  computes the tests (:func:`bn.analysis.test`; exactly one with ``role="primary"``), the
-  "paper vs here" rows and any caveats; ``plot(results, analysis, out_dir) -> [png names]``
-  draws the figures.
+  computes the tests (:func:`bn.analysis.test`; exactly one with ``role="primary"`` per tested
+  part, its ``part`` the part's id), the "paper vs here" rows and any caveats;
+  ``plot(results, analysis, out_dir) -> [png names]`` draws the figures.
 
-  ``primary`` states the primary test in words; it is part of the module, written before
-  any run, and the report prints it next to the result."""
+  ``parts`` (:class:`Part`) are what the claim says, each with its primary test in words; they are
+  part of the module, written before any run, and the report prints them next to the results."""
+
+  def __post_init__(self):
+    ids = [p.id for p in self.parts]
+    if not ids or len(set(ids)) != len(ids):
+      raise ValueError(f"claim {self.id}: parts need distinct ids, got {ids}")
 
   id: str
   title: str
   predicts: str
   paper: str
-  primary: str
+  parts: tuple[Part, ...]
   experiments: tuple[str, ...]
   analyze: Callable[[Results], dict]
   plot: Callable[[Results, dict, Path], list[str]]

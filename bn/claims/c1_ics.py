@@ -1,100 +1,139 @@
-"""C1 -- BN reduces internal covariate shift, and so trains faster (Ioffe & Szegedy 2015; the seed's claim 1).
+"""C1 -- BN reduces internal covariate shift, so later layers learn faster (Ioffe & Szegedy 2015; the seed's claim 1).
 
-What is tested, declared before the run:
+The claim has three parts; each has its own primary test, declared here before the run:
 
-* **Primary** (the consequence Ioffe & Szegedy report, Fig. 1a): BN reaches the target test
-  accuracy (75%) in fewer steps than no BN, **each net at its own best learning rate** from a
-  small grid (0.125, 0.5, 2, 8): per seed, log2(steps) BN - none < 0. The best LR of each net is
-  the grid value whose runs reach 75% *validation* accuracy in the fewest mean log2 steps (the same
-  rule for both nets; the test set is not used to choose). Evaluation after precise-BN
-  recalibration (the lag of momentum-0.99 running averages would slow BN's measured progress).
-  Evaluations come every 100 steps and BN reaches 75% by the first one in most seeds: its steps
-  are then counted as 100, an upper bound, which shrinks the difference toward 0 (against the
-  prediction); the report's note counts these runs.
-* **Sanity** (BN does what it is built to do, Fig. 1b/c): the inputs of BN's sigmoids move
-  less during training than without BN -- per unit, the mean shift between probe points over the
-  unit's pooled spread, averaged over hidden layers (LR 0.5), measured **in eval mode on fixed
-  test data** (the network as it is deployed at each probe point; its parameters and, for BN, its
-  statistics change between points). In training mode a BN unit's batch mean equals its bias by
-  construction, so the training-mode shift (a secondary test) cannot fail for a working layer;
-  the eval-mode one can. (Changed after the first confirmatory run, where the training-mode
-  shift was the sanity check; the eval-mode shift was a secondary test then and came out as
-  predicted.)
-* **Sanity**: each net's chosen LR lies inside the grid, so "its best LR" is not an edge of it.
-* Secondary: the shift in training mode (all of training, early and late); mean test accuracy
-  over training and final accuracy at the best LRs; steps at the shared LR 0.5.
+* **faster** (experiment ``c1_speed``): BN reaches 75% test accuracy in fewer steps than no BN
+  *with a working init* (LeCun normal: the v2 baseline's N(0, 0.1²) init starts the third layer's
+  sigmoid inputs at std ~0.07, which BN repairs), each net at its best LR from (0.125, 0.5, 2, 8)
+  chosen on validation data, evaluated every 10 steps: per seed, restricted log2 steps (a run that
+  never reaches 75% by the last evaluation counts at that step, which is exact for the restricted
+  time) BN − none < 0. The interval is a t-interval conditional on the chosen LRs; the notes give
+  the nested bootstrap interval that re-chooses the LRs in every resample of seeds.
+* **stable**: BN's layer inputs move less than without BN -- per unit, the shift of the mean between
+  probe points over the unit's pooled spread, mean over hidden layers, **in eval mode on fixed test
+  data** (the deployed network at each probe point), over the probe intervals after the first (the
+  first holds the running statistics' warm-up from their (0, 1) start), LR 0.5 (``ioffe``).
+* **because**: not tested here. It needs an intervention that changes the drift alone (slow drift
+  added to BN's inputs, or drift removed without BN's other effects); C1′'s noise is redrawn at every
+  step -- jitter around a fixed point, not the slow drift the claim is about.
 
-A *supported* verdict says that BN trains faster and keeps its inputs more stable, as Ioffe &
-Szegedy observed. It does not say that the stability is *why* BN trains faster: that is
-claim C1' (noisy BN and the noise dose-response).
+Secondary: the same speed test against no BN with the paper's init; steps at the shared LR 0.5;
+the training-mode shift; mean and final accuracy at the best LRs (``ioffe``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bn import analysis, plotting
-from bn.claims._common import at_best_lr, censored, hidden_layers, log2_steps, mean_ci_text, mean_shift
-from bn.claims.base import Claim
+from bn import analysis, plotting, stats
+from bn.claims._common import hidden_layers, mean_ci_text, mean_shift
+from bn.claims.base import Claim, Part
 
-EXPERIMENTS = ("ioffe", "ioffe_long")
+EXPERIMENTS = ("c1_speed", "ioffe", "ioffe_long")
 SHARED_LR = 0.5
+FASTER = Part("faster", says="BN reaches 75% test accuracy in fewer steps than no BN with a working init (each at its best LR)",
+              primary="restricted log2 steps to 75% test accuracy (evaluated every 10 steps), each net at its best LR from "
+                      "(0.125, 0.5, 2, 8) chosen on validation data, BN − no BN with LeCun-normal init, paired by seed",
+              kind="lower", unit="log2 steps")
+STABLE = Part("stable", says="BN's layer inputs move less during training than without BN (eval mode, after the warm-up)",
+              primary="per-unit shift |Δμ|/σ_ref per probe interval in eval mode on fixed test data, mean over hidden layers and "
+                      "over the intervals after the first (running-statistics warm-up), LR 0.5, BN − none, paired by seed",
+              kind="lower", unit="|Δμ|/σ")
+BECAUSE = Part("because", says="BN trains faster because its layer inputs move less",
+               untested="needs an intervention that changes only the drift (slow drift added to BN's layer inputs, or drift "
+                        "removed without BN's other effects); none is built in this version, and C1′'s per-step noise is jitter "
+                        "around a fixed point, not drift")
+
+
+def speed(run, target: float):
+  """``(lr, values, left, right, val (lrs, seeds), test (lrs, seeds))``: restricted log2 steps to ``target``
+  test accuracy at the LR whose runs reach ``target`` *validation* accuracy in the fewest mean restricted
+  log2 steps, with the censoring of the chosen LR's values and every LR's scores (for the bootstrap)."""
+  lrs = analysis.lrs_of(run)
+  val = np.array([analysis.restricted_log2_steps(run, target, lr, "val_accuracy")[0] for lr in lrs])
+  test = np.array([analysis.restricted_log2_steps(run, target, lr)[0] for lr in lrs])
+  k = int(np.argmin(val.mean(axis=1)))
+  values, left, right = analysis.restricted_log2_steps(run, target, lrs[k])
+  return lrs[k], values, left, right, val, test
 
 
 def analyze(results) -> dict:
+  sp = results["c1_speed"]
+  target = sp["bn"]["config"]["config"]["train"]["target_accuracy"]
+  lr_bn, s_bn, left_bn, right_bn, val_bn, test_bn = speed(sp["bn"], target)
+  lr_none, s_none, left_none, right_none, val_none, test_none = speed(sp["none_lecun"], target)
+  lr_old, s_old, left_old, _, _, _ = speed(sp["none"], target)
+  lo_b, hi_b = analysis.selection_bootstrap(val_bn, test_bn, val_none, test_none)
   m = results["ioffe"]
   bn_, none = m["bn"], m["none"]
-  target = bn_["config"]["config"]["train"]["target_accuracy"]
-  lr_bn, s_bn = at_best_lr(bn_, target)
-  lr_none, s_none = at_best_lr(none, target)
   rows_bn, rows_none = analysis.probes_of(bn_, SHARED_LR), analysis.probes_of(none, SHARED_LR)
+  after_warmup = lambda rows: mean_shift(analysis.probe_window(rows, None, skip_first=True), source="eval_units")  # noqa: E731
   t = analysis.test
-  grid = analysis.lrs_of(bn_)
+  grid = analysis.lrs_of(sp["bn"])
   inside = lambda lr: grid[0] < lr < grid[-1]  # noqa: E731
+  steps_of = lambda v: 2.0 ** v  # noqa: E731
+  cens = (f"never reached {target:.0%} by step {sp['bn']['summary']['steps']} (counted there, exact for the restricted time): "
+          f"BN {int(right_bn.sum())}, none {int(right_none.sum())} of {right_bn.size}; reached at the first evaluation "
+          f"(censored): BN {int(left_bn.sum())}, none {int(left_none.sum())}")
   tests = [
-      t(f"BN learns faster: log2 steps to {target:.0%} test accuracy, each at its best LR (BN {lr_bn:g}, none {lr_none:g}), BN - none",
-        s_bn - s_none, "lower", role="primary", unit="log2 steps", note=censored([(bn_, lr_bn), (none, lr_none)], target)),
-      t("BN keeps its layer inputs stable: shift |Δμ|/σ_ref per probe interval in eval mode on fixed test data, mean over hidden "
-        "layers (LR 0.5), BN - none", mean_shift(rows_bn, source="eval_units") - mean_shift(rows_none, source="eval_units"), "lower",
-        role="sanity"),
-      analysis.check("each net's best LR lies inside the grid", inside(lr_bn) and inside(lr_none),
-                     f"grid {grid}; BN {lr_bn:g}, none {lr_none:g} (chosen on validation accuracy)"),
+      t(f"restricted log2 steps to {target:.0%} test accuracy, each at its best LR (BN {lr_bn:g}, no BN with LeCun init "
+        f"{lr_none:g}), BN - none", s_bn - s_none, "lower", role="primary", part="faster", unit="log2 steps",
+        censored=left_bn | left_none, note=cens),
+      t("shift |Δμ|/σ_ref per probe interval in eval mode on fixed test data, intervals after the first, mean over hidden "
+        "layers (LR 0.5), BN - none", after_warmup(rows_bn) - after_warmup(rows_none), "lower", role="primary", part="stable",
+        unit="|Δμ|/σ"),
+      analysis.check("each net's best LR lies inside the grid", inside(lr_bn) and inside(lr_none), f"grid {grid}; BN {lr_bn:g}, "
+                     f"none {lr_none:g} (chosen on validation accuracy)", part="faster"),
+      t(f"against no BN with the paper's init N(0, 0.1²) (best LR {lr_old:g}): restricted log2 steps, BN - none",
+        s_bn - s_old, "lower", unit="log2 steps", censored=left_bn | left_old),
+      t("the eval-mode shift over all intervals (warm-up included), BN - none",
+        mean_shift(rows_bn, source="eval_units") - mean_shift(rows_none, source="eval_units"), "lower"),
       t("the same shift in training mode (on the training batch; BN's batch mean is its bias by construction), BN - none",
         mean_shift(rows_bn) - mean_shift(rows_none), "lower"),
-      t("... in the first half of training", mean_shift(rows_bn, (0, 0.5)) - mean_shift(rows_none, (0, 0.5)), "lower"),
-      t("... in the second half of training", mean_shift(rows_bn, (0.5, 1)) - mean_shift(rows_none, (0.5, 1)), "lower"),
-      t("mean test accuracy over training at the best LRs, BN - none",
-        analysis.auc_at(bn_, lr_bn) - analysis.auc_at(none, lr_none), "higher", unit="accuracy"),
-      t("final test accuracy (last 3 evaluations) at the best LRs, BN - none",
-        analysis.last(bn_, "test_accuracy", lr_bn, 3, diverged=analysis.chance(bn_)[1])
-        - analysis.last(none, "test_accuracy", lr_none, 3, diverged=analysis.chance(none)[1]), "higher", unit="accuracy"),
-      t(f"at the shared LR {SHARED_LR:g}: log2 steps to {target:.0%}, BN - none",
-        log2_steps(bn_, target, SHARED_LR) - log2_steps(none, target, SHARED_LR), "lower", unit="log2 steps",
-        note=censored([(bn_, SHARED_LR), (none, SHARED_LR)], target)),
+      t("mean test accuracy over the first 500 steps at the best LRs, BN - no BN with LeCun init",
+        analysis.auc_at(sp["bn"], lr_bn) - analysis.auc_at(sp["none_lecun"], lr_none), "higher", unit="accuracy"),
+      t("final test accuracy (ioffe, 1,500 steps, LR 0.5), BN - none",
+        analysis.last(bn_, "test_accuracy", SHARED_LR, 3, diverged=analysis.chance(bn_)[1])
+        - analysis.last(none, "test_accuracy", SHARED_LR, 3, diverged=analysis.chance(none)[1]), "higher", unit="accuracy"),
   ]
-  steps = lambda s: mean_ci_text(2.0 ** s, 3)  # noqa: E731
+  notes = [f"The primary's interval is conditional on the chosen LRs; re-choosing both LRs on validation data in every "
+           f"bootstrap resample of seeds (nested selection, 2,000 resamples) gives [{lo_b:+.3g}, {hi_b:+.3g}] log2 steps.",
+           f"Kaplan-Meier median steps to {target:.0%} at the chosen LRs: BN {_km(sp['bn'], target, lr_bn)}, no BN with LeCun init "
+           f"{_km(sp['none_lecun'], target, lr_none)}, no BN with N(0, 0.1²) {_km(sp['none'], target, lr_old)}."]
+  steps = lambda s: mean_ci_text(steps_of(s), 3)  # noqa: E731
   table = [
       ["data", "MNIST", f"{bn_['config']['config']['data']['name']} (offline)"],
       ["network", "784-100-100-100-10, sigmoid, BN before each sigmoid", "the same; init N(0, 0.1²) (assumed)"],
-      ["training", "50,000 steps of batch 60; optimizer and LR not given", f"{bn_['summary']['steps']} steps of batch 60, SGD, LR grid {analysis.lrs_of(bn_)}"],
-      ["faster learning", "BN reaches higher test accuracy sooner (Fig. 1a)",
-       f"steps to {target:.0%}: BN {steps(s_bn)} (LR {lr_bn:g}), none {steps(s_none)} (LR {lr_none:g})"],
+      ["training", "50,000 steps of batch 60; optimizer and LR not given",
+       f"speed: {sp['bn']['summary']['steps']} steps of batch 60, SGD, LR grid {grid}, evaluated every "
+       f"{sp['bn']['config']['config']['train']['eval_every']} steps; stability: {bn_['summary']['steps']} steps at LR 0.5"],
+      ["faster learning", "BN reaches higher test accuracy sooner (Fig. 1a); the no-BN net's init is not stated",
+       f"restricted steps to {target:.0%}: BN {steps(s_bn)} (LR {lr_bn:g}), no BN with LeCun init {steps(s_none)} (LR {lr_none:g}), "
+       f"no BN with N(0, 0.1²) {steps(s_old)} (LR {lr_old:g})"],
       ["stable inputs", "15/50/85th percentiles of a last-layer sigmoid input drift without BN, stay put with BN (Fig. 1b/c)",
        f"shift per interval (mean over hidden layers), eval mode on test data: BN {mean_ci_text(mean_shift(rows_bn, source='eval_units'))}, "
        f"none {mean_ci_text(mean_shift(rows_none, source='eval_units'))}; training mode: BN {mean_ci_text(mean_shift(rows_bn))}, "
        f"none {mean_ci_text(mean_shift(rows_none))}"],
   ]
-  return {"tests": tests, "table": table, "best_lr": {"bn": lr_bn, "none": lr_none}}
+  return {"tests": tests, "table": table, "notes": notes, "best_lr": {"bn": lr_bn, "none_lecun": lr_none, "none": lr_old}}
+
+
+def _km(run, target, lr) -> str:
+  steps = analysis.steps_to(run, target, lr)
+  tau = analysis.metric_table(run, "test_accuracy", lr)[0][-1]
+  med = stats.km_median(np.minimum(steps, tau), np.isfinite(steps))
+  return f"{med:.0f}" if np.isfinite(med) else f"> {tau:g} (more than half never reached it)"
 
 
 def plot(results, a, out) -> list[str]:
-  m = results["ioffe"]
+  m, sp = results["ioffe"], results["c1_speed"]
   plt = plotting.plt()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for cond in ("bn", "none"):
+  for cond in ("bn", "none_lecun", "none"):
     lr = a["best_lr"][cond]
-    s, v = analysis.metric_table(m[cond], "test_accuracy", lr)
-    plotting.band(axes[0], s, v, f"{cond} (LR {lr:g})", plotting.COLORS[cond])
+    s, v = analysis.metric_table(sp[cond], "test_accuracy", lr)
+    plotting.band(axes[0], s, v, f"{cond} (LR {lr:g})", plotting.COLORS.get(cond, "C2"))
+  for cond in ("bn", "none"):
     rows = analysis.probes_of(m[cond], SHARED_LR)
     for i, layer in enumerate(hidden_layers(rows)):
       steps = sorted({r["step"] for r in rows})[1:]
@@ -141,15 +180,16 @@ def _fig1(long, lr, out) -> str:
 
 CLAIM = Claim(
     id="C1", order=1.0,
-    title="BN reduces internal covariate shift, and so trains faster (Ioffe & Szegedy 2015; the seed's claim 1)",
-    predicts="BN reaches a target accuracy in fewer steps (each net at its best LR), and its layer inputs keep a stable distribution",
-    primary="log2 steps to 75% test accuracy, each net at its best LR from (0.125, 0.5, 2, 8) chosen on validation data, "
-            "BN − none < 0 (precise-BN evaluation, paired by seed)",
+    title="BN reduces internal covariate shift, so later layers learn faster (Ioffe & Szegedy 2015; the seed's claim 1)",
+    predicts="BN reaches a target accuracy in fewer steps than no BN with a working init; its layer inputs move less; and the "
+             "first because of the second",
+    parts=(FASTER, STABLE, BECAUSE),
     paper="Ioffe & Szegedy (2015, Fig. 1, MNIST): BN reaches higher test accuracy sooner; the 15/50/85th percentiles of a "
           "last-layer sigmoid input drift without BN and stay put with BN.",
     source="Ioffe & Szegedy 2015, arXiv 1502.03167, §4.1",
-    scope="that BN trains faster than no BN (the primary test) while its layer inputs move less (a sanity check, eval mode). "
-          "It does not cover the \"so\": that BN trains faster *because* its inputs move less is what C1′ tests (noisy BN, "
-          "whose inputs move more, against BN); read the two verdicts together.",
+    scope="*faster* covers the first 500 steps (quick) of a 3-layer sigmoid MLP against a no-BN net with a LeCun-normal init, "
+          "not how long the lead lasts (the ioffe_long figure shows the curves to 8,000 steps); *stable* covers the eval-mode "
+          "drift at LR 0.5 over 1,500 steps; *because* is not tested (C1′ tests a different statement: that BN's benefit "
+          "survives per-step noise).",
     experiments=EXPERIMENTS, analyze=analyze, plot=plot,
 )
