@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -49,6 +50,34 @@ def _quiet_absl():
     absl_logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def stderr_unless_failed():
+  """What the block writes to the process's stderr (file descriptor 2, C++ threads included) is
+  passed on when it succeeds and dropped when it raises: a save that fails on a full disk makes
+  orbax's and tensorstore's threads print a traceback each, where the caller reports one line."""
+  sys.stderr.flush()
+  try:
+    tmp = tempfile.TemporaryFile()
+  except OSError:  # nowhere to hold it (a full /tmp): pass everything on
+    yield
+    return
+  saved = os.dup(2)
+  os.dup2(tmp.fileno(), 2)
+  ok = False
+  try:
+    yield
+    ok = True
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    if ok:
+      tmp.seek(0)
+      if text := tmp.read():
+        os.write(2, text)
+    tmp.close()
+
+
 class Checkpoints:
   """Orbax checkpoints in ``workdir/checkpoints`` (the two newest kept), each with two items:
   ``state`` (the stacked TrainState) and ``meta`` (JSON: config, fingerprint, step, accumulated timings).
@@ -79,7 +108,7 @@ class Checkpoints:
     a = self._ocp.args
     items = {"state": a.StandardSave(state), "meta": a.JsonSave(artifacts.clean(meta))}
     try:
-      with faults.kill_before_commit(step), _quiet_absl():  # a failure is reported in one line below
+      with faults.kill_before_commit(step), _quiet_absl(), stderr_unless_failed():  # a failure: one line, below
         self.mgr.save(step, args=a.Composite(**items), force=True)
         self.mgr.wait_until_finished()
     except Exception as e:  # a full disk shows as OSError or as a tensorstore error

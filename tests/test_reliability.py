@@ -299,6 +299,20 @@ def test_metrics_rows_missing_up_to_the_checkpoint_are_refused_not_summarized(cf
   assert file_times(wd) == files
 
 
+def test_a_failed_checkpoint_save_drops_what_its_threads_print(capfd):
+  """A save that fails on a full disk: orbax's and tensorstore's threads printed ~60 lines of
+  tracebacks to file descriptor 2 above bn's one line; they are dropped, a good save's output kept."""
+  from bn import workdir
+
+  with pytest.raises(RuntimeError):
+    with workdir.stderr_unless_failed():
+      os.write(2, b"Traceback (most recent call last): RuntimeError: Event loop is closed\n")
+      raise RuntimeError("disk full")
+  with workdir.stderr_unless_failed():
+    os.write(2, b"kept\n")
+  assert capfd.readouterr().err == "kept\n"
+
+
 def test_progress_numbers_when_every_run_diverged_warn_nothing():
   from bn import records
 
