@@ -198,14 +198,13 @@ def inspect_workdir(exp: bn_experiment.Experiment, workdir: Path, *, extend: boo
   if not workdir.is_dir():
     return WorkdirState(None, False)
   new = exp.config
-  steps_only = lambda d: [k for k, _, _ in d] == ["train.steps"]  # noqa: E731
   extending = False
   cfg_file = workdir / "config.json"
   recorded = _recorded_config(workdir) if cfg_file.exists() else None
   if recorded is not None and recorded != new:
     diff = artifacts.config_diff(recorded, new)
     keys = "; ".join(config_mismatch(recorded, new, "workdir"))
-    if not steps_only(diff):
+    if not _steps_only(diff):
       raise ConfigError(f"{workdir} already holds a run of a different config ({keys}); use another --workdir, "
                         f"or delete {workdir} to start over.")
     why = extension_problem(recorded, new)
@@ -218,29 +217,7 @@ def inspect_workdir(exp: bn_experiment.Experiment, workdir: Path, *, extend: boo
                         "or use another --workdir.")
     extending = True
   ckpt_dir = workdir / "checkpoints"
-  if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-    ckpt = Checkpoints(workdir, read_only=True)
-    try:
-      for step in ckpt.steps():
-        try:
-          meta = ckpt.meta(step)
-        except Exception:  # noqa: BLE001 -- an unreadable checkpoint: the restore skips it with a warning
-          continue
-        old = meta.get("config")
-        if old is None:
-          raise ConfigError(f"{ckpt_dir / str(step)} records no config (written by an older bn?); delete {ckpt_dir} "
-                            "to train this workdir from the start, or use another --workdir.")
-        if meta.get("fingerprint") == exp.fingerprint or old == new:
-          continue
-        diff = artifacts.config_diff(old, new)
-        keys = "; ".join(config_mismatch(old, new, "checkpoint"))
-        ok = steps_only(diff) and extension_problem(old, new) is None and (extend or recorded == new)
-        if not ok:
-          raise ConfigError(f"{ckpt_dir} holds checkpoints of a different config ({keys}); resuming them would label "
-                            f"their results with this config. Use another --workdir, or delete {ckpt_dir} to start over"
-                            + (" (or add --extend to train the run on)" if steps_only(diff) and not extend else "") + ".")
-    finally:
-      ckpt.close()
+  _check_checkpoints(exp, workdir, recorded, extend)
   if recorded is None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
     _refuse_foreign(workdir)  # neither a config.json nor checkpoints: nothing says the files are bn's
   summary_file = workdir / "summary.json"
@@ -249,6 +226,39 @@ def inspect_workdir(exp: bn_experiment.Experiment, workdir: Path, *, extend: boo
       raise ConfigError(f"{workdir} holds a summary.json but no config.json; use another --workdir, or delete {workdir}.")
     return WorkdirState(artifacts.read_json(summary_file), False)
   return WorkdirState(None, extending)
+
+
+def _steps_only(diff) -> bool:
+  return [k for k, _, _ in diff] == ["train.steps"]
+
+
+def _check_checkpoints(exp: bn_experiment.Experiment, workdir: Path, recorded: dict | None, extend: bool) -> None:
+  """ConfigError unless every readable checkpoint of ``workdir`` is of ``exp``'s config (or, with
+  ``extend``, of a shorter run of it that can be trained on)."""
+  ckpt_dir, new = workdir / "checkpoints", exp.config
+  if not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+    return
+  ckpt = Checkpoints(workdir, read_only=True)
+  try:
+    for step in ckpt.steps():
+      try:
+        meta = ckpt.meta(step)
+      except Exception:  # noqa: BLE001 -- an unreadable checkpoint: the restore skips it with a warning
+        continue
+      old = meta.get("config")
+      if old is None:
+        raise ConfigError(f"{ckpt_dir / str(step)} records no config (written by an older bn?); delete {ckpt_dir} "
+                          "to train this workdir from the start, or use another --workdir.")
+      if meta.get("fingerprint") == exp.fingerprint or old == new:
+        continue
+      diff = artifacts.config_diff(old, new)
+      keys = "; ".join(config_mismatch(old, new, "checkpoint"))
+      if not (_steps_only(diff) and extension_problem(old, new) is None and (extend or recorded == new)):
+        raise ConfigError(f"{ckpt_dir} holds checkpoints of a different config ({keys}); resuming them would label "
+                          f"their results with this config. Use another --workdir, or delete {ckpt_dir} to start over"
+                          + (" (or add --extend to train the run on)" if _steps_only(diff) and not extend else "") + ".")
+  finally:
+    ckpt.close()
 
 
 def _recorded_config(workdir: Path) -> dict:
@@ -282,38 +292,6 @@ def check_rows(metrics_file: Path, rows: list[dict], runs: list[int], every: int
                    f"{len(want)} (one per run at every evaluation: {evals[0]}, ..., {evals[-1]}); the file was emptied, "
                    f"cut or written twice. Put it back, or delete {metrics_file.parent / 'checkpoints'} to train again "
                    "from the start (same results).")
-
-
-# ----------------------------------------------------------------------------- one process per workdir
-
-LOCK_FILE = ".bn-lock"
-
-
-@contextlib.contextmanager
-def lock(workdir: Path):
-  """Holds an OS lock (``flock``) on ``workdir/.bn-lock`` (the directory made if needed) while the
-  block runs, with this process's pid in the file. Raises UsageError naming the pid of the process
-  that holds it. The kernel drops the lock when its process ends, ``kill -9`` included, so a
-  lock file left behind never blocks a resume."""
-  import fcntl
-
-  workdir.mkdir(parents=True, exist_ok=True)
-  path = workdir / LOCK_FILE
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    os.close(fd)
-    raise UsageError(f"--workdir {workdir} is in use by another bn process (pid {pid}; it holds {path}); two runs on "
-                     "one workdir would write every row twice. Wait for it to end (or stop it), then re-run: the run "
-                     "resumes where it stopped.") from None
-  try:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    yield path
-  finally:
-    os.close(fd)  # releases the lock
 
 
 def check_writable(workdir: Path, flag: str = "--workdir") -> None:
@@ -356,6 +334,38 @@ class Cleanup:
       p = self.workdir / name
       shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
+
+
+# ----------------------------------------------------------------------------- one process per workdir
+
+LOCK_FILE = ".bn-lock"
+
+
+@contextlib.contextmanager
+def lock(workdir: Path):
+  """Holds an OS lock (``flock``) on ``workdir/.bn-lock`` (the directory made if needed) while the
+  block runs, with this process's pid in the file. Raises UsageError naming the pid of the process
+  that holds it. The kernel drops the lock when its process ends, ``kill -9`` included, so a
+  lock file left behind never blocks a resume."""
+  import fcntl
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / LOCK_FILE
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise UsageError(f"--workdir {workdir} is in use by another bn process (pid {pid}; it holds {path}); two runs on "
+                     "one workdir would write every row twice. Wait for it to end (or stop it), then re-run: the run "
+                     "resumes where it stopped.") from None
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield path
+  finally:
+    os.close(fd)  # releases the lock
 
 
 # ----------------------------------------------------------------------------- loading a workdir
