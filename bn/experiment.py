@@ -237,6 +237,16 @@ def schema() -> dict:
 _MISSING = object()
 
 
+# What a bare range does not say.
+HINTS = {
+    "norm.momentum": " (None: a cumulative average; Flax convention: running = momentum * running + (1 - momentum) * batch, "
+                     "so PyTorch's momentum=0.1 is 0.9 here)",
+    "seeds": ", e.g. --config.seeds=(0,1,2) (a repeated seed would train the same run twice)",
+    "norm.r_max": " (Batch Renorm clips r to [1/r_max, r_max]; 1 turns the scale correction off)",
+    "norm.d_max": " (Batch Renorm clips d to [-d_max, d_max]; 0 turns the shift correction off)",
+}
+
+
 def _lookup(c, key: str):
   node = c
   for part in key.split("."):
@@ -254,7 +264,8 @@ def check_values(c) -> None:
   for key, rule in schema().items():
     value = _lookup(c, key)
     if value is not _MISSING and (want := rule(value)) is not None:
-      raise ConfigError(f"--config.{key}={value!r}{': expected' if want.startswith('one of') else ' must be'} {want}.")
+      raise ConfigError(f"--config.{key}={value!r}{': expected' if want.startswith('one of') else ' must be'} {want}"
+                        f"{HINTS.get(key, '')}.")
 
 
 def _check(c) -> None:
