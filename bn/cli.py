@@ -133,7 +133,11 @@ def report(argv: list[str]) -> int:
 
   if not Path(a.dir).is_dir():
     raise UsageError(f"{a.dir} is not a directory; give the --out directory of `bn reproduce`.")
-  from bn import report as bn_report
+  from bn import artifacts, report as bn_report
+
+  manifest = Path(a.dir) / bn_report.MANIFEST
+  if manifest.is_file() and not isinstance(artifacts.read_json(manifest), dict):
+    raise UsageError(f"{manifest} is not a ledger record (bn writes a JSON object); give the --out directory of `bn reproduce`.")
 
   print(bn_report.build(a.dir))
   return 0

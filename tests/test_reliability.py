@@ -416,6 +416,9 @@ def test_json_of_the_wrong_type_is_one_line(cfg_path, tmp_path, capsys, text):
   assert cli.main(["reproduce", "--tiny", "--out", str(out), "--no-progress"]) == 2
   (err,) = error_lines(capsys.readouterr().err)
   assert f"{out / 'ledger.json'} holds a JSON" in err and (out / "ledger.json").read_text() == text
+  assert cli.main(["report", str(out)]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert f"{out / 'ledger.json'} is not a ledger record" in err
 
 
 def test_bench_out_that_is_a_file_or_read_only_is_refused(tmp_path, capsys, read_only):
