@@ -98,6 +98,7 @@ def reproduce(argv: list[str]) -> int:
   if a.seed_base < 0 or a.seed_base > 2**31 - 10_000:
     raise UsageError(f"--seed-base {a.seed_base}: give a seed base in [0, {2**31 - 10_000}].")
   mode, out = a.mode or "quick", Path(a.out)
+  only = check_reproduce_args(mode, a.dataset, a.only)
   from bn import artifacts
 
   artifacts.check_local_path(a.out, "--out")
@@ -105,13 +106,27 @@ def reproduce(argv: list[str]) -> int:
 
   if mode in ledger.EXPECTED and not a.no_progress:
     print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
-  ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress,
+  ledger.run_ledger(out, mode, only=only, dataset=a.dataset, progress=not a.no_progress,
                     log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True),  # records OUT/timings.json as it goes
                     command=["reproduce", *argv], seed_base=a.seed_base)
   from bn import report as bn_report
 
   print(f"report: {bn_report.build(out)}")
   return 0
+
+
+def check_reproduce_args(mode: str, dataset: str | None, only: str | None) -> list[str] | None:
+  """``--only`` as a list (None: every experiment); UsageError for a ``--dataset`` that ``--tiny``
+  would ignore (it trains synthetic data) and for an empty ``--only`` or an empty name in it."""
+  if mode == "tiny" and dataset is not None:
+    raise UsageError(f"--dataset {dataset} does not apply to --tiny (synthetic data); drop --dataset, or use --quick/--full.")
+  if only is None:
+    return None
+  names = [n.strip() for n in only.split(",")]
+  if not all(names):
+    raise UsageError(f"--only {only!r} names an empty experiment; give comma-separated names, e.g. --only ioffe,freeze "
+                     "(or leave --only out to run every experiment).")
+  return names
 
 
 def report(argv: list[str]) -> int:
@@ -123,7 +138,11 @@ def report(argv: list[str]) -> int:
 
   if not Path(a.dir).is_dir():
     raise UsageError(f"{a.dir} is not a directory; give the --out directory of `bn reproduce`.")
-  from bn import report as bn_report
+  from bn import artifacts, report as bn_report
+
+  manifest = Path(a.dir) / bn_report.MANIFEST
+  if manifest.is_file() and not isinstance(artifacts.read_json(manifest), dict):
+    raise UsageError(f"{manifest} is not a ledger record (bn writes a JSON object); give the --out directory of `bn reproduce`.")
 
   print(bn_report.build(a.dir))
   return 0
@@ -145,6 +164,9 @@ def bench(argv: list[str]) -> int:
   from bn.bench import suite
 
   artifacts.check_local_path(a.out, "--out")
+  from bn.workdir import check_writable
+
+  check_writable(Path(a.out), "--out")  # a file or a read-only directory: refused before the suite runs
   res = suite.run_bench(suite.MODES[a.mode or "full"], a.out)
   for t in res["targets"]:
     shown = "-" if t["measured"] is None else f"{t['measured']:.3g}"

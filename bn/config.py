@@ -47,15 +47,39 @@ def resolve_path(path: str) -> Path:
 
 
 def load_file(spec: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of ``PATH[:ARG]``: ``get_config(ARG)`` (or ``get_config()``) of the file. A file
+  that fails to run, an argument it refuses and a result that is not a ConfigDict raise ConfigError."""
   path, _, arg = spec.partition(":")
   p = resolve_path(path)
   module_spec = importlib.util.spec_from_file_location(f"bn_config_{p.stem}", p)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 -- a user's file: any error it raises is the file's
+    raise ConfigError(f"config file {p} failed to load: {_where(e, p)}; fix the file.") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} defines no get_config().")
-  cfg = module.get_config(arg) if arg else module.get_config()
+  try:
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # noqa: BLE001
+    call = f"get_config({arg!r})" if arg else "get_config()"
+    hint = f" ({spec!r}: the part after ':' is passed to get_config; check which arguments the file takes)" if arg else ""
+    raise ConfigError(f"config file {p}: {call} failed: {_where(e, p)}{hint}.") from None
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {p}: get_config() returned a {type(cfg).__name__}, not an ml_collections.ConfigDict; "
+                      "start from bn.config.base() and return it.")
   return cfg
+
+
+def _where(e: BaseException, path: Path) -> str:
+  """``"SyntaxError: ... (line 3)"``: an exception raised by a config file, with its line in that file."""
+  line, tb = None, None if isinstance(e, SyntaxError) else e.__traceback__  # a SyntaxError names its line itself
+  while tb is not None:
+    if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+      line = tb.tb_lineno
+    tb = tb.tb_next
+  text = " ".join(str(e).split()) or "(no message)"
+  return f"{type(e).__name__}: {text}" + (f" (line {line})" if line else "")
 
 
 def _parse_value(raw: str) -> Any:

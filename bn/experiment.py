@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from typing import Any
 
 import jax
@@ -140,42 +141,144 @@ def fingerprint(cfg_dict: dict) -> str:
 
 # ----------------------------------------------------------------------------- checks
 
-
-def _positive(key: str, value, *, allow_zero: bool = False):
-  ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-  if not ok:
-    raise ConfigError(f"--config.{key}={value!r} must be {'a non-negative' if allow_zero else 'a positive'} integer.")
+INT32_MAX = 2**31 - 1  # seeds and counts live in int32 arrays
 
 
-def _choice(key: str, value, choices):
-  if value not in choices:
-    raise ConfigError(f"--config.{key}={value!r}: expected one of {', '.join(map(str, choices))}.")
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# A rule takes a value and returns None when it is fine, else what was expected (for the message).
+def integer(lo: int, hi: int = INT32_MAX):
+  kind = {0: "a non-negative integer", 1: "a positive integer"}.get(lo, f"an integer >= {lo}")
+  return lambda v: None if _is_int(v) and lo <= v <= hi else f"{kind} (at most {hi})"
+
+
+def number(lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
+  def rule(v):
+    ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return None if ok else want
+  if hi == math.inf:
+    want = "a finite number" if lo == -math.inf else f"a number {'>' if lo_open else '>='} {lo:g}"
+  else:
+    want = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+  return rule
+
+
+def flag(v):
+  return None if isinstance(v, bool) else "true or false"
+
+
+def text(v):
+  return None if isinstance(v, str) else "a string"
+
+
+def choice(options):
+  return lambda v: None if isinstance(v, str) and v in options else f"one of {', '.join(map(str, options))}"
+
+
+def optional(rule):
+  return lambda v: None if v is None else (None if rule(v) is None else f"None or {rule(v)}")
+
+
+def seq(rule, *, length: int | None = None, nonempty: bool = False, unique: bool = False):
+  """A tuple of values that each pass ``rule``."""
+  def check(v):
+    size = f"{length} " if length is not None else "a non-empty tuple of " if nonempty else "a tuple of "
+    want = f"{size}{'distinct ' if unique else ''}values, each {rule(object()) or 'valid'}"
+    if not isinstance(v, (tuple, list)) or any(rule(x) is not None for x in v):
+      return want
+    if (length is not None and len(v) != length) or (nonempty and not v) or (unique and len(set(v)) != len(v)):
+      return want
+    return None
+  return check
+
+
+def schema() -> dict:
+  """Every key of :func:`bn.config.base` with its rule: type and range (cross-key rules: :func:`_check`)."""
+  count, size = integer(0), integer(1)
+  return {
+      "name": text, "seeds": seq(integer(0), nonempty=True, unique=True),
+      "data.name": text, "data.source": choice(bn_data.SOURCES), "data.data_dir": text, "data.val_size": count,
+      "data.split_seed": integer(0, 2**30), "data.train_size": count, "data.train_eval_size": count,
+      "data.test_eval_size": count, "data.synthetic_shape": seq(size, nonempty=True), "data.synthetic_classes": integer(2),
+      "data.synthetic_sizes": seq(size, length=2),
+      "model.name": choice(tuple(models.MODELS)), "model.widths": seq(size, nonempty=True),
+      "model.act": choice(tuple(sorted(models.ACTIVATIONS))), "model.init_std": optional(number(0, lo_open=True)),
+      "norm.kind": choice(models.NORM_KINDS), "norm.position": choice(("pre", "post")),
+      "norm.momentum": optional(number(0, 1, hi_open=True)), "norm.epsilon": number(0, lo_open=True),
+      "norm.variance": choice(bn.norm.VARIANCES), "norm.ghost_batch_size": count, "norm.num_groups": size,
+      "norm.r_max": number(1), "norm.d_max": number(0), "norm.renorm_warmup": count, "norm.stats_gradient": flag,
+      "norm.population_noise": count, "norm.affine": flag, "norm.skip_nonfinite": flag,
+      "norm.noise.mean_range": seq(number(), length=2), "norm.noise.scale_range": seq(number(), length=2),
+      "norm.noise.mean_halfwidth": number(0), "norm.noise.scale_std": number(0), "norm.noise.per_sample": flag,
+      "norm.noise.dose": number(0),
+      "optimizer.name": choice(train.OPTIMIZERS), "optimizer.lr": number(0), "optimizer.momentum": number(0, 1, hi_open=True),
+      "optimizer.weight_decay": number(0), "optimizer.schedule": choice(train.SCHEDULES), "optimizer.warmup": count,
+      "optimizer.decay_steps": seq(size, unique=True),
+      "sweep.lr": seq(number(0), unique=True), "sweep.weight_decay": seq(number(0), unique=True),
+      "train.steps": size, "train.batch_size": size, "train.eval_every": size, "train.checkpoint_every": size,
+      "train.sampling": choice(pipeline.MODES), "train.augment": flag, "train.target_accuracy": number(0, 1),
+      "train.eval_chunk": size, "train.precise_bn": count, "train.tensorboard": flag,
+      "train.loop": choice(("auto", "scan", "host")), "train.runs": choice(("auto", "vmap", "unroll")), "train.shared_order": flag,
+      "probes.every": count, "probes.batch_size": size, "probes.landscape_scales": seq(number(0, lo_open=True)),
+      "probes.kinds": seq(choice(run_probes.KINDS), unique=True), "probes.rho": number(0, lo_open=True),
+      "probes.hessian_probes": size, "probes.eval_batch_size": size, "probes.lrs": seq(number(0)),
+      "parallel.devices": text, "parallel.bn_stats": choice(("sync", "local")), "parallel.coordinator": text,
+      "parallel.num_processes": count, "parallel.process_id": integer(-1), "parallel.cluster_detect": flag,
+      "parallel.init_timeout": size,
+  }
+
+
+_MISSING = object()
+
+
+# What a bare range does not say.
+HINTS = {
+    "norm.momentum": " (None: a cumulative average; Flax convention: running = momentum * running + (1 - momentum) * batch, "
+                     "so PyTorch's momentum=0.1 is 0.9 here)",
+    "seeds": ", e.g. --config.seeds=(0,1,2) (a repeated seed would train the same run twice)",
+    "norm.r_max": " (Batch Renorm clips r to [1/r_max, r_max]; 1 turns the scale correction off)",
+    "norm.d_max": " (Batch Renorm clips d to [-d_max, d_max]; 0 turns the shift correction off)",
+}
+
+
+def _lookup(c, key: str):
+  node = c
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      if key.startswith("model.") and key != "model.name":
+        return _MISSING  # a model's own options: a model without widths (e.g. vgg's stages) drops them
+      raise ConfigError(f"--config.{key} is missing from the config; build configs on bn.config.base() "
+                        "(`c = base()`, then change its values).")
+    node = node[part]
+  return node
+
+
+def check_values(c) -> None:
+  """One pass over every key of the schema: its type and range, the key named in the error."""
+  for key, rule in schema().items():
+    value = _lookup(c, key)
+    if value is not _MISSING and (want := rule(value)) is not None:
+      raise ConfigError(f"--config.{key}={value!r}{': expected' if want.startswith('one of') else ' must be'} {want}"
+                        f"{HINTS.get(key, '')}.")
 
 
 def _check(c) -> None:
+  """Every value (:func:`check_values`), then the rules between keys."""
+  check_values(c)
   t = c.train
-  for key in ("steps", "batch_size", "eval_every", "eval_chunk", "checkpoint_every"):
-    _positive(f"train.{key}", t[key])
-  _positive("probes.every", c.probes.every, allow_zero=True)
-  _positive("train.precise_bn", t.precise_bn, allow_zero=True)
   if t.tensorboard:
     import importlib.util
 
     if importlib.util.find_spec("tensorboardX") is None:
       raise ConfigError("--config.train.tensorboard=true needs tensorboardX: pip install 'bn-lab[tensorboard]' "
                         "(in a clone: pip install -e '.[tensorboard]'), or leave it false.")
-  _positive("data.train_size", c.data.train_size, allow_zero=True)
-  _positive("data.train_eval_size", c.data.train_eval_size, allow_zero=True)
-  _positive("data.test_eval_size", c.data.test_eval_size, allow_zero=True)
   if c.probes.every:
-    _positive("probes.batch_size", c.probes.batch_size)
-    _positive("probes.hessian_probes", c.probes.hessian_probes)
-    _positive("probes.eval_batch_size", c.probes.eval_batch_size)
-    unknown = set(c.probes.kinds) - set(run_probes.KINDS)
-    if unknown:
-      raise ConfigError(f"--config.probes.kinds has unknown probes {sorted(unknown)}; choose from {', '.join(run_probes.KINDS)} (empty: all).")
-    if not c.probes.rho > 0:
-      raise ConfigError(f"--config.probes.rho={c.probes.rho} must be > 0.")
     swept = tuple(c.sweep.lr) or (c.optimizer.lr,)
     missing = [lr for lr in c.probes.lrs if not any(abs(lr - s) <= 1e-9 * max(abs(s), 1) for s in swept)]
     if missing:
@@ -183,16 +286,6 @@ def _check(c) -> None:
     if c.probes.every % t.eval_every:
       raise ConfigError(f"--config.probes.every={c.probes.every} must be a multiple of --config.train.eval_every={t.eval_every} "
                         "(probes run at evaluation points).")
-  if not len(c.seeds):
-    raise ConfigError("--config.seeds=() is empty; give at least one seed, e.g. --config.seeds=(0,).")
-  _choice("train.sampling", t.sampling, pipeline.MODES)
-  _choice("train.loop", t.loop, ("auto", "scan", "host"))
-  _choice("train.runs", t.runs, ("auto", "vmap", "unroll"))
-  _choice("optimizer.name", c.optimizer.name, train.OPTIMIZERS)
-  _choice("optimizer.schedule", c.optimizer.schedule, train.SCHEDULES)
-  _choice("norm.kind", c.norm.kind, models.NORM_KINDS)
-  _choice("norm.position", c.norm.position, ("pre", "post"))
-  _choice("norm.variance", c.norm.variance, bn.norm.VARIANCES)
   for f in bn.BNOptions._fields:  # every option the config sets, checked by the core's own rules, the key named
     if f in c.norm:
       try:
@@ -200,29 +293,13 @@ def _check(c) -> None:
         bn.norm.check_options(one)
       except (TypeError, ValueError) as e:
         raise ConfigError(f"--config.norm.{f}={c.norm[f]!r}: {e}") from None
-  _choice("data.source", c.data.source, bn_data.SOURCES)
-  _choice("parallel.bn_stats", c.parallel.bn_stats, ("sync", "local"))
-  m = c.norm.momentum
-  if m is not None and not (isinstance(m, (int, float)) and not isinstance(m, bool) and 0.0 <= m < 1.0):
-    raise ConfigError(f"--config.norm.momentum={m!r} must be in [0, 1) (Flax convention: running = momentum * running + "
-                      "(1 - momentum) * batch; PyTorch's momentum=0.1 is 0.9 here), or None for a cumulative average.")
-  if not c.norm.epsilon > 0:
-    raise ConfigError(f"--config.norm.epsilon={c.norm.epsilon!r} must be > 0.")
-  g = c.norm.ghost_batch_size
-  _positive("norm.ghost_batch_size", g, allow_zero=True)
-  _positive("norm.population_noise", c.norm.population_noise, allow_zero=True)
-  if c.norm.population_noise and t.batch_size % c.norm.population_noise:
-    raise ConfigError(f"--config.norm.population_noise={c.norm.population_noise} does not divide --config.train.batch_size={t.batch_size}.")
-  if c.norm.noise.dose < 0:
-    raise ConfigError(f"--config.norm.noise.dose={c.norm.noise.dose} must be >= 0 (0 is no noise, 1 Santurkar et al.'s).")
+  g, pn = c.norm.ghost_batch_size, c.norm.population_noise
+  if pn and t.batch_size % pn:
+    raise ConfigError(f"--config.norm.population_noise={pn} does not divide --config.train.batch_size={t.batch_size}.")
   if g and t.batch_size % g:
     raise ConfigError(f"--config.norm.ghost_batch_size={g} does not divide --config.train.batch_size={t.batch_size}.")
   if c.norm.kind == "ghost" and not g:
     raise ConfigError("--config.norm.kind=ghost needs --config.norm.ghost_batch_size (e.g. 16).")
-  for key in ("lr", "weight_decay"):
-    values = tuple(c.sweep[key]) or (c.optimizer[key],)
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in values):
-      raise ConfigError(f"--config.{'sweep.' + key if c.sweep[key] else 'optimizer.' + key}={values!r}: expected non-negative numbers.")
 
 
 # ----------------------------------------------------------------------------- layout

@@ -67,6 +67,9 @@ def check_out(out: Path, mode: str, dataset: str | None, seed_base: int = CONFIR
   manifest = out / MANIFEST
   if manifest.exists():
     m = artifacts.read_json(manifest)
+    if not isinstance(m, dict):
+      raise UsageError(f"{manifest} holds a JSON {type(m).__name__}, not a ledger record (bn writes an object); "
+                       f"give another --out, or delete {manifest} to run the ledger into {out} again.")
     if m.get("mode") != mode or m.get("dataset") != dataset:
       was = f"--{m.get('mode')}" + (f" --dataset {m['dataset']}" if m.get("dataset") else "")
       now = f"--{mode}" + (f" --dataset {dataset}" if dataset else "")
@@ -133,20 +136,29 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   for i, (name, cond, c, exp) in enumerate(plan):
     workdir = out / name / cond
     desc = f"[{i + 1}/{len(plan)}] {name}/{cond}"
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), timings.get(name, 0.0)
+
+    def note(*_, name=name, t0=t0, before=before, running=f"{name}/{cond}"):
+      """Records the seconds so far, those of the condition in progress too (a killed ledger keeps them)."""
+      timings[name] = before + time.perf_counter() - t0
+      timings["total"] = time.perf_counter() - t_all
+      record_timings(out, mode, timings, previous=prev_timings, conditions={**done, **({"running": running} if running else {})})
+
     measure = bn_claims.runner(name)
     finished = (workdir / ("results.json" if measure is not None else "summary.json")).exists()
-    if measure is not None:
-      if progress and not finished:
-        say(f"{desc}: measuring (no training)")
-      measure_condition(measure, c, workdir, data_cache[experiment.dataset_key(exp.data)])
-    else:
-      loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[experiment.dataset_key(exp.data)], desc=desc,
-                         log=say if progress else warnings_only, startup=False)
+    try:
+      if measure is not None:
+        if progress and not finished:
+          say(f"{desc}: measuring (no training)")
+        measure_condition(measure, c, workdir, data_cache[experiment.dataset_key(exp.data)])
+      else:
+        loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[experiment.dataset_key(exp.data)], desc=desc,
+                           log=say if progress else warnings_only, startup=False, on_eval=note)
+    except BaseException:
+      note()  # interrupted or failed: its time so far counts
+      raise
     done["skipped" if finished else "trained"].append(f"{name}/{cond}")
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    record_timings(out, mode, timings, previous=prev_timings, conditions=done)
+    note(running=None)
   return timings
 
 
@@ -172,12 +184,15 @@ def measure_condition(measure, c, workdir: Path, dataset) -> dict:
 
 def record_timings(out: Path, mode: str, timings: dict, *, previous: dict | None = None, conditions: dict | None = None) -> None:
   """``OUT/timings.json``: this invocation's seconds so far (``last_invocation_s``; rewritten after
-  every condition, so a killed ledger keeps what it spent), the previous invocation's, and
+  every condition and every evaluation inside one, so a killed ledger keeps what it spent, the
+  condition it was killed in too), the previous invocation's, and
   ``cumulative_s`` summed over invocations with the same mode (an interrupted and resumed
   ledger adds up to its whole cost; a re-run of a finished one adds only the seconds it took
-  to skip). ``conditions``: which conditions this invocation trained (or measured) and which it
-  found finished. ``previous``: the file as it was before this invocation (default: as it is)."""
+  to skip). ``conditions``: which conditions this invocation trained (or measured), which it
+  found finished and which was ``running`` when the file was written. ``previous``: the file as it
+  was before this invocation (default: as it is)."""
   prev = previous if previous is not None else (artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {})
+  prev = prev if isinstance(prev, dict) else {}  # not bn's: started afresh
   cum = dict(prev.get("cumulative_s") or {}) if prev.get("mode") == mode else {}
   cum = {k: cum.get(k, 0.0) + timings.get(k, 0.0) for k in {**cum, **timings}}
   artifacts.write_json(out / "timings.json", {"mode": mode, "last_invocation_s": timings, "previous": prev.get("last_invocation_s"),

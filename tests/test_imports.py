@@ -64,7 +64,7 @@ def find_cycle(g):
 
 def test_the_graph_is_read_from_the_source():
   g = graph()
-  assert "bn.loop" in g and "bn.programs" in g["bn.loop"] and "bn.train" in g["bn.programs"]
+  assert "bn.trainer" in g["bn.loop"] and "bn.programs" in g["bn.trainer"] and "bn.train" in g["bn.programs"]
   assert "bn.bench.core" in g["bn.bench.cases"]
 
 

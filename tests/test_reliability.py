@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -111,6 +112,11 @@ def bn_train(cfg_path, wd, cache, *extra, env=None):
 def error_lines(stderr):
   assert "Traceback" not in stderr, stderr
   return [line for line in stderr.splitlines() if ": error:" in line]
+
+
+def file_times(wd):
+  """Every file's modification time, but the lock's (directories change under the writability check)."""
+  return {p: p.stat().st_mtime_ns for p in Path(wd).rglob("*") if p.is_file() and p.name != ".bn-lock"}
 
 
 def corrupt(step_dir: Path):
@@ -225,6 +231,99 @@ def test_restore_loads_a_workdir(reference):
   assert int(r.state["step"][0]) == STEPS
 
 
+# ----------------------------------------------------------------------------- a workdir belongs to one run
+
+
+def test_a_workdir_in_use_is_refused_naming_the_pid_and_a_killed_holder_blocks_nothing(cfg, reference, tmp_path):
+  """A second process on a workdir is refused (the first's pid named, nothing written); once the
+  holder is killed with SIGKILL, its lock file left behind, the run resumes."""
+  ref, _ = reference
+  wd = copy_of(ref, tmp_path / "w", drop=("summary.json",))
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import pathlib, sys, time\nfrom bn import workdir\nwith workdir.lock(pathlib.Path(sys.argv[1])):\n"
+       "  print('locked', flush=True)\n  time.sleep(600)", str(wd)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    files = file_times(wd)
+    with pytest.raises(UsageError, match=rf"is in use by another bn process \(pid {holder.pid};"):
+      loop.train_workdir(experiment.from_config(cfg()), wd, progress=False)
+    assert file_times(wd) == files
+  finally:
+    holder.kill()  # SIGKILL: the kernel drops its lock
+    holder.wait()
+  assert (wd / ".bn-lock").read_text().strip() == str(holder.pid)  # a stale lock file...
+  loop.train_workdir(experiment.from_config(cfg()), wd, progress=False)  # ...blocks nothing
+  assert_same_results(wd, ref)
+
+
+def test_lock_is_held_for_the_run(tmp_path):
+  from bn import workdir
+
+  wd = tmp_path / "new" / "w"
+  with workdir.lock(wd) as path:
+    assert path == wd / ".bn-lock" and path.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(UsageError, match=f"pid {os.getpid()}"):  # flock: another open file, refused even here
+      with workdir.lock(wd):
+        pass
+  with workdir.lock(wd):  # released
+    pass
+
+
+def test_a_foreign_workdir_is_refused_naming_its_files(cfg_path, tmp_path, capsys):
+  """A user's own metrics.jsonl and probes.jsonl (no config.json, no checkpoint) are not bn's: refused
+  (exit 2, named) instead of deleted and replaced."""
+  wd = tmp_path / "mine"
+  wd.mkdir()
+  for name in ("metrics.jsonl", "probes.jsonl", "notes.txt"):
+    (wd / name).write_text('{"step": 1, "mine": true}\n')
+  assert cli.main(["train", "--config", str(cfg_path), "--workdir", str(wd), "--no-progress"]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert "holds files that no bn run of a config wrote (metrics.jsonl, notes.txt, probes.jsonl;" in err
+  assert sorted(p.name for p in wd.iterdir()) == ["metrics.jsonl", "notes.txt", "probes.jsonl"]
+  assert all(p.read_text() == '{"step": 1, "mine": true}\n' for p in wd.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["emptied", "cut", "doubled"])
+def test_metrics_rows_missing_up_to_the_checkpoint_are_refused_not_summarized(cfg, reference, tmp_path, damage):
+  """Resuming from the checkpoint of step 300 needs every run's rows at 100, 200, 300: an emptied,
+  cut or doubled metrics.jsonl is refused (naming the file and the fix), nothing changed."""
+  ref, _ = reference
+  wd = copy_of(ref, tmp_path / "w", drop=("summary.json", "checkpoints/400"))
+  text = (wd / "metrics.jsonl").read_text()
+  rows = text.splitlines(keepends=True)
+  (wd / "metrics.jsonl").write_text({"emptied": "", "cut": "".join(rows[2:]), "doubled": text + text}[damage])
+  files = file_times(wd)
+  with pytest.raises(RunError, match=r"metrics\.jsonl holds \d+ rows up to step 300, but the checkpoint of step 300 needs 6 .*"
+                                     r"delete .*checkpoints to train again"):
+    loop.train_workdir(experiment.from_config(cfg()), wd, progress=False)
+  assert file_times(wd) == files
+
+
+def test_a_failed_checkpoint_save_drops_what_its_threads_print(capfd):
+  """A save that fails on a full disk: orbax's and tensorstore's threads printed ~60 lines of
+  tracebacks to file descriptor 2 above bn's one line; they are dropped, a good save's output kept."""
+  from bn import workdir
+
+  with pytest.raises(RuntimeError):
+    with workdir.stderr_unless_failed():
+      os.write(2, b"Traceback (most recent call last): RuntimeError: Event loop is closed\n")
+      raise RuntimeError("disk full")
+  with workdir.stderr_unless_failed():
+    os.write(2, b"kept\n")
+  assert capfd.readouterr().err == "kept\n"
+
+
+def test_progress_numbers_when_every_run_diverged_warn_nothing():
+  from bn import records
+
+  rows = [{"batch_loss": None, "test_accuracy": 0.1, "diverged": True}, {"batch_loss": float("nan"), "test_accuracy": 0.1, "diverged": True}]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # numpy's "Mean of empty slice" was a RuntimeWarning
+    got = records.progress_numbers(rows)
+  assert np.isnan(got["loss"]) and np.isnan(got["test_acc"])
+  assert records.progress_numbers([{"batch_loss": 1.0, "test_accuracy": 0.5, "diverged": False}]) == {"loss": 1.0, "test_acc": 0.5}
+
+
 # ----------------------------------------------------------------------------- mismatched workdirs
 
 
@@ -269,6 +368,13 @@ def test_bn_report_on_a_training_workdir_is_refused(reference, capsys):
     ("--config.train.batch_size=0", "train.batch_size"), ("--config.train.eval_every=0", "train.eval_every"),
     ("--config.train.eval_chunk=0", "train.eval_chunk"), ("--config.train.checkpoint_every=0", "train.checkpoint_every"),
     ("--config.seeds=()", "seeds"), ("--config.probes.every=150", "probes.every"),
+    # issue 26: values that trained before, the key named now
+    ("--config.norm.r_max=0.5", "norm.r_max"), ("--config.norm.d_max=-1.0", "norm.d_max"),
+    ("--config.seeds=(0.5,1.7)", "seeds"), ("--config.seeds=(3,3)", "seeds"), ("--config.seeds=(2147483648,)", "seeds"),
+    ("--config.optimizer.momentum=5.0", "optimizer.momentum"), ("--config.optimizer.decay_steps=(-10,)", "optimizer.decay_steps"),
+    ("--config.optimizer.warmup=-100", "optimizer.warmup"), ("--config.train.target_accuracy=5.0", "train.target_accuracy"),
+    ("--config.model.widths=(0,)", "model.widths"), ("--config.model.widths=(-5,)", "model.widths"),
+    ("--config.model.init_std=abc", "model.init_std"), ("--config.data.split_seed=-1", "data.split_seed"),
 ])
 def test_bad_values_are_refused_before_anything_is_written(cfg_path, tmp_path, capsys, override, key):
   wd = tmp_path / "new" / "w"
@@ -276,6 +382,57 @@ def test_bad_values_are_refused_before_anything_is_written(cfg_path, tmp_path, c
   (err,) = error_lines(capsys.readouterr().err)
   assert f"--config.{key}=" in err
   assert not (tmp_path / "new").exists()
+
+
+def test_a_bad_value_through_a_real_process_is_one_line_and_exit_2(cfg_path, compile_cache, tmp_path):
+  r = bn_train(cfg_path, tmp_path / "new" / "w", compile_cache, "--config.norm.kind=renorm", "--config.norm.r_max=0.5")
+  assert r.returncode == 2, r.stderr[-3000:]
+  (err,) = error_lines(r.stderr)
+  assert "--config.norm.r_max=0.5 must be a number >= 1" in err and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tiny", "--dataset", "bogus"], "--dataset bogus does not apply to --tiny"),
+    (["--tiny", "--only", ""], "--only '' names an empty experiment"),
+    (["--tiny", "--only", "ioffe,"], "names an empty experiment"),
+])
+def test_reproduce_flags_it_would_ignore_are_refused(tmp_path, capsys, args, message):
+  assert cli.main(["reproduce", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert message in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '"x"'])
+def test_json_of_the_wrong_type_is_one_line(cfg_path, tmp_path, capsys, text):
+  wd = tmp_path / "w"
+  wd.mkdir()
+  (wd / "config.json").write_text(text)
+  assert cli.main(["train", "--config", str(cfg_path), "--workdir", str(wd), "--no-progress"]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert f"{wd / 'config.json'} was not written by bn" in err and sorted(p.name for p in wd.iterdir()) == ["config.json"]
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "ledger.json").write_text(text)
+  assert cli.main(["reproduce", "--tiny", "--out", str(out), "--no-progress"]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert f"{out / 'ledger.json'} holds a JSON" in err and (out / "ledger.json").read_text() == text
+  assert cli.main(["report", str(out)]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert f"{out / 'ledger.json'} is not a ledger record" in err
+
+
+def test_bench_out_that_is_a_file_or_read_only_is_refused(tmp_path, capsys, read_only):
+  f = tmp_path / "file"
+  f.write_text("x")
+  assert cli.main(["bench", "--tiny", "--out", str(f)]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert "--out" in err and "is a file, not a directory" in err and f.read_text() == "x"
+  d = tmp_path / "ro"
+  d.mkdir()
+  read_only(d)
+  assert cli.main(["bench", "--tiny", "--out", str(d)]) == 2
+  (err,) = error_lines(capsys.readouterr().err)
+  assert "cannot write in" in err and list(d.iterdir()) == []
 
 
 def test_a_workdir_that_is_a_file(cfg_path, tmp_path, capsys):
@@ -330,10 +487,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(cfg, tmp_pa
   assert not (tmp_path / "a").exists()  # the directories it made are gone
   existing = tmp_path / "existing"
   existing.mkdir()
-  (existing / "notes.txt").write_text("mine")
   with pytest.raises(RunError, match="No space left on device"):
     loop.train_workdir(experiment.from_config(cfg()), existing, progress=False)
-  assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # left as it was
+  assert list(existing.iterdir()) == []  # left as it was (the lock file it took gone too)
 
 
 def test_damaged_files_name_the_file_and_the_fix(cfg_path, reference, tmp_path, capsys):
@@ -409,6 +565,9 @@ def test_timings_are_recorded_as_conditions_finish(tmp_path, monkeypatch):
       return {}
     calls.append(exp.name)
     if len(calls) == len(names) + 1:
+      kw["on_eval"](100)  # an evaluation of the condition in progress is recorded at once (a kill -9 keeps it)
+      mid = artifacts.read_json(tmp_path / "out" / "timings.json")
+      assert mid["conditions"]["running"] == exp.name and second in mid["last_invocation_s"]
       raise KeyboardInterrupt  # as if killed here
     workdir.mkdir(parents=True)
     artifacts.write_json(workdir / "summary.json", {"runs": []})
@@ -417,8 +576,9 @@ def test_timings_are_recorded_as_conditions_finish(tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     ledger.run_ledger(tmp_path / "out", "tiny", only=[first, second], progress=False)
   t = artifacts.read_json(tmp_path / "out" / "timings.json")
-  assert t["conditions"] == {"trained": names, "skipped": []} and t["mode"] == "tiny"
-  assert set(t["last_invocation_s"]) == {first, "total"} and t["cumulative_s"]["total"] == t["last_invocation_s"]["total"]
+  assert t["conditions"] == {"trained": names, "skipped": [], "running": calls[-1]} and t["mode"] == "tiny"
+  assert set(t["last_invocation_s"]) == {first, second, "total"}  # the interrupted condition's time counts too
+  assert t["cumulative_s"]["total"] == t["last_invocation_s"]["total"]
   ledger.run_ledger(tmp_path / "out", "tiny", only=[first], progress=False)  # finished conditions are skipped
   t2 = artifacts.read_json(tmp_path / "out" / "timings.json")
   assert t2["previous"] == t["last_invocation_s"] and t2["conditions"] == {"trained": [], "skipped": names}
