@@ -138,9 +138,10 @@ def reproduce(argv: list[str]) -> int:
   ledger.run_ledger(out, mode, only=a.only.split(",") if a.only else None, dataset=a.dataset, progress=not a.no_progress,
                     log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True),  # records OUT/timings.json as it goes
                     command=["reproduce", *argv])
-  from bn import report as bn_report
+  from bn import distributed, report as bn_report
 
-  print(f"report: {bn_report.build(out)}")
+  if distributed.is_writer():  # many processes: process 0 writes the one report
+    print(f"report: {bn_report.build(out)}")
   return 0
 
 

@@ -9,6 +9,7 @@ process (8 devices from conftest.py): the programs on a (runs, data) mesh agains
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -169,3 +170,52 @@ def test_cli_host_device_flags():
   assert flags({"BN_NUM_PROCESSES": "2"}) is None and flags({}, ["--config.parallel.coordinator=h:1"]) is None
   with pytest.raises(SystemExit, match="BN_HOST_DEVICES='x' must be a device count"):
     flags({"BN_HOST_DEVICES": "x"})
+
+
+# ----------------------------------------------------------------------------- bn reproduce on two processes
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def reproduce(out: Path, env: dict) -> subprocess.Popen:
+  e = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "BN_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+  e.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONUNBUFFERED="1", **env)
+  cmd = [sys.executable, "-m", "bn", "reproduce", "--tiny", "--only", LEDGER_ONLY, "--out", str(out), "--no-progress"]
+  log = open(out.with_name(out.name + f".log{env.get('BN_PROCESS_ID', '')}"), "w")
+  return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT)
+
+
+LEDGER_ONLY = "wd_sweep"  # three runs per condition: one process pads them to four over the two processes' devices
+
+
+def test_two_process_ledger_writes_one_report_equal_to_one_process(tmp_path):
+  port = free_port()
+  dist = {"BN_COORDINATOR": f"127.0.0.1:{port}", "BN_NUM_PROCESSES": "2"}
+  procs = [reproduce(tmp_path / "two", {**dist, "BN_PROCESS_ID": str(i)}) for i in (0, 1)]
+  one = reproduce(tmp_path / "one", {"BN_HOST_DEVICES": "1"})
+  try:
+    codes = [p.wait(timeout=240) for p in (*procs, one)]
+  finally:
+    for p in (*procs, one):
+      if p.poll() is None:
+        p.kill()
+  logs = [(tmp_path / f"two.log{i}").read_text() for i in (0, 1)] + [(tmp_path / "one.log").read_text()]
+  assert codes == [0, 0, 0], "\n\n".join(t[-2000:] for t in logs)
+  assert "report: " in logs[0] and "report: " not in logs[1]  # process 0 writes the one report
+  summaries = sorted((tmp_path / "one").glob("*/*/summary.json"))
+  assert summaries
+  for f in summaries:
+    a = json.loads(f.read_text())
+    b = json.loads((tmp_path / "two" / f.relative_to(tmp_path / "one")).read_text())
+    assert b["device_count"] == 2 and a["device_count"] == 1
+    for x, y in zip(a["runs"], b["runs"], strict=True):
+      for k in ("test_accuracy", "train_accuracy", "test_loss", "train_loss", "best_test_accuracy"):
+        if x.get(k) is not None:
+          assert y[k] == pytest.approx(x[k], rel=2.5e-7, abs=0), (f, k)
+  ca, cb = (json.loads((tmp_path / d / "claims.json").read_text()) for d in ("one", "two"))
+  strip = lambda c: [{k: v for k, v in x.items() if k not in ("provenance",)} for x in c["claims"]]  # noqa: E731
+  assert [x.get("status") for x in strip(ca)] == [x.get("status") for x in strip(cb)]
