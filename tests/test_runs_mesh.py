@@ -192,6 +192,7 @@ def reproduce(out: Path, env: dict) -> subprocess.Popen:
 LEDGER_ONLY = "wd_sweep"  # three runs per condition: one process pads them to four over the two processes' devices
 
 
+@pytest.mark.slow  # ~40 s: three ledgers (two processes and the one-process reference) on two cores
 def test_two_process_ledger_writes_one_report_equal_to_one_process(tmp_path):
   port = free_port()
   dist = {"BN_COORDINATOR": f"127.0.0.1:{port}", "BN_NUM_PROCESSES": "2"}
