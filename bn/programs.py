@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from bn import pipeline, train
+from bn.parallel import RUNS_AXIS
 
 # vmap axes of a stacked TrainState: everything per run, except the sampler's
 # position, which all runs share (same batch size, same step). Keeping it
@@ -83,9 +84,6 @@ def _sharded(fn, mesh, in_specs, out_specs):
   return fn if mesh is None else jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
 
 
-RUNS_AXIS = "runs"  # bn.parallel.RUNS_AXIS (not imported: bn.parallel imports this module's callers)
-
-
 def runs_devices(mesh) -> int:
   """Devices on the mesh's runs axis (1 without a mesh or without that axis)."""
   return 1 if mesh is None else dict(mesh.shape).get(RUNS_AXIS, 1)
@@ -118,7 +116,10 @@ def over_runs(fn, mesh, in_axes: tuple, out_axes, shared_specs: tuple):
                                                    axis_tree, arg, is_leaf=is_none)
         for axis_tree, arg, spec in zip(in_axes, padded, shared_specs))
     out_specs = jax.tree.map(lambda axis: P(RUNS_AXIS) if axis == 0 else P(), out_axes, is_leaf=is_none)
-    out = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(*padded)
+    # Without a data axis nothing is communicated inside fn, so shard_map's type check of what varies over the
+    # devices has nothing to check -- and the per-step sampler's lax.cond (host loop) would trip on it. With one,
+    # it must stay on: it turns the broadcast of each run's parameters over 'data' into the gradient's psum.
+    out = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=dict(mesh.shape).get("data", 1) > 1)(*padded)
     whole = jax.sharding.NamedSharding(mesh, P())  # gathered: every program takes and returns the state whole
     return _on_run_axis(lambda x: jax.lax.with_sharding_constraint(x[:n], whole), out_axes, out)
 
@@ -193,8 +194,9 @@ def chunk(task: train.Task, num_steps: int, mesh=None):
   else:
     one = functools.partial(train.train_chunk, task, num_steps)
     many = functools.partial(_scan_chunk, task, num_steps)
-  if runs_devices(mesh) > 1:  # each device its share of the runs (a lone run without vmap), on its data-axis slice
-    body = over_runs(_single_or_many(one, many), mesh, (STATE_AXES, None, None), (STATE_AXES, 0), (None, P(), P()))
+  if runs_devices(mesh) > 1:  # each device its share of the runs (without data parallelism a lone run without vmap)
+    local = _single_or_many(one, many) if task.axis_name is None else many
+    body = over_runs(local, mesh, (STATE_AXES, None, None), (STATE_AXES, 0), (None, P(), P()))
   else:
     body = _single_or_many(one, many) if mesh is None else _sharded(many, mesh, (P(), P(), P()), (P(), P()))
   program = jax.jit(body, donate_argnums=0)
@@ -224,7 +226,7 @@ def _shared_host_step(task: train.Task):
   step = map_runs(functools.partial(train.step_on, task), task.runs, (STATE_AXES, None, None, None), (STATE_AXES, 0))
 
   def f(state, images, labels):
-    idx, sampler = pipeline.sampler_next(_run0(state.sampler), task.batch_size)
+    idx, sampler = train.next_batch(task, _run0(state.sampler))
     new, metrics = step(state, idx, images, labels)
     return new._replace(sampler=_broadcast_runs(sampler, state.step.shape[0])), metrics
 

@@ -113,7 +113,7 @@ def test_checkpoint_of_two_devices_resumes_on_one(trained):
 
 
 def test_programs_on_a_runs_and_data_mesh_equal_one_device(tmp_path):
-  """3 runs on a (runs=2, data=4) mesh with synchronized BN, and on runs=4 alone (padded to 4), against one device."""
+  """3 runs on (runs, data) meshes, with and without data parallelism (synchronized BN), against one device."""
   path = tmp_path / "tiny.py"
   path.write_text(TINY)
   c = bn_config.load(str(path))
@@ -124,11 +124,18 @@ def test_programs_on_a_runs_and_data_mesh_equal_one_device(tmp_path):
   x, y = parallel.place_train(ds.train, stats)
   init = jax.device_get(programs.init(task, len(y))(np.arange(3, dtype=np.int32), np.asarray([0.5, 0.2, 0.1], np.float32),
                                                     np.zeros(3, np.float32), x[:2]))
-  ref, ref_m = programs.chunk(task, 3)(init, x, y)
   ev = (parallel.place_eval(ds.test, stats, None, 16),)
-  ref_eval = programs.evaluate(task, 1)(ref.params, ref.batch_stats, ev, None)
   devs = np.asarray(jax.devices())
-  for shape, bn_stats in (((4, 1), None), ((2, 4), "sync")):
+  refs = {}
+  # (runs, data) meshes: one run per device, two (one of them padding), two on each of 4 data-parallel pairs; each
+  # layout (host loop and unrolled runs: a conv net's on CPU) against the same layout on one device
+  for shape, bn_stats, layout in (((4, 1), None, ("scan", "vmap")), ((2, 1), None, ("host", "unroll")), ((2, 4), "sync", ("scan", "vmap")),
+                                  ((2, 4), "sync", ("host", "unroll"))):
+    task = task._replace(loop=layout[0], runs=layout[1])
+    if layout not in refs:
+      ref, ref_m = programs.chunk(task, 3)(init, x, y)
+      refs[layout] = ref, ref_m, programs.evaluate(task, 1)(ref.params, ref.batch_stats, ev, None)
+    ref, ref_m, ref_eval = refs[layout]
     plan = parallel.Plan(Mesh(devs[: shape[0] * shape[1]].reshape(shape), (parallel.RUNS_AXIS, parallel.AXIS)), bn_stats)
     ptask = parallel.parallel_task(task, plan.bn_stats)
     gx, gy = parallel.place_train(ds.train, stats, plan)
