@@ -15,9 +15,44 @@ Sub-commands import their modules lazily, so ``bn --help`` is instant.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+
+def host_device_flags(environ=os.environ, argv=()) -> str | None:
+  """The ``XLA_FLAGS`` that give XLA:CPU one device per core, or None to leave them as they are.
+
+  XLA:CPU runs a small program's matmuls on one core; several host devices run several runs
+  at once (``parallel.runs_devices``, docs/scale-out.md). So ``bn`` asks for as many CPU
+  devices as this process may use cores -- unless the user set
+  ``--xla_force_host_platform_device_count`` already, ``BN_HOST_DEVICES`` says how many
+  (``BN_HOST_DEVICES=1``: one device, the opt-out), or the launch has several processes
+  (each then keeps one CPU device, as JAX gives). GPU/TPU devices do not change: the flag only
+  makes the host platform's devices. Read when the backend starts, so set before any
+  computation (this module sets it on import, before JAX's first use)."""
+  flags = environ.get("XLA_FLAGS", "")
+  if "--xla_force_host_platform_device_count" in flags:
+    return None
+  want = environ.get("BN_HOST_DEVICES", "").strip()
+  if not want:
+    multi = any(environ.get(k, "") not in ("", "0", "1") for k in ("BN_NUM_PROCESSES", "JAX_NUM_PROCESSES"))
+    multi = multi or any(a.startswith(("--config.parallel.num_processes", "--config.parallel.coordinator",
+                                       "--config.parallel.cluster_detect")) for a in argv)
+    if multi:
+      return None
+    try:
+      want = str(len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+      want = str(os.cpu_count() or 1)
+  if not want.isdigit() or int(want) < 1:
+    raise SystemExit(f"bn: error: BN_HOST_DEVICES={want!r} must be a device count >= 1 (1: one CPU device).")
+  return f"{flags} --xla_force_host_platform_device_count={want}".strip()
+
+
+if (_flags := host_device_flags(argv=sys.argv[1:])) is not None:
+  os.environ["XLA_FLAGS"] = _flags
+
+import argparse  # noqa: E402
 
 from bn.errors import RunError, UsageError
 
@@ -109,9 +144,10 @@ def reproduce(argv: list[str]) -> int:
   ledger.run_ledger(out, mode, only=only, dataset=a.dataset, progress=not a.no_progress,
                     log=lambda line: print(f"bn reproduce: {line}", file=sys.stderr, flush=True),  # records OUT/timings.json as it goes
                     command=["reproduce", *argv], seed_base=a.seed_base)
-  from bn import report as bn_report
+  from bn import distributed, report as bn_report
 
-  print(f"report: {bn_report.build(out)}")
+  if distributed.is_writer():  # many processes: process 0 writes the one report
+    print(f"report: {bn_report.build(out)}")
   return 0
 
 

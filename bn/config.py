@@ -235,6 +235,7 @@ def base() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict(dict(  # data parallelism, see docs/scale-out.md
       devices="1",  # "1" (no mesh), "all", or a count N: the global batch is split over a 'data' mesh axis
       bn_stats="sync",  # "sync": global batch statistics; "local": per-device statistics (ghost BN, ghost = shard)
+      runs_devices="auto",  # runs spread over a 'runs' mesh axis: "auto" (CPU: every device the data axis leaves; else 1), "all", or N
       coordinator="", num_processes=0, process_id=-1,  # many hosts; empty: env BN_*/JAX_* (COORDINATOR[_ADDRESS], NUM_PROCESSES, PROCESS_ID)
       cluster_detect=False,  # jax.distributed.initialize() auto-detection (TPU pod slice, SLURM, Open MPI)
       init_timeout=300,  # seconds to wait for every process to reach the coordinator

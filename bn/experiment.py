@@ -26,7 +26,7 @@ import bn
 from bn import config as bn_config, data as bn_data, models, pipeline, run_probes, train
 from bn.config import ConfigError
 
-LAUNCH_KEYS = ("coordinator", "num_processes", "process_id", "cluster_detect", "init_timeout")
+LAUNCH_KEYS = ("coordinator", "num_processes", "process_id", "cluster_detect", "init_timeout", "runs_devices")  # runs_devices: same numbers on any count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,7 @@ class ParallelSpec:
   process_id: int
   cluster_detect: bool
   init_timeout: int
+  runs_devices: str = "auto"  # bn.parallel.runs_device_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,7 +390,7 @@ def from_config(c) -> Experiment:
       probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales), tuple(pr.kinds), float(pr.rho),
                        int(pr.hessian_probes), int(pr.eval_batch_size), tuple(float(v) for v in pr.lrs)),
       parallel=ParallelSpec(str(p.devices), p.bn_stats, p.coordinator, int(p.num_processes), int(p.process_id),
-                            bool(p.cluster_detect), int(p.init_timeout)),
+                            bool(p.cluster_detect), int(p.init_timeout), str(p.get("runs_devices", "auto"))),
       config=cfg,
       fingerprint=fingerprint(cfg),
       _model=model,

@@ -102,6 +102,15 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
     raise bn_config.ConfigError(f"unknown experiment(s) {sorted(unknown)}; choose from {', '.join(known)}.")
   configs = {name: condition_configs(name, mode, dataset, seed_base) for name in names}
   plan = [(name, cond, c, experiment.from_config(c)) for name in names for cond, c in configs[name].items()]  # every config checked first
+  # many processes (BN_COORDINATOR / BN_NUM_PROCESSES / BN_PROCESS_ID, as for bn train): join before JAX starts; every
+  # condition then spreads its runs over every device of every process, and process 0 alone writes (docs/scale-out.md)
+  import hashlib
+
+  from bn import distributed
+
+  distributed.initialize(plan[0][3].parallel, hashlib.sha256(" ".join([mode, *(e.fingerprint for *_, e in plan)]).encode()).hexdigest())
+  if not distributed.is_writer():
+    say = warnings_only = lambda line: None  # noqa: E731
   out = Path(out)
   previous = check_out(out, mode, dataset, seed_base)
   data_cache: dict = {}
@@ -125,10 +134,12 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
     record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
                                                    {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
-  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "seed_base": seed_base, "experiments": experiments,
-                                        "provenance": record})
-  seeds = {n: {cond: list(c.seeds) for cond, c in configs[n].items()} for n in names}
-  prereg.write(out, prereg.registration(bn_claims.all_claims(), seeds, mode=mode, seed_base=seed_base, provenance=record))
+  writer = distributed.is_writer()
+  if writer:
+    artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "seed_base": seed_base, "experiments": experiments,
+                                          "provenance": record})
+    seeds = {n: {cond: list(c.seeds) for cond, c in configs[n].items()} for n in names}
+    prereg.write(out, prereg.registration(bn_claims.all_claims(), seeds, mode=mode, seed_base=seed_base, provenance=record))
   timings: dict = {}
   done: dict = {"trained": [], "skipped": []}
   prev_timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
@@ -142,7 +153,8 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
       """Records the seconds so far, those of the condition in progress too (a killed ledger keeps them)."""
       timings[name] = before + time.perf_counter() - t0
       timings["total"] = time.perf_counter() - t_all
-      record_timings(out, mode, timings, previous=prev_timings, conditions={**done, **({"running": running} if running else {})})
+      if writer:
+        record_timings(out, mode, timings, previous=prev_timings, conditions={**done, **({"running": running} if running else {})})
 
     measure = bn_claims.runner(name)
     finished = (workdir / ("results.json" if measure is not None else "summary.json")).exists()
@@ -150,7 +162,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
       if measure is not None:
         if progress and not finished:
           say(f"{desc}: measuring (no training)")
-        measure_condition(measure, c, workdir, data_cache[experiment.dataset_key(exp.data)])
+        measure_condition(measure, c, workdir, data_cache[experiment.dataset_key(exp.data)], write=writer)
       else:
         loop.train_workdir(exp, workdir, progress=progress, dataset=data_cache[experiment.dataset_key(exp.data)], desc=desc,
                            log=say if progress else warnings_only, startup=False, on_eval=note)
@@ -162,10 +174,11 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   return timings
 
 
-def measure_condition(measure, c, workdir: Path, dataset) -> dict:
+def measure_condition(measure, c, workdir: Path, dataset, *, write: bool = True) -> dict:
   """A condition that trains nothing: ``workdir/results.json`` from ``measure(c, dataset)`` (a claim's
   runner), with ``config.json``, the wall time and the provenance; a second call returns what the
-  first wrote -- only for the same config (another mode's results must not pass for this one's)."""
+  first wrote -- only for the same config (another mode's results must not pass for this one's).
+  ``write=False`` (processes other than 0): measure, write nothing."""
   out_file, cfg_file, mine = workdir / "results.json", workdir / "config.json", bn_config.to_dict(c)
   if out_file.exists():
     recorded = artifacts.read_json(cfg_file).get("config") if cfg_file.exists() else None
@@ -176,6 +189,8 @@ def measure_condition(measure, c, workdir: Path, dataset) -> dict:
     return artifacts.read_json(out_file)
   t0 = time.perf_counter()
   result = {**measure(c, dataset), "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
+  if not write:
+    return result
   workdir.mkdir(parents=True, exist_ok=True)
   artifacts.write_json(cfg_file, {"config": mine})
   artifacts.write_json(out_file, result)

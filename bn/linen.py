@@ -260,8 +260,10 @@ def recalibrate(apply_fn: Callable[..., tuple[Any, Any]], variables, batches):
   def body(total, batch):
     return jax.tree.map(jnp.add, total, batch_stats_of(batch)), None
 
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), shapes)
-  total, _ = lax.scan(body, zeros, batches)
+  # the first batch's statistics start the sum (0 + b0 is b0: the same numbers as a sum from zeros), so the carry
+  # has the statistics' own type, varying over a shard_map axis when they do (runs spread over devices)
+  first_stats = jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), batch_stats_of(first))
+  total, _ = lax.scan(body, first_stats, jax.tree.map(lambda b: b[1:], batches))
   k = jax.tree.leaves(batches)[0].shape[0]
   stats = flatten_dict(dict(variables["batch_stats"]))
   for path, value in total.items():

@@ -1,7 +1,6 @@
-"""Data parallelism: the device mesh, the per-device task, and where arrays live.
+"""Runs and data over devices: the device mesh, the per-device task, and where arrays live.
 
-The devices form a 1-D :class:`~jax.sharding.Mesh` with one axis, ``'data'``
-(:data:`AXIS`). :mod:`bn.programs` wraps the stacked-runs programs in
+**Data parallelism** (``parallel.devices``): the mesh axis ``'data'`` (:data:`AXIS`). :mod:`bn.programs` wraps the stacked-runs programs in
 ``shard_map`` over it:
 
 * **shard_map outside, runs inside.** Every device runs the whole stacked
@@ -32,6 +31,17 @@ The devices form a 1-D :class:`~jax.sharding.Mesh` with one axis, ``'data'``
 * **Evaluation** lays each eval split out in chunks whose rows are spread over
   the devices (padded with zero-weight rows) and ``psum``'s the sums.
 
+**Runs over devices** (``parallel.runs_devices``). The mesh has a second axis,
+``'runs'`` (:data:`RUNS_AXIS`), first: the stacked runs of a program are split over it
+(``P('runs')`` on the leading axis of parameters, optimizer and BN state, sampler keys
+and metrics), the data are replicated along it, and each device trains its share of the
+runs with the same one-device (or data-parallel) body -- runs are independent, so
+nothing crosses the ``'runs'`` axis but the final gather. A mesh ``(runs=R, data=D)``
+uses ``R * D`` devices. Between programs the state is kept whole (replicated, unpadded):
+each program pads the runs to a multiple of ``R`` (copies of run 0), shards them, and
+drops the padding from every output (:func:`bn.programs.over_runs`), so checkpoints,
+metrics and probes see exactly the runs of the experiment, whatever the device count.
+
 With no plan (one device, one process) the same placement functions put the
 arrays on the default device and the programs run without ``shard_map``.
 """
@@ -47,19 +57,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from bn import data as bn_data, pipeline, train
 
 AXIS = "data"
+RUNS_AXIS = "runs"
 BN_STATS = ("sync", "local")
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """The resolved data-parallel set-up: the mesh and the BN statistics mode."""
+  """The resolved set-up: the mesh (axes ``'runs'`` and ``'data'``, or ``'data'`` alone) and the
+  BN statistics mode of the data axis (None when the data axis has one device: runs only)."""
 
   mesh: Mesh
-  bn_stats: str = "sync"
+  bn_stats: str | None = "sync"
 
   @property
   def devices(self) -> int:
-    return self.mesh.devices.size
+    """Devices on the data axis (each takes its slice of every batch)."""
+    return self.mesh.shape.get(AXIS, 1)
+
+  @property
+  def runs_devices(self) -> int:
+    """Devices on the runs axis (each trains its share of the runs)."""
+    return self.mesh.shape.get(RUNS_AXIS, 1)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -83,21 +101,57 @@ def device_count(spec, available: int) -> int:
   return n
 
 
-def make_plan(devices, bn_stats: str, batch_size: int, ghost_batch_size: int | None = None) -> Plan | None:
-  """The data-parallel plan; ``None`` for one device in one process (the programs then run
-  without a mesh). Raises ValueError for settings that cannot work."""
+def runs_device_count(spec, available: int, runs: int, *, data_devices: int = 1, platform: str | None = None,
+                      processes: int | None = None) -> int:
+  """Devices of the runs axis for ``parallel.runs_devices`` = ``spec``: ``"auto"`` -> every device
+  the data axis leaves (``available // data_devices``) when the platform is CPU or there are
+  several processes, and the data axis has one device; else 1. ``"all"`` -> ``available //
+  data_devices``; ``"N"`` -> N. In one process the count is capped at ``runs`` (more devices
+  would train padding only); several processes use every device (each process must own a
+  part of the mesh)."""
+  s = str(spec).strip().lower()
+  processes = jax.process_count() if processes is None else processes
+  free = max(available // data_devices, 1)
+  if s == "auto":
+    cpu = (platform or jax.default_backend()) == "cpu"
+    n = free if data_devices == 1 and (cpu or processes > 1) else 1
+  elif s == "all":
+    n = free
+  else:
+    try:
+      n = int(s)
+    except ValueError:
+      raise ValueError(f"parallel.runs_devices={spec!r} must be 'auto', 'all' or a device count such as '2'.") from None
+    if not 1 <= n * data_devices <= available:
+      raise ValueError(
+          f"parallel.runs_devices={n} x parallel.devices={data_devices} needs {n * data_devices} devices but {available} "
+          f"are available; use --config.parallel.runs_devices={free} (or 'all'), or fewer data devices "
+          "(on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N gives N virtual devices).")
+  return n if processes > 1 else max(1, min(n, runs))
+
+
+def make_plan(devices, bn_stats: str, batch_size: int, ghost_batch_size: int | None = None, *, runs: int = 1,
+              runs_devices="1") -> Plan | None:
+  """The plan of ``runs`` runs; ``None`` for one device in one process (the programs then run
+  without a mesh). ``devices``: the data axis (``parallel.devices``); ``runs_devices``: the
+  runs axis (``parallel.runs_devices``, see :func:`runs_device_count`). Raises ValueError for
+  settings that cannot work."""
   if bn_stats not in BN_STATS:
     raise ValueError(f"parallel.bn_stats={bn_stats!r} is not one of {BN_STATS}.")
-  n = device_count(devices, jax.device_count())
-  if jax.process_count() > 1 and n != jax.device_count():
+  total = jax.device_count()
+  n = device_count(devices, total)
+  r = runs_device_count(runs_devices, total, runs, data_devices=n)
+  if jax.process_count() > 1 and n * r != total:
     raise ValueError(
-        f"{jax.process_count()} processes hold {jax.device_count()} devices, but parallel.devices={devices!r} "
-        "uses fewer; many-host training uses every device: --config.parallel.devices=all."
-    )
-  if n == 1 and jax.process_count() == 1:
+        f"{jax.process_count()} processes hold {total} devices, but parallel.devices={devices!r} x "
+        f"parallel.runs_devices={runs_devices!r} use {n * r}; many-host training uses every device: "
+        "--config.parallel.devices=all (data parallel) or --config.parallel.runs_devices=all (runs spread).")
+  if n * r == 1 and jax.process_count() == 1:
     return None
-  check_batch(batch_size, n, ghost_batch_size)
-  return Plan(Mesh(np.asarray(jax.devices()[:n]), (AXIS,)), bn_stats)
+  if n > 1:
+    check_batch(batch_size, n, ghost_batch_size)
+  grid = np.asarray(jax.devices()[: r * n]).reshape(r, n)
+  return Plan(Mesh(grid, (RUNS_AXIS, AXIS)), bn_stats if n > 1 else None)
 
 
 def check_batch(batch_size: int, devices: int, ghost_batch_size: int | None = None) -> int:
@@ -118,9 +172,12 @@ def check_batch(batch_size: int, devices: int, ghost_batch_size: int | None = No
   return b
 
 
-def parallel_task(task: train.Task, bn_stats: str = "sync") -> train.Task:
+def parallel_task(task: train.Task, bn_stats: str | None = "sync") -> train.Task:
   """``task`` for the body of the shard_map: BN layers reduce over :data:`AXIS`
-  (``"sync"``) or normalize per device (``"local"``); batch and loss are per device."""
+  (``"sync"``) or normalize per device (``"local"``); batch and loss are per device.
+  ``None`` (a plan without data parallelism): ``task`` as it is."""
+  if bn_stats is None:
+    return task
   model = task.model
   if hasattr(model, "norm"):
     model = model.clone(norm=dataclasses.replace(model.norm, axis_name=AXIS, per_device=bn_stats == "local"))

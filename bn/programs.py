@@ -16,7 +16,10 @@ run 0's batches (:func:`share_order`).
 Every builder takes an optional ``mesh``: then the program runs inside
 ``shard_map`` over the mesh's data axis (the task must come from
 :func:`bn.parallel.parallel_task`), with parameters and state replicated, so the
-same layouts serve one device and many.
+same layouts serve one device and many. A mesh with a ``'runs'`` axis of several
+devices also splits the stacked runs over it (:func:`over_runs`): the program takes and
+returns the whole, unpadded state; inside, the runs are padded to a multiple of the
+axis and each device trains its share.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from bn import pipeline, train
+from bn.parallel import RUNS_AXIS
 
 # vmap axes of a stacked TrainState: everything per run, except the sampler's
 # position, which all runs share (same batch size, same step). Keeping it
@@ -78,6 +82,55 @@ def take_runs(state: train.TrainState, idx) -> train.TrainState:
 
 def _sharded(fn, mesh, in_specs, out_specs):
   return fn if mesh is None else jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
+def runs_devices(mesh) -> int:
+  """Devices on the mesh's runs axis (1 without a mesh or without that axis)."""
+  return 1 if mesh is None else dict(mesh.shape).get(RUNS_AXIS, 1)
+
+
+def over_runs(fn, mesh, in_axes: tuple, out_axes, shared_specs: tuple):
+  """``fn(*args)`` over stacked runs (``in_axes`` / ``out_axes``: pytree prefixes of 0 = per run,
+  None = shared, as for :func:`map_runs`), split over the mesh's runs axis.
+
+  The result takes and returns whole stacks of ``n`` runs. Inside, every per-run leaf is
+  padded to ``m``, the next multiple of the axis size, with copies of run 0 (real runs: no
+  NaN or division by zero can come from the padding) and sharded ``P('runs')``; the shared
+  leaves of a per-run argument are replicated, and ``shared_specs[i]`` (a spec prefix, or
+  None for a per-run argument) places argument ``i`` when it is shared as a whole (e.g.
+  split over the data axis). ``fn`` runs inside ``shard_map`` on its device's ``m / R`` runs;
+  every per-run output is cut back to the first ``n`` runs. Runs never meet inside ``fn``:
+  each run's numbers are those of the whole stack on one device, up to XLA's choice of
+  kernels for the per-device shapes (tests/test_runs_mesh.py)."""
+  r = runs_devices(mesh)
+  is_none = lambda x: x is None  # noqa: E731
+
+  def wrapped(*args):
+    sizes = [x.shape[0] for axis, sub in zip(in_axes, args) for x in _leaves_with_axis(axis, sub)]
+    n = sizes[0]
+    m = -(-n // r) * r
+    pad = lambda x: x if m == n else jnp.concatenate([x, jnp.broadcast_to(x[:1], (m - n,) + x.shape[1:])])  # noqa: E731
+    padded = _on_run_axis(pad, in_axes, args)
+    in_specs = tuple(
+        spec if spec is not None else jax.tree.map(lambda axis, sub: jax.tree.map(lambda _: P(RUNS_AXIS) if axis == 0 else P(), sub),
+                                                   axis_tree, arg, is_leaf=is_none)
+        for axis_tree, arg, spec in zip(in_axes, padded, shared_specs))
+    out_specs = jax.tree.map(lambda axis: P(RUNS_AXIS) if axis == 0 else P(), out_axes, is_leaf=is_none)
+    # Without a data axis nothing is communicated inside fn, so shard_map's type check of what varies over the
+    # devices has nothing to check -- and the per-step sampler's lax.cond (host loop) would trip on it. With one,
+    # it must stay on: it turns the broadcast of each run's parameters over 'data' into the gradient's psum.
+    out = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=dict(mesh.shape).get("data", 1) > 1)(*padded)
+    whole = jax.sharding.NamedSharding(mesh, P())  # gathered: every program takes and returns the state whole
+    return _on_run_axis(lambda x: jax.lax.with_sharding_constraint(x[:n], whole), out_axes, out)
+
+  return wrapped
+
+
+def _leaves_with_axis(axes, tree):
+  """The leaves of ``tree`` under a 0 of the prefix ``axes``."""
+  out = []
+  jax.tree.map(lambda axis, sub: out.extend(jax.tree.leaves(sub)) if axis == 0 else None, axes, tree, is_leaf=lambda x: x is None)
+  return out
 
 
 # ----------------------------------------------------------------------------- init
@@ -141,7 +194,11 @@ def chunk(task: train.Task, num_steps: int, mesh=None):
   else:
     one = functools.partial(train.train_chunk, task, num_steps)
     many = functools.partial(_scan_chunk, task, num_steps)
-  body = _single_or_many(one, many) if mesh is None else _sharded(many, mesh, (P(), P(), P()), (P(), P()))
+  if runs_devices(mesh) > 1:  # each device its share of the runs (without data parallelism a lone run without vmap)
+    local = _single_or_many(one, many) if task.axis_name is None else many
+    body = over_runs(local, mesh, (STATE_AXES, None, None), (STATE_AXES, 0), (None, P(), P()))
+  else:
+    body = _single_or_many(one, many) if mesh is None else _sharded(many, mesh, (P(), P(), P()), (P(), P()))
   program = jax.jit(body, donate_argnums=0)
   return HostLoop(program, num_steps) if task.loop == "host" else program
 
@@ -169,7 +226,7 @@ def _shared_host_step(task: train.Task):
   step = map_runs(functools.partial(train.step_on, task), task.runs, (STATE_AXES, None, None, None), (STATE_AXES, 0))
 
   def f(state, images, labels):
-    idx, sampler = pipeline.sampler_next(_run0(state.sampler), task.batch_size)
+    idx, sampler = train.next_batch(task, _run0(state.sampler))
     new, metrics = step(state, idx, images, labels)
     return new._replace(sampler=_broadcast_runs(sampler, state.step.shape[0])), metrics
 
@@ -211,4 +268,6 @@ def evaluate(task: train.Task, num_sets: int, mesh=None):
   f = map_runs(functools.partial(train.evaluate_all, task), task.runs, (0, 0, None, None), 0)
   rows = P(None, task.axis_name)  # (chunks, rows): each device holds its rows of every chunk
   sets = ((rows, rows, rows),) * num_sets
+  if runs_devices(mesh) > 1:
+    return jax.jit(over_runs(f, mesh, (0, 0, None, None), 0, (None, None, sets, P())))
   return jax.jit(_sharded(f, mesh, (P(), P(), sets, P()), P()))

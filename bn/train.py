@@ -217,9 +217,20 @@ def _batch_at(task: Task, idx, images, labels, key):
 
 def train_step(task: Task, state: TrainState, images, labels) -> tuple[TrainState, StepMetrics]:
   """One optimizer step of one run on a batch drawn on device; pure."""
-  idx, sampler = pipeline.sampler_next(state.sampler, task.batch_size)
+  idx, sampler = next_batch(task, state.sampler)
   new, metrics = step_on(task, state, idx, images, labels)
   return new._replace(sampler=sampler), metrics
+
+
+def next_batch(task: Task, sampler):
+  """The next batch's global indices and the sampler after it (:func:`bn.pipeline.sampler_next`). Data
+  parallel: drawn as a chunk of one step (:func:`bn.pipeline.sampler_take`, the same indices) -- no
+  ``lax.cond``, whose branches shard_map requires to agree on what varies over the mesh, which a fresh
+  epoch's permutation of runs spread over devices does not say."""
+  if task.axis_name is None:
+    return pipeline.sampler_next(sampler, task.batch_size)
+  idx, sampler = pipeline.sampler_take(sampler, task.batch_size, 1)
+  return idx[0], sampler
 
 
 def step_on(task: Task, state: TrainState, idx, images, labels, *, guard: bool = True) -> tuple[TrainState, StepMetrics]:

@@ -130,9 +130,9 @@ class Checkpoints:
     steps = self.steps()
     bad = []
     for step in steps:
-      items = {"state": a.StandardRestore(None if like is None else to_struct(like)), "meta": a.JsonRestore()}
       try:
         with _quiet_absl():
+          items = {"state": a.StandardRestore(self._local_target(step) if like is None else to_struct(like)), "meta": a.JsonRestore()}
           r = self.mgr.restore(step, args=a.Composite(**items))
         state, meta = r.state, dict(r.meta)
       except Exception as e:  # noqa: BLE001 -- corrupt files show as any of orbax's / tensorstore's errors
@@ -148,6 +148,13 @@ class Checkpoints:
       raise RunError(f"{self.dir}: no usable checkpoint (step {bad[0][0]}: {bad[0][1]}). Delete {self.dir} "
                      "(training then starts over: same results, more time) or the whole workdir, and re-run.")
     return Restore(None, None, {})
+
+  def _local_target(self, step: int):
+    """The saved tree as ShapeDtypeStructs on this process's first device: a checkpoint written on a
+    mesh (runs or data spread over devices) restores as saved on any device count."""
+    tree = self._ocp.StandardCheckpointer().metadata(self.dir / str(step) / "state")
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), getattr(tree, "item_metadata", tree))
 
   def close(self) -> None:
     self.mgr.close()

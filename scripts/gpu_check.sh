@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check the project has, in one run: the bench (its GPU section: BN-layer bandwidth
 # against a device copy, ResNet-20 and an airbench-style net against PyTorch when torch is
-# installed) and the full claims ledger, timed. Usage, on a machine with an NVIDIA GPU:
+# installed), an LR sweep spread over every GPU vs on one (parallel.runs_devices), and the full
+# claims ledger, timed. Usage, on a machine with an NVIDIA GPU:
 #
 #     bash scripts/gpu_check.sh OUT          # OUT/bench/bench.md, OUT/ledger/report.md, OUT/gpu_check.log
 #     ACCEL=cuda13 bash scripts/gpu_check.sh OUT    # CUDA 13 wheels (newer drivers)
@@ -32,6 +33,19 @@ rc=0
 start=$(date +%s)
 .venv/bin/bn bench --out "$OUT/bench" || rc=1
 echo "== bench: $(( $(date +%s) - start )) s (rc so far $rc)"
+# runs spread over every GPU (parallel.runs_devices=all; the default is 1 off CPU): the quick ledger's
+# lr_sweep (10 seeds x 7 learning rates per condition) on one GPU and on all of them, same numbers
+ngpu=$(.venv/bin/python -c "import jax; print(jax.device_count())")
+if [ "$ngpu" -gt 1 ]; then
+  for r in 1 all; do
+    start=$(date +%s)
+    .venv/bin/bn train --config experiments/configs/lr_sweep.py:quick --workdir "$OUT/runs_devices_$r" --no-progress \
+      --config.parallel.runs_devices=$r || rc=1
+    echo "== lr_sweep quick, runs_devices=$r of $ngpu GPUs: $(( $(date +%s) - start )) s (rc so far $rc)"
+  done
+else
+  echo "== one GPU: no runs-over-GPUs case"
+fi
 if [ -z "${SKIP_LEDGER:-}" ]; then
   start=$(date +%s)
   .venv/bin/bn reproduce --full --out "$OUT/ledger" || rc=1

@@ -425,6 +425,49 @@ def seeds(s, res) -> dict:
   return out
 
 
+def runs_over_devices(s, res) -> dict:
+  """Cost per run-step of ``s.devices_runs`` Ioffe runs in one program on one device vs spread over
+  every local device (the ``'runs'`` mesh axis, :func:`bn.programs.over_runs`), and of one run of
+  ``reference_scan``; one round-robin group in this process (its devices: on CPU the ``bn`` command
+  gives one per core, ``BN_HOST_DEVICES``). The one-device program is the engine as it runs
+  without a mesh (on device 0); the spread one is what ``bn train`` runs by default on a CPU."""
+  from bn import parallel
+
+  d = jax.local_device_count()
+  if d < 2:
+    return {"status": "not run", "note": "one local device (on CPU: run `bn bench` without BN_HOST_DEVICES=1, or set "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=N)"}
+  n, k = s.devices_runs, s.seeds_steps
+  xh, yh, xd, yd = _data(s.ioffe_train_size, (s.ioffe_image, s.ioffe_image, 1))
+  cfg = ioffe_config(s)
+  fns, comp = {}, {}
+  fns["one_device"], comp["one_device"], task = _engine(s, cfg, xd, yd, k, seeds=tuple(range(n)))
+  plan = parallel.make_plan("1", "sync", cfg.train.batch_size, runs=n, runs_devices="all")
+  gx, gy = jax.device_put(xd, plan.replicated), jax.device_put(yd, plan.replicated)
+  state = programs.init(task, xd.shape[0], plan.mesh)(np.arange(n, dtype=np.int32), np.full(n, cfg.optimizer.lr, np.float32),
+                                                      np.full(n, cfg.optimizer.weight_decay, np.float32), gx[:2])
+  compiled, comp["all_devices"] = compile_timed(s, programs.chunk(task, k, plan.mesh), state, gx, gy)
+  box = [state]
+
+  def spread():
+    box[0], metrics = compiled(box[0], gx, gy)
+    return metrics
+
+  fns["all_devices"] = spread
+  _, fns["reference_scan"], c = _reference(s, RefMLP(tuple(s.ioffe_widths)), optax.sgd(0.5), xh, yh, xd, yd, 60, k)
+  comp["reference_scan"] = c["reference_scan"]
+  la = load_avg()
+  t = measure(fns, s, per_call=k)
+  per = {"one_device": _per_run(t["one_device"], n), "all_devices": _per_run(t["all_devices"], n), "reference_scan": t["reference_scan"]}
+  out = {"status": "run", "runs": n, "devices": plan.runs_devices, "steps_per_chunk": k, "load_avg": la, "compile_s": comp,
+         "time_per_run_step": per,
+         "ratios": {"all_devices_vs_one_device": ratio(per["all_devices"], per["one_device"]),
+                    "all_devices_vs_reference_scan": ratio(per["all_devices"], per["reference_scan"]),
+                    "one_device_vs_reference_scan": ratio(per["one_device"], per["reference_scan"])}}
+  log(f"runs over devices: {n} runs, per run-step: " + ", ".join(f"{a} {b['median_s'] * 1e6:.0f} us" for a, b in per.items()))
+  return out
+
+
 def _per_run(t: dict, n: int) -> dict:
   """A timing summary divided by ``n`` runs (every time field and the per-repeat times)."""
   out = {key: (v / n if key.endswith("_s") else v) for key, v in t.items() if key != "times_s"}
@@ -457,7 +500,36 @@ def end_to_end(s, res) -> dict:
   la = load_avg()
   try:
     with tempfile.TemporaryDirectory() as d:
-      timings = ledger.run_ledger(Path(d), "quick", progress=False)
+      timings = ledger.run_ledger(Path(d) / "spread", "quick", progress=False)
+      devices = _ledger_on_one_device(Path(d), timings) if jax.local_device_count() > 1 else None
   except Exception as e:  # a broken ledger must not lose the rest of the bench
     return {"status": "failed", "note": f"{type(e).__name__}: {e}", "load_avg": la}
-  return {"status": "run", "mode": "quick", "load_avg": la, "timings_s": timings}
+  return {"status": "run", "mode": "quick", "load_avg": la, "timings_s": timings, **({"devices": devices} if devices else {})}
+
+
+def _ledger_on_one_device(d: Path, spread: dict) -> dict:
+  """The quick ledger again in a process with one CPU device (``BN_HOST_DEVICES=1``): its wall time
+  against this process's (runs over every local device), and whether every condition's final
+  metrics agree (to 1e-6 relative: evaluation sums may differ in the last ulp)."""
+  import os
+  import subprocess
+  import sys
+
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["BN_HOST_DEVICES"] = "1"
+  la = load_avg()
+  subprocess.run([sys.executable, "-m", "bn", "reproduce", "--quick", "--out", str(d / "one"), "--no-progress"], env=env, check=True,
+                 capture_output=True)
+  one = artifacts.read_json(d / "one" / "timings.json")["last_invocation_s"]
+  same, checked = True, 0
+  for f in (d / "spread").glob("*/*/summary.json"):
+    a, b = artifacts.read_json(f)["runs"], artifacts.read_json(d / "one" / f.relative_to(d / "spread"))["runs"]
+    for x, y in zip(a, b, strict=True):
+      for k in ("test_accuracy", "train_accuracy", "test_loss", "train_loss"):
+        if k in x and x[k] is not None:
+          checked += 1
+          same &= abs(x[k] - y[k]) <= 1e-6 * max(abs(y[k]), 1e-30)
+  r = spread["total"] / one["total"]
+  return {"one_device_s": one["total"], "all_devices_s": spread["total"], "ratio": r, "same_results": bool(same), "load_avg": la,
+          "note": (f"{spread['total']:.0f} s over {jax.local_device_count()} devices vs {one['total']:.0f} s on one ({r:.2f}x); "
+                   f"{checked} final metrics {'agree' if same else 'DIFFER'} (1e-6 relative); load {la}")}

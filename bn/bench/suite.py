@@ -17,6 +17,8 @@ settings and the timing method in :mod:`bn.bench.core`):
    fraction of peak the engine reaches.
 4. ``seeds``: N runs in one vmapped program (independent or shared data order) vs separate
    one-run programs one after another.
+4b. ``devices``: N runs spread over every local device (the ``'runs'`` mesh axis) vs on one
+   device, and vs one run of ``reference_scan``.
 5. ``e2e``: the quick claims ledger timed by experiment (not with ``--quick``).
 6. ``gpu``: only on a GPU backend.
 
@@ -61,21 +63,35 @@ def targets(res: dict) -> list[dict]:
   else:
     out.append(target("bn_layer_vs_flax", what, "<= 1.00x", None))
   io = res.get("train_step", {}).get("ioffe", {})
-  for tid, key, what, threshold in (
-      ("ioffe_vs_reference_scan", "engine_vs_reference_scan", "Ioffe step: engine vs the plain Flax step under lax.scan (reference_scan)", "<= 0.90x"),
-      ("bn_overhead_ioffe", "engine_vs_engine_none", "Ioffe step: engine with BN vs engine without normalization", "<= 1.05x"),
-      ("ioffe_vs_matmul_only", "engine_vs_matmul_only", "Ioffe step: engine vs matmul-only step (linear net, same engine)", "<= 1.20x"),
+  on_cpu = jax.default_backend() == "cpu"
+  for tid, key, what, threshold, applies in (
+      # retired on CPU (issue 24): one run reaches 1.02-1.07x there, XLA:CPU's kernels being the rest
+      # (docs/benchmarks.md); the ratio stays a row of section 2, the CPU targets are the runs over devices
+      ("ioffe_vs_reference_scan", "engine_vs_reference_scan", "Ioffe step: engine vs the plain Flax step under lax.scan (reference_scan)", "<= 0.90x", not on_cpu),
+      ("bn_overhead_ioffe", "engine_vs_engine_none", "Ioffe step: engine with BN vs engine without normalization", "<= 1.05x", True),
+      ("ioffe_vs_matmul_only", "engine_vs_matmul_only", "Ioffe step: engine vs matmul-only step (linear net, same engine)", "<= 1.20x", True),
   ):
     r = io.get("ratios", {}).get(key)
-    out.append(target(tid, what, threshold, r["ratio"] if r else None, noise_note(r)))
+    note = noise_note(r) if applies else "retired on CPU (one-run comparison row in section 2; the CPU targets are the runs over devices)"
+    out.append(target(tid, what, threshold, r["ratio"] if r else None, note, applies=applies))
   sd = res.get("seeds", {})
   n = sd.get("target_n", 8)
   for tid, mode in (("vmapped_seeds", "independent"), ("vmapped_seeds_shared", "shared")):
     r = sd.get("modes", {}).get(mode, {}).get("ratio_at_target_n")
     out.append(target(tid, f"cost per run-step, N={n} runs in one program ({mode} data order) vs one after another", "<= 0.50x",
                       r["ratio"] if r else None, noise_note(r)))
+  dv = res.get("devices", {})
+  n, d = dv.get("runs", 8), dv.get("devices", "all")
+  for tid, key, what in (
+      ("runs_devices_vs_one_device", "all_devices_vs_one_device", f"cost per run-step, {n} runs spread over {d} local devices vs the same runs on one device"),
+      ("runs_devices_vs_reference_scan", "all_devices_vs_reference_scan", f"cost per run-step, {n} runs spread over {d} local devices vs one run of reference_scan"),
+  ):
+    r = dv.get("ratios", {}).get(key)
+    out.append(target(tid, what, "<= 0.65x", r["ratio"] if r else None, noise_note(r) if r else dv.get("note", "")))
+  e = res.get("e2e", {}).get("devices", {})
+  out.append(target("ledger_devices", "quick ledger wall time, runs over every local device vs one device (same results)", "<= 0.70x",
+                    e.get("ratio"), e.get("note", "only with the full bench (runs the quick ledger twice)")))
   comp = io.get("compile_s", {}).get("engine")
-  on_cpu = jax.default_backend() == "cpu"
   out.append(target("compile_time", "compile time of one experiment's program (Ioffe engine chunk)", "<= 10 s on CPU",
                     comp, "" if on_cpu else "CPU target; measured on " + jax.default_backend(), applies=on_cpu))
   out += res.get("gpu", {}).get("targets") or [
@@ -168,11 +184,24 @@ def markdown(res: dict) -> str:
     for mode, m in sd["modes"].items():
       rows += [[mode, x["n"], _us(x["time_per_step"]), _us(x["time_per_run_step"]), _x(x["ratio_vs_sequential"]), f"{x['compile_s']:.1f}"] for x in m["rows"]]
     L += _table(["data order", "N runs", "time per step", "per run-step", "vs sequential", "compile s"], rows)
+  dv = res.get("devices", {})
+  L += ["", "## 4b. Runs spread over devices (Ioffe MLP)", ""]
+  if dv.get("status") == "run":
+    L += [f"{dv['runs']} runs in one program, {dv['steps_per_chunk']} steps per call; load {dv['load_avg']}. one_device = the engine "
+          f"without a mesh; all_devices = the same runs over a 'runs' mesh axis of {dv['devices']} devices (`parallel.runs_devices`, "
+          "what `bn train` runs on a CPU by default); reference_scan = one run of the plain Flax step under lax.scan. "
+          "Times per run-step.", ""]
+    L += _table(["program", "per run-step", "compile s"], [[k, _us(v), f"{dv['compile_s'][k]:.1f}"] for k, v in dv["time_per_run_step"].items()])
+    L += [""] + _table(["ratio", "value"], [[k, _x(r)] for k, r in dv["ratios"].items()])
+  else:
+    L += [f"{dv.get('status', 'not run')}: {dv.get('note', '')}"]
   e = res.get("e2e", {})
   L += ["", "## 5. End to end (quick ledger)", ""]
   if e.get("status") in ("run", "read"):
     L += _table(["experiment", "seconds"], [[k, f"{v:.1f}"] for k, v in e["timings_s"].items()]) + ["", f"load {e['load_avg']}"]
     L += [e["note"]] if e.get("note") else []
+    if e.get("devices"):
+      L += ["", f"Runs over devices: {e['devices'].get('note', '')}"]
   else:
     L += [f"{e.get('status', 'not run')}: {e.get('note', '')}"]
   g = res.get("gpu", {})
@@ -224,6 +253,7 @@ def run_bench(s: Settings, out: str | os.PathLike) -> dict:
       ("train_step", cases.train_steps),
       ("roofline", cases.roofline),
       ("seeds", cases.seeds),
+      ("devices", cases.runs_over_devices),
       ("e2e", cases.end_to_end),
       ("gpu", gpu.gpu_section),
   ]
