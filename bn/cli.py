@@ -41,10 +41,15 @@ def usage() -> str:
 
 
 def train(argv: list[str]) -> int:
-  from bn import config as bn_config
-
-  rest, overrides = bn_config.split_overrides(argv)
-  names = bn_config.available()
+  try:
+    from bn import config as bn_config
+  except ModuleNotFoundError as e:  # no [train] extra: --help still prints, anything else names the extra
+    if not {"-h", "--help"} & set(argv):
+      raise
+    bn_config, missing, rest, overrides, names = None, e, [a for a in argv if not a.startswith("--config.")], [], []
+  else:
+    rest, overrides = bn_config.split_overrides(argv)
+    names = bn_config.available()
   p = argparse.ArgumentParser(
       prog="bn train", description="Train one experiment config into a workdir (resumes if interrupted).",
       epilog=(f"configs: {', '.join(names)}. " if names else "") + "Show a config's keys and values with --print-config; "
@@ -57,6 +62,8 @@ def train(argv: list[str]) -> int:
                  "--config.train.steps; the result equals one longer run (refused where it would not, e.g. a cosine schedule)")
   p.add_argument("--no-compile-cache", action="store_true", help=COMPILE_CACHE_HELP)
   a = p.parse_args(rest)
+  if bn_config is None:
+    raise missing
   c = bn_config.load(a.config, overrides)
   if a.print_config:
     print(c)
@@ -228,7 +235,7 @@ def data(argv: list[str]) -> int:
 DISTRIBUTION = "bn-lab"
 EXTRAS = {
     "flax": "train", "optax": "train", "ml_collections": "train", "orbax": "train", "tqdm": "train",
-    "scipy": "train", "matplotlib": "report", "tensorflow_datasets": "tfds", "importlib_resources": "tfds",
+    "matplotlib": "report", "tensorflow_datasets": "tfds", "importlib_resources": "tfds",
     "array_record": "tfds", "tensorboardX": "tensorboard",
 }
 
