@@ -114,3 +114,29 @@ def test_tensorboard_keeps_every_point_across_a_resume(tmp_path):
   got = tensorboard_points(wd / "tensorboard" / "run0", "test_loss")
   assert [s for s, _ in got] == [2, 4, 6]  # the checkpoint step's point kept, step 4's once
   assert [v for _, v in got] == [np.float32(r["test_loss"]) for r in rows]
+
+
+def git(cwd, *args):
+  subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_commit_of_a_clone_an_installed_package_and_neither(tmp_path):
+  clone = tmp_path / "clone"
+  (clone / "bn").mkdir(parents=True)
+  (clone / "bn" / "__init__.py").write_text("")
+  git(clone, "init", "-q")
+  git(clone, "add", ".")
+  git(clone, "commit", "-qm", "x")
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+  assert provenance.git_state(package=clone / "bn", direct_url={}) == (head, False)  # running from a clone
+  (clone / "bn" / "__init__.py").write_text("x = 1")
+  assert provenance.git_state(package=clone / "bn", direct_url={}) == (head, True)
+  # installed (site-packages inside a project's git repository, which is not bn's checkout)
+  site = tmp_path / "project" / "venv" / "site-packages"
+  (site / "bn").mkdir(parents=True)
+  git(tmp_path / "project", "init", "-q")
+  assert provenance.git_state(package=site / "bn", direct_url={}) == (None, None)
+  assert provenance.git_state(package=site / "bn", direct_url={"url": "https://github.com/o/bn", "vcs_info": {
+      "vcs": "git", "commit_id": "a" * 40}}) == ("a" * 40, None)  # pip install git+https://...: pip's record
+  assert provenance.git_state(package=site / "bn", direct_url={"url": clone.as_uri(), "dir_info": {}}) == (head, True)  # pip install CLONE
+  assert provenance.git_state(package=site / "bn", direct_url={"url": (tmp_path / "gone").as_uri(), "dir_info": {}}) == (None, None)
