@@ -644,7 +644,7 @@ def _download_all(name: str, directory: str, mirrors: list[str], timeout: float,
     if _matches(path, size, sha256):
       log(f"{name}: {fname} already in {directory} (SHA-256 checked)")
       continue
-    failures = []
+    failures, kinds = [], set()
     for base in mirrors:
       url = base.rstrip("/") + "/" + fname
       log(f"{name}: downloading {url} ({size / 1e6:.1f} MB)")
@@ -653,14 +653,51 @@ def _download_all(name: str, directory: str, mirrors: list[str], timeout: float,
         break
       except _Refused as e:
         failures.append(f"{url}: refused, {e}")
+        kinds.add("refused")
       except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
         failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+        kinds.add(_failure_kind(url, e))
     else:
       raise RunError(f"cannot download {name}'s {fname}; nothing was saved for it. Tried: " + "; ".join(failures)
-                     + f". Downloading needs network access over HTTP(S). Without it, copy the four files "
-                       f"({', '.join(IDX_FILES[name])}) from a connected machine into {directory}"
-                     + (", or `apt-get install dataset-fashion-mnist` on Debian/Ubuntu." if name == "fashion_mnist"
-                        else "."))
+                     + ". " + _download_advice(name, directory, kinds))
+
+
+def _failure_kind(url: str, e: BaseException) -> str:
+  """"certificate" (HTTPS certificate not verified), "local" (a file:// mirror), else "network"."""
+  import ssl
+
+  if isinstance(getattr(e, "reason", None), ssl.SSLCertVerificationError) or isinstance(e, ssl.SSLCertVerificationError):
+    return "certificate"
+  return "local" if url.startswith("file:") else "network"
+
+
+def _download_advice(name: str, directory: str, kinds: set[str]) -> str:
+  """What to do about failed downloads of ``kinds`` (see :func:`_failure_kind`; "refused": a file
+  arrived but is not the published one)."""
+  files = ", ".join(IDX_FILES[name])
+  copy = f"copy the four files ({files}) from a connected machine into {directory}"
+  system = SYSTEM_IDX_DIRS.get(name)
+  out = []
+  if "certificate" in kinds:
+    out.append("The HTTPS certificate could not be verified: this Python finds no CA certificates (python.org's macOS "
+               "build: run its 'Install Certificates.command'; elsewhere: `pip install certifi` and "
+               "`export SSL_CERT_FILE=$(python -m certifi)`), or a proxy replaces the certificate (set SSL_CERT_FILE "
+               "to its CA bundle); then re-run.")
+  if "refused" in kinds:
+    out.append("A file that arrived is not the published one (its size or SHA-256 differs), so it was not kept; "
+               "a mirror must serve the published .gz files byte for byte.")
+    if system:
+      out.append(f"The Debian/Ubuntu package's copies ({system}) differ from them in the gzip header only and need no "
+                 f"preparing: bn reads them where they are (`bn data list`); from another directory pass it as "
+                 f"--data-dir (bn data) or --config.data.data_dir (bn train).")
+  if "local" in kinds:
+    out.append(f"A file:// mirror is a directory that must hold the four files ({files}).")
+  if "network" in kinds:
+    out.append(f"Downloading needs network access over HTTP(S). Without it, {copy}"
+               + (", or `apt-get install dataset-fashion-mnist` on Debian/Ubuntu." if name == "fashion_mnist" else "."))
+  elif "certificate" in kinds or "local" in kinds:
+    out.append(f"Or {copy}.")
+  return " ".join(out)
 
 
 def describe_all(data_dir: str | None = None, flag: str | None = None) -> str:
