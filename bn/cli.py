@@ -185,7 +185,7 @@ def data(argv: list[str]) -> int:
   p = argparse.ArgumentParser(
       prog="bn data", description="List, inspect and prepare datasets.",
       epilog="Sources: idx (MNIST-format files; --data-dir, $BN_IDX_DIR, ~/.cache/bn/datasets, "
-             "/usr/share/datasets/fashion-mnist), tfds (array_record under $TFDS_DATA_DIR or "
+             "/usr/share/datasets/fashion-mnist), tfds (array_record or TFRecord under $TFDS_DATA_DIR or "
              "~/tensorflow_datasets), synthetic (generated).")
   sub = p.add_subparsers(dest="command", required=True)
   ls = sub.add_parser("list", help="which datasets are available, from which source and where")
