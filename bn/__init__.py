@@ -5,7 +5,8 @@
     y, state = bn.batch_norm(x, params, state, train=True)
 
 The Flax adapters live in ``bn.linen`` and ``bn.nnx`` (imported lazily, so the
-pure core needs no Flax).
+pure core needs no Flax). ``bn.train_and_evaluate(config, workdir)`` trains as ``bn train``
+does and ``bn.restore(workdir, run=i)`` loads a run back (:mod:`bn.api`; the ``[train]`` extra).
 """
 
 from bn.norm import (
@@ -33,9 +34,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-  if name in ("linen", "nnx"):
-    import importlib
+_LAZY = {"restore": "bn.api", "train_and_evaluate": "bn.api"}  # need the [train] extra: imported on first use
 
+
+def __getattr__(name):
+  import importlib
+
+  if name in ("linen", "nnx"):
     return importlib.import_module(f"bn.{name}")
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'bn' has no attribute {name!r}")

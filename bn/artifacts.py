@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -230,10 +229,9 @@ def provenance() -> dict:
   import jax
   import flax
 
-  try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    commit = None
+  from bn import provenance as bn_provenance
+
+  commit, _ = bn_provenance.git_state()
   dev = jax.devices()[0]
   return {
       "jax": jax.__version__,

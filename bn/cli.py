@@ -76,10 +76,15 @@ def usage() -> str:
 
 
 def train(argv: list[str]) -> int:
-  from bn import config as bn_config
-
-  rest, overrides = bn_config.split_overrides(argv)
-  names = bn_config.available()
+  try:
+    from bn import config as bn_config
+  except ModuleNotFoundError as e:  # no [train] extra: --help still prints, anything else names the extra
+    if not {"-h", "--help"} & set(argv):
+      raise
+    bn_config, missing, rest, overrides, names = None, e, [a for a in argv if not a.startswith("--config.")], [], []
+  else:
+    rest, overrides = bn_config.split_overrides(argv)
+    names = bn_config.available()
   p = argparse.ArgumentParser(
       prog="bn train", description="Train one experiment config into a workdir (resumes if interrupted).",
       epilog=(f"configs: {', '.join(names)}. " if names else "") + "Show a config's keys and values with --print-config; "
@@ -90,7 +95,10 @@ def train(argv: list[str]) -> int:
   p.add_argument("--no-progress", action="store_true", help="no progress output")
   p.add_argument("--extend", action="store_true", help="train a finished (or interrupted) run in --workdir on to a larger "
                  "--config.train.steps; the result equals one longer run (refused where it would not, e.g. a cosine schedule)")
+  p.add_argument("--no-compile-cache", action="store_true", help=COMPILE_CACHE_HELP)
   a = p.parse_args(rest)
+  if bn_config is None:
+    raise missing
   c = bn_config.load(a.config, overrides)
   if a.print_config:
     print(c)
@@ -99,14 +107,29 @@ def train(argv: list[str]) -> int:
     raise UsageError("--workdir is required (the directory the run writes to).")
   from bn import experiment, loop
 
+  if not a.no_compile_cache:
+    from bn import compile_cache
+
+    compile_cache.enable()
   summary = loop.train_workdir(experiment.from_config(c), a.workdir, progress=not a.no_progress, extend=a.extend,
                                log=lambda line: print(f"bn train: {line}", file=sys.stderr, flush=True))
   for r in summary["runs"]:
     status = f"diverged at step {r['diverged_step']}" if r["diverged"] else f"test acc {r['test_accuracy']:.4f}, train acc {r['train_accuracy']:.4f}"
     print(f"run {r['run']} seed {r['seed']} lr {r['lr']:g}: {status}")
   rate = f", {summary['steps_per_s']:.0f} steps/s" if summary.get("steps_per_s") else ""
-  print(f"wall {summary['wall_time_s']:.1f}s (+{summary['compile_time_s']:.1f}s compile){rate}; artifacts in {a.workdir}")
+  print(f"wall {summary['wall_time_s']:.1f}s (+{compile_line(summary)}){rate}; artifacts in {a.workdir}")
   return 0
+
+
+COMPILE_CACHE_HELP = ("do not use JAX's persistent compilation cache (default: on, in $BN_COMPILE_CACHE, "
+                      "$XDG_CACHE_HOME/bn/jax or ~/.cache/bn/jax; a second run of the same shapes loads its programs from it)")
+
+
+def compile_line(summary: dict) -> str:
+  """``"4.2s compile"``, the probe program's share named when there is one (both summed over resumes)."""
+  probe = summary.get("probe_compile_time_s") or 0.0
+  total = (summary.get("compile_time_s") or 0.0) + probe
+  return f"{total:.1f}s compile" + (f", {probe:.1f}s of it the probe program's" if probe else "")
 
 
 # ----------------------------------------------------------------------------- reproduce, report
@@ -127,6 +150,7 @@ def reproduce(argv: list[str]) -> int:
                  help=f"first seed (default {ledger.CONFIRMATORY_SEED_BASE}, the confirmatory range; pilots: "
                       f"--seed-base {ledger.PILOT_SEED_BASE}, a disjoint range)")
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--no-compile-cache", action="store_true", help=COMPILE_CACHE_HELP)
   a = p.parse_args(argv)
   from pathlib import Path
 
@@ -139,6 +163,10 @@ def reproduce(argv: list[str]) -> int:
   artifacts.check_local_path(a.out, "--out")
   import matplotlib  # noqa: F401  (the report needs it: fail now, not after the training)
 
+  if not a.no_compile_cache:
+    from bn import compile_cache
+
+    compile_cache.enable()
   if mode in ledger.EXPECTED and not a.no_progress:
     print(f"bn reproduce --{mode}: expected {ledger.EXPECTED[mode]}; re-running the same command resumes.", file=sys.stderr)
   ledger.run_ledger(out, mode, only=only, dataset=a.dataset, progress=not a.no_progress,
@@ -220,7 +248,7 @@ def data(argv: list[str]) -> int:
   p = argparse.ArgumentParser(
       prog="bn data", description="List, inspect and prepare datasets.",
       epilog="Sources: idx (MNIST-format files; --data-dir, $BN_IDX_DIR, ~/.cache/bn/datasets, "
-             "/usr/share/datasets/fashion-mnist), tfds (array_record under $TFDS_DATA_DIR or "
+             "/usr/share/datasets/fashion-mnist), tfds (array_record or TFRecord under $TFDS_DATA_DIR or "
              "~/tensorflow_datasets), synthetic (generated).")
   sub = p.add_subparsers(dest="command", required=True)
   ls = sub.add_parser("list", help="which datasets are available, from which source and where")
@@ -270,7 +298,7 @@ def data(argv: list[str]) -> int:
 DISTRIBUTION = "bn-lab"
 EXTRAS = {
     "flax": "train", "optax": "train", "ml_collections": "train", "orbax": "train", "tqdm": "train",
-    "scipy": "train", "matplotlib": "report", "tensorflow_datasets": "tfds", "importlib_resources": "tfds",
+    "matplotlib": "report", "tensorflow_datasets": "tfds", "importlib_resources": "tfds",
     "array_record": "tfds", "tensorboardX": "tensorboard",
 }
 

@@ -1,4 +1,4 @@
-"""Datasets as host NumPy arrays: local IDX files, TFDS array_record data sources, synthetic.
+"""Datasets as host NumPy arrays: local IDX files, TFDS datasets (array_record or TFRecord), synthetic.
 
     ds = bn.data.load("fashion_mnist", val_size=5000)
     ds.train.x   # uint8 (N, H, W, C)
@@ -19,9 +19,10 @@ Sources (``source="auto"`` tries them in this order):
   fall back. Headers and file lengths are checked. :func:`download_idx` (``bn data
   prepare mnist|fashion_mnist``) fetches the four files over HTTP(S) from the
   dataset's home and checks their sizes and SHA-256 (no TensorFlow).
-* ``"tfds"``: a dataset prepared in array_record format under ``data_dir`` (TFDS's
-  default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` when None), read with
-  ``tfds.data_source`` -- no TensorFlow needed to read, only to prepare.
+* ``"tfds"``: a dataset prepared in array_record or TFRecord format (``tfds.load``'s
+  default) under ``data_dir`` (TFDS's default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``
+  when None), read with ``tfds.data_source`` (array_record) or :class:`TFRecordSource`
+  -- no TensorFlow needed to read, only to prepare.
 * ``"synthetic"``: learnable class templates plus Gaussian noise, any image shape
   and class count, deterministic from ``seed``. The name ``"synthetic"`` always
   selects it; a catalog name with ``source="synthetic"`` gives a stand-in of
@@ -333,14 +334,67 @@ def tfds_default_dir() -> str:
 
 
 def find_tfds(name: str, data_dir: str | None = None) -> str | None:
-  """The newest version directory of ``name`` prepared as array_record under ``data_dir``, or None."""
+  """The newest version directory of ``name`` prepared as array_record or TFRecord under ``data_dir``, or None."""
   def version(d):
     return tuple(int(p) if p.isdigit() else -1 for p in os.path.basename(d).split("."))
   infos = glob.glob(os.path.join(data_dir or tfds_default_dir(), name, "*", "dataset_info.json"))
   for d in sorted((os.path.dirname(i) for i in infos), key=version, reverse=True):
-    if glob.glob(os.path.join(d, f"{name}-train.array_record*")):
+    if any(glob.glob(os.path.join(d, f"{name}-train.{fmt}*")) for fmt in TFDS_FORMATS):
       return d
   return None
+
+
+# The TFDS file formats bn reads: array_record through tfds.data_source, tfrecord (what
+# tfds.load prepares by default) with the reader below; neither needs TensorFlow.
+TFDS_FORMATS = ("array_record", "tfrecord")
+
+
+def tfrecord_records(path: str) -> list[bytes]:
+  """The records of a TFRecord file, without TensorFlow. Each record is framed as: length
+  (u64 little-endian), its masked CRC-32C (u32), the data, its masked CRC-32C (u32); the
+  framing is checked (a truncated file raises DataError), the CRCs are not."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  out, i = [], 0
+  while i < len(raw):
+    if i + 12 > len(raw):
+      raise DataError(f"{path}: truncated TFRecord file (a record header is cut at byte {i}); prepare the dataset again.")
+    (n,) = struct.unpack_from("<Q", raw, i)
+    if i + 16 + n > len(raw):
+      raise DataError(f"{path}: truncated TFRecord file (a record of {n} bytes at byte {i} runs past the end, "
+                      f"{len(raw)} bytes); prepare the dataset again.")
+    out.append(raw[i + 12:i + 12 + n])
+    i += 16 + n
+  return out
+
+
+class TFRecordSource:
+  """A random-access source over the TFRecord files of one split of a TFDS dataset prepared with
+  ``file_format="tfrecord"`` (``tfds.load``'s default): records decoded with the dataset's own
+  features (``deserialize_example_np``: NumPy and PIL, no TensorFlow), as ``tfds.data_source``
+  does for array_record."""
+
+  def __init__(self, files: Sequence[str], dataset_info):
+    self.files, self.dataset_info = list(files), dataset_info
+    self._records = [r for f in self.files for r in tfrecord_records(f)]
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, i):
+    return self.dataset_info.features.deserialize_example_np(self._records[i])
+
+
+def _tfrecord_source(tfds, name: str, split: str, data_dir: str | None) -> TFRecordSource | None:
+  """The split as a :class:`TFRecordSource` when ``name`` is prepared in TFRecord format under
+  ``data_dir``; None when it is not."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    info = builder.info
+  except Exception:  # noqa: BLE001 -- unknown or unprepared: not this format
+    return None
+  files = sorted(glob.glob(os.path.join(str(builder.data_path), f"{name}-{split}.tfrecord*")))
+  return TFRecordSource(files, info) if files else None
 
 
 def _batched_get(source):
@@ -388,7 +442,8 @@ def _read_cached(path: str, read) -> Split:
 
 
 def load_tfds(name: str, data_dir: str | None = None, *, cache_dir: str | None = None) -> Dataset:
-  """``name``'s train and test splits via ``tfds.data_source`` (array_record; no TensorFlow needed).
+  """``name``'s train and test splits via ``tfds.data_source`` (array_record) or :class:`TFRecordSource`
+  (TFRecord); no TensorFlow needed.
 
   With ``cache_dir`` (or ``$BN_CACHE_DIR``) the decoded arrays are kept there as
   ``NAME-VERSION-SPLIT.npz``, written atomically."""
@@ -400,9 +455,12 @@ def load_tfds(name: str, data_dir: str | None = None, *, cache_dir: str | None =
   for split in ("train", "test"):
     try:
       source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+      fmt = "array_record"
     except Exception as e:  # TFDS raises assorted types (NotImplementedError, DatasetNotFoundError, ...)
-      raise DataError(f"{name}: no {split} split prepared as array_record under {where} "
-                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {how_to_get(name)}") from e
+      source, fmt = _tfrecord_source(tfds, name, split, data_dir), "tfrecord"
+      if source is None:
+        raise DataError(f"{name}: no {split} split prepared as array_record or tfrecord under {where} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). {how_to_get(name)}") from e
     info = source.dataset_info
     read = lambda: read_source(source)  # noqa: E731
     version_dir = os.path.join(where, name, str(info.version))
@@ -412,7 +470,7 @@ def load_tfds(name: str, data_dir: str | None = None, *, cache_dir: str | None =
       files.append(cached)
     else:
       splits[split] = read()
-      files += sorted(glob.glob(os.path.join(version_dir, f"{name}-{split}.array_record*")))
+      files += sorted(glob.glob(os.path.join(version_dir, f"{name}-{split}.{fmt}*")))
   num_classes = int(info.features["label"].num_classes)
   return Dataset(name, "tfds", version_dir, num_classes, splits["train"], splits["test"],
                  files=tuple(file_record(f) for f in files))
@@ -644,7 +702,7 @@ def _download_all(name: str, directory: str, mirrors: list[str], timeout: float,
     if _matches(path, size, sha256):
       log(f"{name}: {fname} already in {directory} (SHA-256 checked)")
       continue
-    failures = []
+    failures, kinds = [], set()
     for base in mirrors:
       url = base.rstrip("/") + "/" + fname
       log(f"{name}: downloading {url} ({size / 1e6:.1f} MB)")
@@ -653,14 +711,51 @@ def _download_all(name: str, directory: str, mirrors: list[str], timeout: float,
         break
       except _Refused as e:
         failures.append(f"{url}: refused, {e}")
+        kinds.add("refused")
       except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
         failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
+        kinds.add(_failure_kind(url, e))
     else:
       raise RunError(f"cannot download {name}'s {fname}; nothing was saved for it. Tried: " + "; ".join(failures)
-                     + f". Downloading needs network access over HTTP(S). Without it, copy the four files "
-                       f"({', '.join(IDX_FILES[name])}) from a connected machine into {directory}"
-                     + (", or `apt-get install dataset-fashion-mnist` on Debian/Ubuntu." if name == "fashion_mnist"
-                        else "."))
+                     + ". " + _download_advice(name, directory, kinds))
+
+
+def _failure_kind(url: str, e: BaseException) -> str:
+  """"certificate" (HTTPS certificate not verified), "local" (a file:// mirror), else "network"."""
+  import ssl
+
+  if isinstance(getattr(e, "reason", None), ssl.SSLCertVerificationError) or isinstance(e, ssl.SSLCertVerificationError):
+    return "certificate"
+  return "local" if url.startswith("file:") else "network"
+
+
+def _download_advice(name: str, directory: str, kinds: set[str]) -> str:
+  """What to do about failed downloads of ``kinds`` (see :func:`_failure_kind`; "refused": a file
+  arrived but is not the published one)."""
+  files = ", ".join(IDX_FILES[name])
+  copy = f"copy the four files ({files}) from a connected machine into {directory}"
+  system = SYSTEM_IDX_DIRS.get(name)
+  out = []
+  if "certificate" in kinds:
+    out.append("The HTTPS certificate could not be verified: this Python finds no CA certificates (python.org's macOS "
+               "build: run its 'Install Certificates.command'; elsewhere: `pip install certifi` and "
+               "`export SSL_CERT_FILE=$(python -m certifi)`), or a proxy replaces the certificate (set SSL_CERT_FILE "
+               "to its CA bundle); then re-run.")
+  if "refused" in kinds:
+    out.append("A file that arrived is not the published one (its size or SHA-256 differs), so it was not kept; "
+               "a mirror must serve the published .gz files byte for byte.")
+    if system:
+      out.append(f"The Debian/Ubuntu package's copies ({system}) differ from them in the gzip header only and need no "
+                 f"preparing: bn reads them where they are (`bn data list`); from another directory pass it as "
+                 f"--data-dir (bn data) or --config.data.data_dir (bn train).")
+  if "local" in kinds:
+    out.append(f"A file:// mirror is a directory that must hold the four files ({files}).")
+  if "network" in kinds:
+    out.append(f"Downloading needs network access over HTTP(S). Without it, {copy}"
+               + (", or `apt-get install dataset-fashion-mnist` on Debian/Ubuntu." if name == "fashion_mnist" else "."))
+  elif "certificate" in kinds or "local" in kinds:
+    out.append(f"Or {copy}.")
+  return " ".join(out)
 
 
 def describe_all(data_dir: str | None = None, flag: str | None = None) -> str:

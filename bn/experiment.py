@@ -389,8 +389,9 @@ def from_config(c) -> Experiment:
       schedule=Schedule(t.steps, t.eval_every, t.checkpoint_every, t.eval_chunk, t.target_accuracy, t.precise_bn, bool(t.tensorboard)),
       probes=ProbeSpec(pr.every, pr.batch_size, tuple(float(s) for s in pr.landscape_scales), tuple(pr.kinds), float(pr.rho),
                        int(pr.hessian_probes), int(pr.eval_batch_size), tuple(float(v) for v in pr.lrs)),
-      parallel=ParallelSpec(str(p.devices), p.bn_stats, p.coordinator, int(p.num_processes), int(p.process_id),
-                            bool(p.cluster_detect), int(p.init_timeout), str(p.get("runs_devices", "auto"))),
+      parallel=ParallelSpec(str(p.devices), p.bn_stats, p.get("coordinator", ""), int(p.get("num_processes", 0)),  # a recorded
+                            int(p.get("process_id", -1)), bool(p.get("cluster_detect", False)), int(p.get("init_timeout", 300)),  # config
+                            str(p.get("runs_devices", "auto"))),  # has no launch keys
       config=cfg,
       fingerprint=fingerprint(cfg),
       _model=model,

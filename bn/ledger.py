@@ -29,7 +29,10 @@ MODES = ("tiny", "quick", "full")
 CONFIRMATORY_SEED_BASE = 3000
 PILOT_SEED_BASE = 0
 # What a user should expect, stated at start-up (measured numbers: docs/benchmarks.md).
-EXPECTED = {"quick": "about 13 min on a 2-core CPU", "full": "6-8 h on a 2-core CPU (estimated: the Ioffe experiment at 50,000 steps ~4 h, C5's CNN ~1.5 h), far less on a GPU"}
+# A range: measured on an otherwise idle machine, and 1.8-2.8x that with other jobs on the same cores (README).
+EXPECTED = {"quick": "13-35 min on a 2-core CPU (13 when it is otherwise idle, up to ~2.8x that when other jobs share the cores)",
+            "full": "6-20 h on a 2-core CPU (estimated: 6-8 h idle -- the Ioffe experiment at 50,000 steps ~4 h, C5's CNN ~1.5 h -- "
+                    "up to ~2.8x that under load), far less on a GPU"}
 
 
 def config_module(name: str):

@@ -9,27 +9,76 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "orbax-checkpoint", "ml_collections", "matplotlib",
             "tensorflow-datasets", "tqdm", "bn-lab")
 
 
-def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
-  """``(commit, dirty)`` of the checkout holding ``where`` (this package by default); Nones outside git."""
-  cwd = where or Path(__file__).resolve().parent
+def _git(args, cwd) -> str | None:
   try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=cwd).stdout.strip() or None
-    if commit is None:
-      return None, None
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10, cwd=cwd)
-    return commit, bool(status.stdout.strip())
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=cwd)
   except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _checkout_state(cwd) -> tuple[str | None, bool | None]:
+  commit = _git(["rev-parse", "HEAD"], cwd) or None
+  if commit is None:
     return None, None
+  status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+  return commit, None if status is None else bool(status)
+
+
+def installed_from(dist: str = "bn-lab") -> dict | None:
+  """What pip recorded about where ``dist`` was installed from (PEP 610 ``direct_url.json``:
+  ``url``, and ``vcs_info.commit_id`` for a git URL); None for an install from an index or
+  none recorded."""
+  try:
+    text = importlib.metadata.distribution(dist).read_text("direct_url.json")
+    return json.loads(text) if text else None
+  except (importlib.metadata.PackageNotFoundError, ValueError):
+    return None
+
+
+def git_state(where: Path | None = None, *, package: Path | None = None, direct_url: dict | None = None) -> tuple[str | None, bool | None]:
+  """``(commit, dirty)``: of the checkout holding ``where`` when given; else of the code that runs
+  -- the one place bn looks its commit up (summary.json, the ledger, the report, the bench):
+
+  1. this package inside a git checkout (a clone, an editable install): that checkout's HEAD
+     and whether tracked files changed (a git repository that merely encloses an installed
+     package, e.g. a project with its venv inside, is not taken for it);
+  2. installed by pip from a git URL: the commit pip recorded (dirty unknown: None);
+  3. installed by pip from a local clone (``pip install .``): that clone's HEAD and state now
+     (it may have moved on since the install);
+
+  else Nones. ``package`` / ``direct_url``: for tests (default: this package, pip's record)."""
+  if where is not None:
+    return _checkout_state(where)
+  here = (package or Path(__file__).resolve().parent)
+  top = _git(["rev-parse", "--show-toplevel"], here)
+  if top and Path(top).resolve() == here.resolve().parent:
+    return _checkout_state(here)
+  record = direct_url if direct_url is not None else installed_from()
+  if not record:
+    return None, None
+  vcs = record.get("vcs_info") or {}
+  if vcs.get("commit_id"):
+    return vcs["commit_id"], None
+  url = record.get("url", "")
+  if url.startswith("file://"):
+    src = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    top = _git(["rev-parse", "--show-toplevel"], src) if src.is_dir() else None
+    if top and Path(top).resolve() == src.resolve():
+      return _checkout_state(src)
+  return None, None
 
 
 def packages() -> dict[str, str]:

@@ -87,8 +87,11 @@ class TensorBoard:
     except ModuleNotFoundError as e:
       raise UsageError("train.tensorboard=true needs tensorboardX: pip install 'bn-lab[tensorboard]' "
                        "(in a clone: pip install -e '.[tensorboard]'), or set --config.train.tensorboard=false.") from e
-    self.writers = {r["run"]: SummaryWriter(logdir=str(workdir / "tensorboard" / f"run{r['run']}"),
-                                            purge_step=steps_done or None) for r in runs}
+    # After a resume TensorBoard hides the points of earlier files from purge_step on: the checkpoint step's point
+    # stays (it is never written again). tensorboardX names files by the second: the suffix keeps a resume within the
+    # same second from overwriting the earlier file, and sorts after it.
+    self.writers = {r["run"]: SummaryWriter(logdir=str(workdir / "tensorboard" / f"run{r['run']}"), purge_step=steps_done + 1
+                                            if steps_done else None, filename_suffix=f".step{steps_done:010d}") for r in runs}
 
   def write(self, rows) -> None:
     for r in rows:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.stats
 
 
 def t_ppf(q: float, df: float) -> float:
@@ -20,6 +19,8 @@ def t_ppf(q: float, df: float) -> float:
   Raises ``ValueError`` outside that range (SciPy would return NaN)."""
   if not (0.0 < q < 1.0) or not df > 0:
     raise ValueError(f"t_ppf needs 0 < q < 1 and df > 0, got q={q}, df={df}.")
+  import scipy.stats  # here: importing it takes ~1 s, and most commands never ask
+
   return float(scipy.stats.t.ppf(q, df))
 
 

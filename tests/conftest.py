@@ -17,6 +17,15 @@ if "--xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# `bn train` / `bn reproduce` keep compiled programs on disk by default (bn.compile_cache): in tests, in a
+# directory of this session (subprocesses and xdist workers inherit it), never the user's ~/.cache.
+if "BN_COMPILE_CACHE" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  os.environ["BN_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="bn-test-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["BN_COMPILE_CACHE"], True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -256,6 +256,85 @@ def test_find_tfds_prepared_layout(tmp_path, monkeypatch):
   assert data.resolve_source("mnist", "auto", str(tmp_path)) == "tfds"
 
 
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), bit by bit: the TFRecord checksum, written here independently of any reader."""
+  crc = 0xFFFFFFFF
+  for b in data:
+    crc ^= b
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def tfrecord_bytes(records) -> bytes:
+  """Records framed as TensorFlow's TFRecordWriter writes them (masked CRC-32C of the length and the data)."""
+  mask = lambda c: ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF  # noqa: E731
+  out = b""
+  for r in records:
+    n = struct.pack("<Q", len(r))
+    out += n + struct.pack("<I", mask(crc32c(n))) + r + struct.pack("<I", mask(crc32c(r)))
+  return out
+
+
+@pytest.fixture(scope="module")
+def tiny_images_builder():
+  """A small image dataset built by TFDS's own builder machinery (PIL images, so no TensorFlow)."""
+  import PIL.Image
+
+  class TinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(4, 4, 1)), "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(12, 0), "test": self._generate_examples(6, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {"image": PIL.Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8), mode="L"), "label": i % 3}
+
+  return TinyImages
+
+
+def test_a_tfrecord_prepared_tfds_dataset_is_read(tmp_path, tiny_images_builder):
+  """tfds.load prepares TFRecord files by default. TFDS writes them only with TensorFlow installed, so the
+  dataset is prepared as array_record by TFDS and its records (the same serialized tf.train.Example bytes)
+  are written as TFRecord files with dataset_info.json saying so, as a TensorFlow install would have."""
+  import json
+
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  ar, tr = tmp_path / "ar", tmp_path / "tr"
+  tiny_images_builder(data_dir=str(ar), file_format="array_record").download_and_prepare()
+  want = data.load("tiny_images", source="tfds", data_dir=str(ar))
+  src, dst = ar / "tiny_images" / "1.0.0", tr / "tiny_images" / "1.0.0"
+  dst.mkdir(parents=True)
+  (dst / "features.json").write_text((src / "features.json").read_text())
+  info = json.loads((src / "dataset_info.json").read_text())
+  (dst / "dataset_info.json").write_text(json.dumps({**info, "fileFormat": "tfrecord"}))
+  for split in ("train", "test"):
+    (f,) = src.glob(f"tiny_images-{split}.array_record-*")
+    reader = ArrayRecordReader(str(f))
+    records = reader.read_all()
+    reader.close()
+    (dst / f.name.replace("array_record", "tfrecord")).write_bytes(tfrecord_bytes(records))
+  assert data.find_tfds("tiny_images", str(tr)) == str(dst)
+  got = data.load("tiny_images", source="auto", data_dir=str(tr))
+  assert (got.source, got.num_classes, got.shape, got.location) == ("tfds", 3, (4, 4, 1), str(dst))
+  for a, b in ((got.train, want.train), (got.test, want.test)):
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.y, b.y)
+  assert [os.path.basename(f.path) for f in got.files] == ["tiny_images-train.tfrecord-00000-of-00001",
+                                                          "tiny_images-test.tfrecord-00000-of-00001"]
+  f = dst / "tiny_images-test.tfrecord-00000-of-00001"
+  f.write_bytes(f.read_bytes()[:-3])
+  with pytest.raises(data.DataError, match="truncated TFRecord file"):
+    data.load("tiny_images", source="tfds", data_dir=str(tr))
+
+
 # ----------------------------------------------------------------------------- synthetic, val split
 
 

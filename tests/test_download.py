@@ -10,8 +10,10 @@ import gzip
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 
 import numpy as np
@@ -262,3 +264,43 @@ def test_real_fashion_mnist_round_trip(server, tmp_path, capsys):
   assert (len(ds.train.y), len(ds.test.y)) == (60000, 10000)
   np.testing.assert_array_equal(data.class_counts(ds.train, 10), np.full(10, 6000))
   assert [(f.size, f.sha256) for f in ds.files] == [data.IDX_FILES["fashion_mnist"][n] for n in data.IDX_NAMES]
+
+
+# ----------------------------------------------------------------------------- what a failure is blamed on
+
+
+def test_a_mirror_of_other_files_is_not_blamed_on_the_network(tmp_path, served, monkeypatch):
+  """--mirror file:///usr/share/datasets/fashion-mnist: the Debian copies (another gzip header) are refused as
+  not the published files, and the message says bn reads them where they are; nothing about the network."""
+  _, files = served
+  src = tmp_path / "debian"
+  src.mkdir()
+  for name, body in files.items():
+    (src / name).write_bytes(body[:4] + struct.pack("<I", 1591315200) + body[8:])  # another gzip time stamp: another SHA-256
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {"mnist": str(src)})
+  with pytest.raises(RunError) as e:
+    data.download_idx("mnist", str(tmp_path / "d"), mirrors=[src.as_uri()])
+  msg = str(e.value)
+  assert "refused, SHA-256" in msg and "not the published one" in msg and f"copies ({src}) differ from them in the gzip header" in msg
+  assert "network" not in msg
+  with pytest.raises(RunError) as e:  # a directory without the files
+    data.download_idx("mnist", str(tmp_path / "d"), mirrors=[(tmp_path / "empty").as_uri()])
+  assert "A file:// mirror is a directory that must hold the four files" in str(e.value) and "network" not in str(e.value)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_an_unverifiable_https_certificate_is_named(tmp_path, served, server):
+  """A Python without CA certificates (or a proxy's certificate) fails HTTPS verification: the message says
+  so and how to fix it, instead of blaming the network. Here: a real TLS server with a self-signed certificate."""
+  import ssl
+
+  subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                  "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+  ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+  ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+  server.httpd.socket = ctx.wrap_socket(server.httpd.socket, server_side=True)
+  with pytest.raises(RunError) as e:
+    data.download_idx("mnist", str(tmp_path / "d"), mirrors=[server.url.replace("http:", "https:") + "/good/"])
+  msg = str(e.value)
+  assert "CERTIFICATE_VERIFY_FAILED" in msg and "The HTTPS certificate could not be verified" in msg
+  assert "SSL_CERT_FILE" in msg and "network access" not in msg

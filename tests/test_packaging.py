@@ -40,7 +40,7 @@ def requirement_name(req: str) -> str:
 def test_distribution_name_extras_and_bounds():
   project = PYPROJECT["project"]
   assert project["name"] == "bn-lab"  # `bn` on PyPI is another project; the import name stays `bn`
-  assert {requirement_name(r) for r in project["dependencies"]} == {"jax", "numpy"}
+  assert {requirement_name(r) for r in project["dependencies"]} == {"jax", "numpy", "scipy"}  # bn.stats imports scipy
   extras = project["optional-dependencies"]
   assert set(extras) == {"flax", "train", "tfds", "report", "tensorboard", "cuda12", "cuda13", "tpu", "all", "dev"}
   for accel in ("cuda12", "cuda13", "tpu"):
@@ -73,7 +73,7 @@ def test_installed_versions_are_the_constraints():
 def test_cli_modules_map_to_extras_that_install_them():
   extras = PYPROJECT["project"]["optional-dependencies"]
   dist_of_module = {"flax": "flax", "optax": "optax", "ml_collections": "ml-collections", "orbax": "orbax-checkpoint",
-                    "tqdm": "tqdm", "scipy": "scipy", "matplotlib": "matplotlib", "tensorflow_datasets": "tensorflow-datasets",
+                    "tqdm": "tqdm", "matplotlib": "matplotlib", "tensorflow_datasets": "tensorflow-datasets",
                     "importlib_resources": "importlib-resources", "array_record": "tensorflow-datasets",
                     "tensorboardX": "tensorboardx"}
   assert set(cli.EXTRAS) == set(dist_of_module)
@@ -207,5 +207,9 @@ def test_core_install_needs_only_jax(tmp_path):
   # The command line is there, and says which extra a sub-command needs.
   r = run(str(venv / "bin" / "bn"), "train", "--config", "ioffe_mlp", "--workdir", str(tmp_path / "w"))
   assert r.returncode == 2 and "pip install 'bn-lab[train]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+  r = run(str(venv / "bin" / "bn"), "train", "--help")  # the help needs no extra
+  assert r.returncode == 0 and "--workdir" in r.stdout and "--no-compile-cache" in r.stdout, r.stderr
+  r = run(str(py), "-c", "import bn\ntry:\n  bn.restore\nexcept ModuleNotFoundError as e:\n  print(e.name)")
+  assert r.returncode == 0 and r.stdout.split() == ["ml_collections"], r.stderr  # bn.restore needs [train]; the CLI names it
   r = run(str(venv / "bin" / "bn"), "data", "list")
   assert r.returncode == 0 and "fashion_mnist" in r.stdout, r.stderr

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bn import cli, config as bn_config, experiment, loop, provenance
 from tests.test_data import write_idx_set
 
@@ -71,3 +73,70 @@ def test_tensorboard_event_files_follow_the_metrics(tmp_path):
     raw = event.read_bytes()
     assert all(k.encode() in raw for k in loop.TB_FIELDS if not k.startswith("val_"))  # one scalar per metrics.jsonl field
     assert b"val_loss" not in raw  # no validation split in this config: no validation curve
+
+
+def tensorboard_points(logdir: Path, tag: str) -> list[tuple[int, float]]:
+  """The ``(step, value)`` points of ``tag`` that TensorBoard shows: the event files in name order, a
+  SessionLog START at step s hiding the earlier points at steps >= s (its EventAccumulator's purge)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  points = []
+  for f in sorted(logdir.glob("events.out.tfevents.*")):
+    raw, i = f.read_bytes(), 0
+    while i < len(raw):  # TFRecord: length (u64), its crc (u32), data, its crc (u32)
+      (n,) = struct.unpack("<Q", raw[i:i + 8])
+      e = event_pb2.Event.FromString(raw[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      if e.HasField("session_log") and e.session_log.status == event_pb2.SessionLog.START:
+        points = [p for p in points if p[0] < e.step]
+      for v in e.summary.value:
+        if v.tag == tag:
+          points.append((e.step, v.simple_value))
+  return points
+
+
+def test_tensorboard_keeps_every_point_across_a_resume(tmp_path):
+  import json
+  import shutil
+
+  c = bn_config.base()
+  c.data.update(source="synthetic", synthetic_shape=(4, 4, 1), synthetic_sizes=(128, 32), train_eval_size=32)
+  c.model.update(widths=(8,))
+  c.train.update(steps=6, batch_size=16, eval_every=2, checkpoint_every=2, tensorboard=True)
+  exp, wd = experiment.from_config(c), tmp_path / "w"
+  assert loop.train_workdir(exp, wd, progress=False, stop_after=4) == {"stopped_at": 4}
+  shutil.rmtree(wd / "checkpoints" / "4")  # killed before step 4's checkpoint: the resume starts at 2, step 4's point is written again
+  loop.train_workdir(exp, wd, progress=False)
+  assert len(list((wd / "tensorboard" / "run0").glob("events.out.tfevents.*"))) == 2  # the resume's file does not overwrite the first
+  rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  got = tensorboard_points(wd / "tensorboard" / "run0", "test_loss")
+  assert [s for s, _ in got] == [2, 4, 6]  # the checkpoint step's point kept, step 4's once
+  assert [v for _, v in got] == [np.float32(r["test_loss"]) for r in rows]
+
+
+def git(cwd, *args):
+  subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_commit_of_a_clone_an_installed_package_and_neither(tmp_path):
+  clone = tmp_path / "clone"
+  (clone / "bn").mkdir(parents=True)
+  (clone / "bn" / "__init__.py").write_text("")
+  git(clone, "init", "-q")
+  git(clone, "add", ".")
+  git(clone, "commit", "-qm", "x")
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+  assert provenance.git_state(package=clone / "bn", direct_url={}) == (head, False)  # running from a clone
+  (clone / "bn" / "__init__.py").write_text("x = 1")
+  assert provenance.git_state(package=clone / "bn", direct_url={}) == (head, True)
+  # installed (site-packages inside a project's git repository, which is not bn's checkout)
+  site = tmp_path / "project" / "venv" / "site-packages"
+  (site / "bn").mkdir(parents=True)
+  git(tmp_path / "project", "init", "-q")
+  assert provenance.git_state(package=site / "bn", direct_url={}) == (None, None)
+  assert provenance.git_state(package=site / "bn", direct_url={"url": "https://github.com/o/bn", "vcs_info": {
+      "vcs": "git", "commit_id": "a" * 40}}) == ("a" * 40, None)  # pip install git+https://...: pip's record
+  assert provenance.git_state(package=site / "bn", direct_url={"url": clone.as_uri(), "dir_info": {}}) == (head, True)  # pip install CLONE
+  assert provenance.git_state(package=site / "bn", direct_url={"url": (tmp_path / "gone").as_uri(), "dir_info": {}}) == (None, None)

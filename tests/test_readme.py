@@ -1,0 +1,40 @@
+"""Every ```python block of README.md runs as written: the blocks of one section (## heading) run in
+order in one namespace, as a reader pasting them one after another would (shell blocks are not run)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def sections(text: str) -> dict[str, list[str]]:
+  """``{section heading: [python block, ...]}`` for the sections that have python blocks (### subsections
+  belong to their ## section)."""
+  out, name = {}, "(top)"
+  for m in re.finditer(r"^## ([^\n]+)$|^```python\n(.*?)^```$", text, re.M | re.S):
+    if m.group(1) is not None:
+      name = m.group(1).strip()
+    else:
+      out.setdefault(name, []).append(m.group(2))
+  return out
+
+
+SECTIONS = sections(README.read_text())
+
+
+def test_the_readme_has_python_blocks_to_run():
+  assert sum(map(len, SECTIONS.values())) >= 4 and "API tour" in SECTIONS
+  assert sections("## A\n```python\nx = 1\n```\n```sh\nls\n```\n## B\n```python\ny = 2\n```\n") == {"A": ["x = 1\n"], "B": ["y = 2\n"]}
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_readme_section_runs_as_written(name, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # blocks that write files (a workdir) write them here
+  ns = {"__name__": "__readme__"}
+  for i, block in enumerate(SECTIONS[name]):
+    try:
+      exec(compile(block, f"README.md [{name}] block {i + 1}", "exec"), ns)
+    except Exception as e:
+      raise AssertionError(f"README.md section {name!r}, python block {i + 1} fails as written: {type(e).__name__}: {e}") from e
