@@ -142,8 +142,9 @@ def judge(claim, a: dict, record: dict | None) -> list[dict]:
   registration status; verdicts are added by :func:`decide` after the multiplicity adjustment."""
   parts = []
   for part in claim.parts:
-    test = None if part.untested else analysis._primary(a["tests"], part.id)
-    parts.append({"id": part.id, "says": part.says, "primary": part.primary, "untested": part.untested, "test": test,
+    untested = part.untested or a.get("untested", {}).get(part.id, "")  # the module's reason, or this run's (e.g. a mode without its cells)
+    test = None if untested else analysis._primary(a["tests"], part.id)
+    parts.append({"id": part.id, "says": part.says, "primary": part.primary, "untested": untested, "test": test,
                   "registration": prereg.status(record, claim, part)})
   return parts
 

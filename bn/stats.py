@@ -28,6 +28,8 @@ def t_sf(x: float, df: float) -> float:
   """Upper tail ``P(T > x)`` of Student's t with ``df > 0`` degrees of freedom (``scipy.stats.t.sf``)."""
   if not df > 0:
     raise ValueError(f"t_sf needs df > 0, got df={df}.")
+  import scipy.stats
+
   return float(scipy.stats.t.sf(x, df))
 
 

@@ -350,13 +350,13 @@ C3_STOP = (3, 4, 5, 3, 4, 5)  # per seed: the evaluation with the lowest validat
 
 
 def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: float = 0.85, decoy: float = 0.05,
-            diverge_at: int | None = None) -> dict:
+            diverge_at: int | None = None, stop=C3_STOP) -> dict:
   """A c3_grid cell (the real condition ``name``'s config) whose runs have, per seed s: the lowest validation
   loss at evaluation ``C3_STOP[s]``, where the test loss is ``stopped + jit`` and the test accuracy ``acc + jit / 10``;
   at the last evaluation the test loss ``final + jit`` and the train loss ``train + jit / 2``. Decoys: two
   evaluations after the stopping point the test loss is at its lowest, ``stopped - decoy + jit`` (where stopping on
   the test set would land), and the final test loss is not the early-stopped one. ``diverge_at``: every seed
-  diverges from that step on."""
+  diverges from that step on. ``stop``: the early-stopping evaluation per seed (``-1``: the last, still improving)."""
   cfg = config("c3_grid", C3_CONDITIONS[name], name=name)
   n = len(C3_STEPS)
 
@@ -365,9 +365,10 @@ def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: 
 
   runs = []
   for s, seed in enumerate(SEEDS):
-    k, j = C3_STOP[s], float(np.asarray(jit)[s])
+    k, j = stop[s] % n, float(np.asarray(jit)[s])
     test = [stopped + 0.3 + j] * n
-    test[k + 2] = stopped - decoy + j
+    if k + 2 < n:
+      test[k + 2] = stopped - decoy + j
     test[k], test[-1] = stopped + j, final + j
     accs = [acc - 0.1 + j / 10] * n
     accs[k], accs[-1] = acc + j / 10, acc - 0.03 + j / 10

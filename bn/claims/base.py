@@ -51,7 +51,9 @@ class Claim:
   ``workdir/results.json`` with the config, the wall time and the provenance).
   ``analyze(results) -> {"tests": [...], "table": [[aspect, paper, here], ...], "notes": [...]}``
   computes the tests (:func:`bn.analysis.test`; exactly one with ``role="primary"`` per tested
-  part, its ``part`` the part's id), the "paper vs here" rows and any caveats;
+  part, its ``part`` the part's id), the "paper vs here" rows and any caveats, and optionally
+  ``"untested": {part id: why}`` for a part the finished conditions at hand cannot test (e.g. a
+  mode that trains none of its cells);
   ``plot(results, analysis, out_dir) -> [png names]`` draws the figures.
 
   ``parts`` (:class:`Part`) are what the claim says, each with its primary test in words; they are

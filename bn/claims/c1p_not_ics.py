@@ -41,7 +41,7 @@ import numpy as np
 from bn import analysis, models, plotting, probes, run_probes
 from bn.programs import ONCE
 from bn.claims._common import censored, factor, log2_steps, mean_ci_text, mean_shift
-from bn.claims.base import Claim
+from bn.claims.base import Claim, Part
 
 LR = 0.5
 DOSE = 2.0  # the primary's noise dose (x Santurkar's constants): the smallest of the grid whose inputs moved more than no BN's
@@ -92,7 +92,7 @@ def analyze(results) -> dict:
   t = analysis.test
   tests = [
       t(f"noisy BN (dose {DOSE:g}) trains about as well as BN: mean test accuracy over training, noisy - BN (LR {LR:g})",
-        auc(noisy) - auc(bn_), "not_lower", margin=MARGIN, role="primary", unit="accuracy"),
+        auc(noisy) - auc(bn_), "not_lower", margin=MARGIN, role="primary", unit="accuracy", part="survives_noise"),
       t(f"Santurkar's premise: the noise (dose {DOSE:g}) moves the layer inputs more than without BN: shift |Δμ|/σ_ref in training "
         "mode (on the training batch, noise redrawn at every probe), mean over hidden layers, noisy - none", mean_shift(rows["noisy"]) - mean_shift(rows["none"]), "higher", role="sanity"),
       t(f"BN trains better than no BN by more than twice the margin: mean test accuracy BN - none - {2 * MARGIN:g} (LR {LR:g})",
@@ -258,8 +258,11 @@ CLAIM = Claim(
     id="C1'", order=1.5,
     title="BN's benefit does not come from reducing internal covariate shift (Santurkar et al. 2018)",
     predicts="noisy BN, whose layer inputs are deliberately unstable, trains about as well as BN; BN does not reduce gradient ICS",
-    primary=f"mean test accuracy over training (area under the accuracy curve), noisy BN (dose {DOSE:g}) − BN, not below −{MARGIN:g} "
-            f"(LR {LR:g}, precise-BN evaluation, paired by seed)",
+    parts=(Part("survives_noise", says=f"BN's training benefit survives per-step noise in its batch statistics (dose {DOSE:g}) that "
+                                       "moves the layer inputs more than without BN",
+                primary=f"mean test accuracy over training (area under the accuracy curve), noisy BN (dose {DOSE:g}) − BN, not below "
+                        f"−{MARGIN:g} (LR {LR:g}, precise-BN evaluation, paired by seed)",
+                kind="not_lower", margin=MARGIN, unit="accuracy"),),
     scope=f"that BN's training benefit survives noise that makes its layer inputs move more than without BN (dose {DOSE:g}; "
           "the training-mode shift, noise redrawn at every step -- not C1's eval-mode drift, which is not measured for noisy BN): "
           f"it costs less than {MARGIN:g} of mean test accuracy over training. It does not say the noise is free (the notes give "

@@ -31,7 +31,7 @@ import numpy as np
 
 from bn import analysis, plotting
 from bn.claims._common import factor, mean_ci_text
-from bn.claims.base import Claim
+from bn.claims.base import Claim, Part
 
 
 def final_acc(run, lr, key: str = "test_accuracy"):
@@ -88,9 +88,9 @@ def analyze(results) -> dict:
   t = analysis.test
   tests = [
       t(f"restricted to LRs <= the no-BN best {lr_n:g}, BN keeps less than half of its advantage: a_small - a_best/2 "
-        f"(BN's best LR {lr_b:g}, best allowed {lr_r:g}; final test accuracy)", a_small - a_best / 2, "lower", role="primary", unit="accuracy",
+        f"(BN's best LR {lr_b:g}, best allowed {lr_r:g}; final test accuracy)", a_small - a_best / 2, "lower", unit="accuracy",
         note="" if lr_b > lr_n else f"BN's best LR ({lr_b:g}) is not larger than no BN's ({lr_n:g}): a_small = a_best"),
-      t(f"BN has a benefit to explain: a_best = A_BN({lr_b:g}) - A_none({lr_n:g})", a_best, "higher", role="sanity", unit="accuracy"),
+      t(f"BN has a benefit to explain: a_best = A_BN({lr_b:g}) - A_none({lr_n:g})", a_best, "higher", unit="accuracy"),
       t("the premise: log10 largest stable LR, BN - none", largest_stable_lr(bn_["summary"]) - largest_stable_lr(none["summary"]),
         "higher", unit="decades"),
       t(f"BN's advantage at the no-BN best LR {lr_n:g}: a_matched", a_matched, "higher", unit="accuracy"),
@@ -148,14 +148,19 @@ CLAIM = Claim(
     id="C2'", order=2.5,
     title="BN's main benefit is that it permits larger learning rates (Bjorck et al. 2018)",
     predicts="restricted to the learning rates the unnormalized net can use, BN keeps less than half of its advantage",
-    primary="a_small − a_best/2 < 0: a = BN − none final test accuracy, BN at its best LR no larger than no BN's best (a_small) "
-            "or at its best LR (a_best), LRs chosen on validation data (deep ReLU MLP, paired by seed)",
+    parts=(Part("needs_large_lr", says="BN's advantage needs learning rates the unnormalized net cannot use",
+                primary="a_small − a_best/2 < 0: a = BN − none final test accuracy, BN at its best LR no larger than no BN's best "
+                        "(a_small) or at its best LR (a_best), LRs chosen on validation data (deep ReLU MLP, paired by seed)",
+                kind="lower", unit="accuracy",
+                untested="with a constant LR for 1,000 steps the best final accuracy favours small LRs, so BN's best LR cannot "
+                         "exceed no BN's and a_small − a_best/2 = a_best/2 > 0 whenever BN helps at all: the statistic cannot differ "
+                         "from its own premise. Testing it needs LR decay, a He-initialized no-BN net and a schedule long enough "
+                         "for a large LR to pay off; the statistic stays in the report as a secondary test."),),
     paper="Bjorck et al. (2018): BN's main benefit is allowing much larger learning rates (which regularize); at a small "
           "learning rate BN and unnormalized nets train similarly; without BN large steps diverge.",
     source="Bjorck, Gomes, Selman & Weinberger 2018, arXiv 1806.02375",
-    scope="whether, in this setting, BN's advantage needs learning rates the unnormalized net cannot use: a 6×64 ReLU MLP, "
-          "LeCun-normal initialization for both nets, a constant LR for 1,000 steps (10,000 with --full). It does not test "
-          "Bjorck et al.'s setting (long schedules with LR decay, He-initialized baselines); a *contradicted* here means the "
-          "claim failed at this budget, not that it fails in theirs. The premise (BN is stable at larger LRs) is a secondary test.",
+    scope="not tested here: the setting (a 6×64 ReLU MLP, LeCun-normal initialization for both nets, a constant LR for 1,000 "
+          "steps; 10,000 with --full) cannot reward a large LR, so its statistic is reported as a secondary test only. The "
+          "premise (BN is stable at larger LRs) is a secondary test too.",
     experiments=("lr_sweep", "wd_sweep"), analyze=analyze, plot=plot,
 )

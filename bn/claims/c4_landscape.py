@@ -24,7 +24,7 @@ import numpy as np
 
 from bn import analysis, plotting
 from bn.claims._common import mean_ci_text
-from bn.claims.base import Claim
+from bn.claims.base import Claim, Part
 
 LR = 0.5
 
@@ -41,7 +41,8 @@ def analyze(results) -> dict:
   d = lambda block, key, window=None: measure(rows["bn"], block, key, window) - measure(rows["none"], block, key, window)  # noqa: E731
   t = analysis.test
   tests = [
-      t("effective β-smoothness in relative units, log10 BN / none", d("landscape_rel", "beta_smoothness"), "lower", role="primary", unit="decades"),
+      t("effective β-smoothness in relative units, log10 BN / none", d("landscape_rel", "beta_smoothness"), "lower", role="primary", unit="decades",
+        part="smoother"),
       t("... first half of training", d("landscape_rel", "beta_smoothness", (0, 0.5)), "lower", unit="decades"),
       t("... second half of training", d("landscape_rel", "beta_smoothness", (0.5, 1)), "lower", unit="decades"),
       t("relative-units loss variation, log10 BN / none", d("landscape_rel", "loss_variation"), "lower", unit="decades"),
@@ -77,7 +78,10 @@ CLAIM = Claim(
     id="C4", order=4.0,
     title="BN makes the loss landscape smoother (Santurkar et al. 2018)",
     predicts="lower effective β-smoothness along the gradient with BN, in units BN's weight-scale symmetry cannot change",
-    primary=f"log10 effective β-smoothness in relative units, BN / none, mean over probe points < 0 (Ioffe MLP, LR {LR:g}, paired by seed)",
+    parts=(Part("smoother", says=f"BN lowers the effective β-smoothness along the gradient, in units BN's weight-scale symmetry "
+                                 f"cannot change (Ioffe MLP, LR {LR:g})",
+                primary=f"log10 effective β-smoothness in relative units, BN / none, mean over probe points < 0 (Ioffe MLP, LR {LR:g}, "
+                        "paired by seed)", kind="lower", unit="decades"),),
     paper="Santurkar et al. (2018, Fig. 4): with BN, loss variation, gradient predictiveness and effective β-smoothness are "
           "markedly lower, most of all early in training.",
     source="Santurkar, Tsipras, Ilyas & Madry 2018, arXiv 1805.11604, §3",

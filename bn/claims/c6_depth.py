@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bn import analysis, data as bn_data, experiment, models, parallel, plotting, train
-from bn.claims.base import Claim
+from bn.claims.base import Claim, Part
 
 EXPERIMENT = "depth_init"
 
@@ -78,7 +78,7 @@ def analyze(results) -> dict:
   rb = r["bn"]["results"]
   return {"tests": [
       analysis.test("gradients explode with depth under BN: slope of log10(‖g_first‖/‖g_last‖) per layer of depth, BN", s_bn, "higher",
-                    role="primary", unit="decades/layer"),
+                    role="primary", unit="decades/layer", part="explode"),
       analysis.test("more than without BN: slope BN - none", s_bn - s_none, "higher", unit="decades/layer"),
   ], "table": [
       ["setting", "mean-field theory of fully connected BN nets (no skips) at initialization",
@@ -110,7 +110,10 @@ CLAIM = Claim(
     title="Deep BN MLPs without skips have exploding gradients at initialization (Yang et al. 2019)",
     predicts="the first layer's gradient grows exponentially with depth relative to the last, with BN",
     paper="Yang et al. (2019): in fully-connected BN nets without skips, gradients explode exponentially with depth at init.",
-    primary="slope over depth of log10(‖∇W_first‖/‖∇W_last hidden‖) at initialization, BN, > 0 (per seed)",
+    parts=(Part("explode", says="at initialization, the first layer's gradient grows with depth relative to the last in BN MLPs "
+                                "without skips",
+                primary="slope over depth of log10(‖∇W_first‖/‖∇W_last hidden‖) at initialization, BN, > 0 (per seed)",
+                kind="higher", unit="decades/layer"),),
     source="Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, arXiv 1902.08129",
     experiments=(EXPERIMENT,), analyze=analyze, plot=plot, runners={EXPERIMENT: measure},
 )
