@@ -178,6 +178,12 @@ def text(v):
   return None if isinstance(v, str) else "a string"
 
 
+def device_spec(v):
+  """``"auto"``, ``"all"`` or a positive device count, as a string (``"2"``)."""
+  s = v.strip().lower() if isinstance(v, str) else None
+  return None if s in ("auto", "all") or (s is not None and s.isdigit() and int(s) >= 1) else "'auto', 'all' or a device count such as '2'"
+
+
 def choice(options):
   return lambda v: None if isinstance(v, str) and v in options else f"one of {', '.join(map(str, options))}"
 
@@ -231,7 +237,7 @@ def schema() -> dict:
       "probes.hessian_probes": size, "probes.eval_batch_size": size, "probes.lrs": seq(number(0)),
       "parallel.devices": text, "parallel.bn_stats": choice(("sync", "local")), "parallel.coordinator": text,
       "parallel.num_processes": count, "parallel.process_id": integer(-1), "parallel.cluster_detect": flag,
-      "parallel.init_timeout": size,
+      "parallel.init_timeout": size, "parallel.runs_devices": device_spec,
   }
 
 
@@ -252,6 +258,8 @@ def _lookup(c, key: str):
   node = c
   for part in key.split("."):
     if not hasattr(node, "keys") or part not in node:
+      if key.startswith("parallel.") and key.split(".", 1)[1] in LAUNCH_KEYS:
+        return _MISSING  # a recorded config (config.json) has no launch keys: from_config uses their defaults
       if key.startswith("model.") and key != "model.name":
         return _MISSING  # a model's own options: a model without widths (e.g. vgg's stages) drops them
       raise ConfigError(f"--config.{key} is missing from the config; build configs on bn.config.base() "

@@ -22,12 +22,7 @@ from bn.errors import UsageError
 from bn.report import MANIFEST
 
 MODES = ("tiny", "quick", "full")
-# Seeds: every experiment config gives its seeds as 0, 1, ...; the ledger trains seed_base + those.
-# Confirmatory runs draw from CONFIRMATORY_SEED_BASE (v3 of the ledger; a design change made after
-# seeing results moves it to a fresh range, see docs/ledger.md); pilots use another base
-# (`bn reproduce --seed-base 0`, and `bn train`'s configs start at 0), so the ranges are disjoint.
-CONFIRMATORY_SEED_BASE = 3000
-PILOT_SEED_BASE = 0
+CONFIRMATORY_SEED_BASE, PILOT_SEED_BASE = prereg.CONFIRMATORY_SEED_BASE, prereg.PILOT_SEED_BASE  # re-exported
 # What a user should expect, stated at start-up (measured numbers: docs/benchmarks.md).
 # A range: measured on an otherwise idle machine, and 1.8-2.8x that with other jobs on the same cores (README).
 EXPECTED = {"quick": "13-35 min on a 2-core CPU (13 when it is otherwise idle, up to ~2.8x that when other jobs share the cores)",

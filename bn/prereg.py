@@ -17,6 +17,12 @@ from pathlib import Path
 from bn import artifacts
 
 FILE = "preregistration.json"
+# Seeds: every experiment config gives its seeds as 0, 1, ...; the ledger trains seed_base + those.
+# Confirmatory runs draw from CONFIRMATORY_SEED_BASE (v3 of the ledger; a design change made after
+# seeing results moves it to a fresh range, see docs/ledger.md); pilots use another base
+# (`bn reproduce --seed-base 0`, and `bn train`'s configs start at 0), so the ranges are disjoint.
+CONFIRMATORY_SEED_BASE = 3000
+PILOT_SEED_BASE = 0
 
 
 def module_hash(claim) -> str:

@@ -226,13 +226,11 @@ def summary_table(claims) -> list[str]:
 
 
 def seeds_line(manifest: dict) -> str:
-  from bn import ledger
-
   base = manifest.get("seed_base", 0)
-  kind = ("the confirmatory range" if base == ledger.CONFIRMATORY_SEED_BASE else
-          "the pilot range: not a confirmatory run" if base == ledger.PILOT_SEED_BASE else "a range of its own")
-  return (f"Seeds: every experiment's seeds start at {base} ({kind}; confirmatory runs start at {ledger.CONFIRMATORY_SEED_BASE}, "
-          f"pilots at {ledger.PILOT_SEED_BASE}: disjoint ranges).")
+  kind = ("the confirmatory range" if base == prereg.CONFIRMATORY_SEED_BASE else
+          "the pilot range: not a confirmatory run" if base == prereg.PILOT_SEED_BASE else "a range of its own")
+  return (f"Seeds: every experiment's seeds start at {base} ({kind}; confirmatory runs start at {prereg.CONFIRMATORY_SEED_BASE}, "
+          f"pilots at {prereg.PILOT_SEED_BASE}: disjoint ranges).")
 
 
 def render(out: Path, manifest: dict, claims, sections, missing) -> str:

@@ -147,8 +147,15 @@ def test_tiny_ledger_report_has_every_claim(tiny):
   for c in claims["claims"]:
     assert c["verdict"] in analysis.VERDICTS
     assert c["tests"] and all(t["outcome"] in ("as predicted", "opposite", "unclear") for t in c["tests"])
-    assert [t["role"] for t in c["tests"]].count("primary") == 1 and c["primary"]
+    assert c["parts"] and c["verdict"] == analysis.claim_verdict([p["verdict"] for p in c["parts"]])
+    for p in c["parts"]:  # one primary per tested part; an untested part says why
+      n = [t.get("part") for t in c["tests"] if t["role"] == "primary"].count(p["id"])
+      assert (n == 0 and p["untested"] and p["verdict"] == "not tested here") or (n == 1 and p["test"]["part"] == p["id"]), p
+      assert p["registration"] == "pre-registered", p  # bn reproduce wrote preregistration.json before training
     assert c["table"] and all(len(row) == 3 for row in c["table"])  # paper vs here
+  assert claims["seed_base"] == 3000 and claims["preregistered"]  # confirmatory seeds, disjoint from the pilots' 0, 1, ...
+  reg = artifacts.read_json(tiny / "preregistration.json")
+  assert reg["seed_base"] == 3000 and all(min(s) >= 3000 for conds in reg["experiments"].values() for s in conds.values())
   text = (tiny / "report.md").read_text()
   assert text.index("## Summary") < text.index("## Settings") < text.index("## C1 ") < text.index("## Provenance")
   for cid in CLAIM_IDS:
