@@ -76,6 +76,9 @@ def load_condition(workdir: Path) -> dict | None:
          "probes": artifacts.read_jsonl(need("probes.jsonl")) if probed else [], "config": config}
   if not isinstance(out["summary"], dict) or not out["summary"].get("runs"):
     raise damaged("summary.json lists no runs")
+  steps = out["summary"].get("steps")
+  if not out["metrics"] or (isinstance(steps, int) and max(r.get("step", -1) for r in out["metrics"]) != steps):
+    raise damaged("metrics.jsonl is empty" if not out["metrics"] else f"metrics.jsonl stops before the final step {steps}")
   return out
 
 

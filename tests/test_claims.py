@@ -795,3 +795,17 @@ def test_report_lists_a_claim_whose_conditions_have_not_finished(tmp_path):
   text = report.build(tmp_path).read_text()
   assert [c["id"] for c in artifacts.read_json(tmp_path / "claims.json")["claims"]] == ["C6"]
   assert "Not finished yet: C2'." in text
+
+
+@pytest.mark.parametrize("cut", ["empty", "short"])
+def test_report_refuses_a_finished_condition_whose_metrics_were_cut(tmp_path, capsys, cut):
+  """A condition with its summary but an emptied (or cut) metrics.jsonl: `bn report` says which file, in one line."""
+  from bn import cli
+
+  _ledger(tmp_path)
+  path = tmp_path / "lr_sweep" / "bn" / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("" if cut == "empty" else "".join(lines[: len(lines) // 2]))
+  assert cli.main(["report", str(tmp_path)]) != 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "metrics.jsonl" in err[0] and "delete" in err[0] and "Traceback" not in err[0], err
