@@ -205,6 +205,8 @@ def base() -> ml_collections.ConfigDict:
       population_noise=0,  # kind="population": >0 adds the sampling noise of batch statistics of this many examples
       affine=True,  # False: frozen scale 1 and bias 0
       skip_nonfinite=False,  # True: a batch statistic that is not finite leaves that feature's running statistics as they were
+      drift=0.0,  # > 0: a slow drift of this RMS added after the normalizer (bn.models.Drift: ICS put back, C1's "because")
+      drift_period=200.0,  # the drift's shortest period in training steps (periods span [P, 2P))
       # kind="noisy" (Santurkar et al. 2018, Alg. 1): per unit mu ~ U(mean_range), sigma ~ U(scale_range);
       # per sample m ~ U(mu +- mean_halfwidth), s ~ N(sigma, scale_std); y -> s*y + m; dose scales every deviation
       noise=ml_collections.ConfigDict(dict(mean_range=(-0.5, 0.5), scale_range=(1.0, 1.25), mean_halfwidth=0.1, scale_std=0.1,

@@ -221,6 +221,7 @@ def schema() -> dict:
       "norm.variance": choice(bn.norm.VARIANCES), "norm.ghost_batch_size": count, "norm.num_groups": size,
       "norm.r_max": number(1), "norm.d_max": number(0), "norm.renorm_warmup": count, "norm.stats_gradient": flag,
       "norm.population_noise": count, "norm.affine": flag, "norm.skip_nonfinite": flag,
+      "norm.drift": number(0), "norm.drift_period": number(0, lo_open=True),
       "norm.noise.mean_range": seq(number(), length=2), "norm.noise.scale_range": seq(number(), length=2),
       "norm.noise.mean_halfwidth": number(0), "norm.noise.scale_std": number(0), "norm.noise.per_sample": flag,
       "norm.noise.dose": number(0),
@@ -355,7 +356,8 @@ def bn_options(n) -> bn.BNOptions:
 
 
 def norm_spec(n) -> models.NormSpec:
-  return models.NormSpec(kind=n.kind, position=n.position, options=bn_options(n), num_groups=n.num_groups, affine=bool(n.affine))
+  return models.NormSpec(kind=n.kind, position=n.position, options=bn_options(n), num_groups=n.num_groups, affine=bool(n.affine),
+                         drift=float(n.drift), drift_period=float(n.drift_period))
 
 
 def from_config(c) -> Experiment:

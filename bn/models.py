@@ -19,6 +19,7 @@ for XLA:CPU is keyed on.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
@@ -60,6 +61,8 @@ class NormSpec:
   affine: bool = True  # False: scale and bias frozen at 1 and 0 (BN and the per-example norms)
   axis_name: str | None = None  # data-parallel mesh axis (set by bn.parallel); None on one device
   per_device: bool = False  # with axis_name: each device normalizes with its own shard (ghost BN, ghost = shard)
+  drift: float = 0.0  # > 0: a slow drift added to the normalizer's output (:class:`Drift`, an intervention: ICS put back)
+  drift_period: float = 200.0  # the drift's shortest period in training steps (periods span [P, 2P))
 
   def __post_init__(self):
     if self.kind not in NORM_KINDS:
@@ -74,6 +77,8 @@ class NormSpec:
       raise ValueError(f"norm population_noise={self.options.population_noise} needs norm kind 'population' (it perturbs the running "
                        "statistics population mode normalizes with); set --config.norm.kind=population.")
     bn.norm.check_options(self.bn_options())
+    if not (math.isfinite(self.drift) and self.drift >= 0 and math.isfinite(self.drift_period) and self.drift_period > 0):
+      raise ValueError(f"norm drift={self.drift} must be >= 0 and drift_period={self.drift_period} > 0 (training steps).")
 
   def bn_options(self) -> bn.BNOptions:
     """The options the BN layers get for this kind (see the class docstring)."""
@@ -147,6 +152,33 @@ class Norm(nn.Module):
     return layer(x, use_running_average=not train, renorm=renorm if s.kind == "renorm" else None)
 
 
+class Drift(nn.Module):
+  """A slow, data-independent drift of a layer's inputs: internal covariate shift put back on purpose.
+
+  Adds ``amplitude * sqrt(2) * sin(2 pi t / P_j + phi_j)`` to unit ``j`` (its RMS over time is
+  ``amplitude``, in units of the normalized output's std), with ``t`` the number of training calls
+  so far (a ``batch_stats`` variable ``drift_step``, counted in training only; evaluation uses the
+  current ``t``), periods ``P_j = period * (1 + frac(j sqrt 2))`` in ``[period, 2 period)`` and phases
+  ``phi_j = 2 pi frac(j / golden ratio)``: fixed per unit, the same for every seed. Placed after the
+  normalizer, before the nonlinearity (where Santurkar et al.'s noisy BN puts its noise), it moves the
+  distribution of the next layer's inputs as training goes on without adding per-step jitter."""
+
+  amplitude: float
+  period: float
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    t = self.variable("batch_stats", "drift_step", lambda: jnp.zeros((), jnp.int32))
+    j = jnp.arange(x.shape[-1], dtype=jnp.float32)
+    frac = lambda v: v - jnp.floor(v)  # noqa: E731
+    periods = self.period * (1.0 + frac(j * math.sqrt(2.0)))
+    phases = 2.0 * math.pi * frac(j * 0.6180339887498949)
+    m = self.amplitude * math.sqrt(2.0) * jnp.sin(2.0 * math.pi * t.value.astype(jnp.float32) / periods + phases)
+    if train and not self.is_initializing():
+      t.value = t.value + 1
+    return x + jnp.broadcast_to(m.astype(x.dtype), x.shape)
+
+
 class Block(nn.Module):
   """One layer: linear map, normalizer, nonlinearity (order set by ``norm.position``).
 
@@ -168,10 +200,14 @@ class Block(nn.Module):
       x = nn.Conv(self.features, self.conv, strides=self.strides, padding="SAME", use_bias=bias, kernel_init=self.kernel_init, name="linear")(x)
     if self.norm.position == "pre":
       x = Norm(self.norm, name="norm")(x, train, renorm)
+      if self.norm.drift:
+        x = Drift(self.norm.drift, self.norm.drift_period, name="drift")(x, train)
     self.sow("intermediates", "preact", x)
     x = activation(self.act)(x)
     if self.norm.position == "post":
       x = Norm(self.norm, name="norm")(x, train, renorm)
+      if self.norm.drift:
+        x = Drift(self.norm.drift, self.norm.drift_period, name="drift")(x, train)
     return x
 
 

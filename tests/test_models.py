@@ -279,3 +279,39 @@ def test_max_pool_2x2_gives_ties_to_the_first_element_like_flax():
   g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), (2, 2))))(x)
   np.testing.assert_array_equal(g, g_ref)
   assert float(jnp.sum(g)) == 2 * 3 * 3 * 3  # one unit of gradient per window
+
+
+def test_drift_adds_its_closed_form_and_counts_training_calls_only():
+  """bn.models.Drift: unit j gets a * sqrt(2) * sin(2 pi t / P_j + phi_j) after the normalizer, t the training calls so far;
+  evaluation reads the current t without advancing it; drift=0 builds no Drift at all (the same variables as before)."""
+  import dataclasses
+  import math
+
+  plain = models.norm_spec("batch")
+  drift = dataclasses.replace(plain, drift=0.5, drift_period=100.0)
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 5))
+
+  def preact(spec, variables, train):
+    m = models.MLP(widths=(4,), norm=spec, num_classes=3, act="linear")
+    (_, state) = m.apply(variables, x, train=train, mutable=["batch_stats", "intermediates"])
+    return state["intermediates"]["layer0"]["preact"][0], state["batch_stats"]
+
+  m1 = models.MLP(widths=(4,), norm=drift, num_classes=3, act="linear")
+  v1 = m1.init(jax.random.PRNGKey(1), x)
+  v0 = models.MLP(widths=(4,), norm=plain, num_classes=3, act="linear").init(jax.random.PRNGKey(1), x)
+  assert "drift" not in v0["batch_stats"]["layer0"]
+  j = np.arange(4)
+  periods = 100.0 * (1 + (j * math.sqrt(2) % 1.0))
+  phases = 2 * math.pi * (j * 0.6180339887498949 % 1.0)
+  stats = v1["batch_stats"]
+  for t in range(3):  # training calls: the offset at t, then t + 1
+    assert int(stats["layer0"]["drift"]["drift_step"]) == t
+    with_drift, new = preact(drift, {**v1, "batch_stats": stats}, True)
+    without, _ = preact(plain, {**v0, "batch_stats": {"layer0": {"norm": stats["layer0"]["norm"]}}}, True)
+    np.testing.assert_allclose(with_drift - without, np.broadcast_to(0.5 * math.sqrt(2) * np.sin(2 * math.pi * t / periods + phases), (8, 4)),
+                               atol=2e-6)
+    stats = new
+  _, after_eval = preact(drift, {**v1, "batch_stats": stats}, False)
+  assert int(after_eval["layer0"]["drift"]["drift_step"]) == 3  # evaluation does not advance it
+  with pytest.raises(ValueError, match="drift"):
+    dataclasses.replace(plain, drift=-1.0)
