@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop, measure as bn_measure, prereg
+from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop, measure as bn_measure, prereg, records
 from bn.errors import UsageError
 from bn.report import MANIFEST
 
@@ -128,7 +128,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   experiments = {**(previous or {}).get("experiments", {}), **{n: list(configs[n]) for n in names}}
   from bn import provenance
 
-  record = provenance.collect(data_cache.values(), argv=command)
+  record = provenance.collect(data_cache.values(), argv=command, backend=records.backend())
   if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
     record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
                                                    {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
@@ -186,7 +186,7 @@ def measure_condition(measure, c, workdir: Path, dataset, *, write: bool = True)
                                   f"or delete {workdir} to measure again.")
     return artifacts.read_json(out_file)
   t0 = time.perf_counter()
-  result = {**measure(c, dataset), "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
+  result = {**measure(c, dataset), "wall_time_s": time.perf_counter() - t0, **records.run_provenance()}
   if not write:
     return result
   workdir.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def test_the_pure_modules_import_no_flax_and_nothing_above_them(module):
 TRAINING_LIBS = {"jax", "flax", "optax", "ml_collections"}
 ENGINE = {"bn.models", "bn.train", "bn.programs", "bn.loop", "bn.experiment", "bn.data", "bn.parallel", "bn.probes",
           "bn.run_probes", "bn.norm", "bn.trainer", "bn.measure", "bn.ledger"}
-REPORT_SIDE = ["bn.analysis", "bn.stats", "bn.report", "bn.plotting", "bn.prereg"]
+REPORT_SIDE = ["bn.analysis", "bn.stats", "bn.report", "bn.plotting", "bn.prereg", "bn.artifacts", "bn.provenance"]
 
 
 def third_party_imports(path: Path) -> set[str]:
