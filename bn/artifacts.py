@@ -1,4 +1,4 @@
-"""Run artifacts on disk: atomic JSON / JSON-lines writes, reads, provenance.
+"""Run artifacts on disk: atomic JSON / JSON-lines writes, reads.
 
 Every write goes to a temporary file in the same directory, is flushed and
 fsync'ed, then renamed over the target (``os.replace`` is atomic on POSIX), so
