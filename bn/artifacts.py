@@ -1,4 +1,4 @@
-"""Run artifacts on disk: atomic JSON / JSON-lines writes, reads, provenance.
+"""Run artifacts on disk: atomic JSON / JSON-lines writes, reads.
 
 Every write goes to a temporary file in the same directory, is flushed and
 fsync'ed, then renamed over the target (``os.replace`` is atomic on POSIX), so
@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import re
 import tempfile
 import threading
@@ -223,23 +222,3 @@ def check_writable(directory) -> None:
   os.close(fd)
   os.unlink(tmp)
 
-
-def provenance() -> dict:
-  """Versions, git commit and machine, for summary.json."""
-  import jax
-  import flax
-
-  from bn import provenance as bn_provenance
-
-  commit, _ = bn_provenance.git_state()
-  dev = jax.devices()[0]
-  return {
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "python": platform.python_version(),
-      "git_commit": commit,
-      "backend": jax.default_backend(),
-      "device": getattr(dev, "device_kind", str(dev)),
-      "device_count": jax.device_count(),
-      "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-  }

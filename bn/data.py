@@ -296,12 +296,8 @@ def find_idx(name: str, data_dir: str | None = None) -> str | None:
   return None
 
 
-def read_idx_split(directory: str, split: str, name: str, num_classes: int = 10) -> Split:
-  """Reads and cross-checks one split: images (N, H, W) uint8 and labels (N,) in [0, num_classes)."""
-  return _read_idx_split(directory, split, name, num_classes)[0]
-
-
 def _read_idx_split(directory: str, split: str, name: str, num_classes: int) -> tuple[Split, tuple[DataFile, ...]]:
+  """Reads and cross-checks one split: images (N, H, W) uint8 and labels (N,) in [0, num_classes), and the files read."""
   images_path, labels_path = idx_files(directory, split)
   (images, images_file), (labels, labels_file) = _read_idx(images_path, name), _read_idx(labels_path, name)
   if images.ndim != 3 or images.dtype != np.uint8:

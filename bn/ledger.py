@@ -4,7 +4,7 @@ Each experiment is a config file ``experiments/configs/<name>.py`` with
 ``get_config(mode)`` and ``conditions(mode)`` (a dict ``{condition: {dotted key: value}}``);
 the claims (:mod:`bn.claims`) say which experiments they read. Every condition trains
 into ``OUT/<experiment>/<condition>/`` through :func:`bn.loop.train_workdir` (or is
-measured by its claim's runner), so a second run on the same ``OUT`` skips finished
+measured by its runner in :mod:`bn.measure`), so a second run on the same ``OUT`` skips finished
 conditions and resumes an interrupted one from its checkpoint. ``OUT/ledger.json``
 records the mode and the conditions; finally :func:`bn.report.build` turns the JSON
 files into ``OUT/report.md``, ``OUT/claims.json`` and the PNG plots.
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop, prereg
+from bn import artifacts, claims as bn_claims, config as bn_config, data as bn_data, experiment, loop, measure as bn_measure, prereg, records
 from bn.errors import UsageError
 from bn.report import MANIFEST
 
@@ -128,7 +128,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
   experiments = {**(previous or {}).get("experiments", {}), **{n: list(configs[n]) for n in names}}
   from bn import provenance
 
-  record = provenance.collect(data_cache.values(), argv=command)
+  record = provenance.collect(data_cache.values(), argv=command, backend=records.backend())
   if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
     record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
                                                    {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
@@ -154,7 +154,7 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
       if writer:
         record_timings(out, mode, timings, previous=prev_timings, conditions={**done, **({"running": running} if running else {})})
 
-    measure = bn_claims.runner(name)
+    measure = bn_measure.runner(name)
     finished = (workdir / ("results.json" if measure is not None else "summary.json")).exists()
     try:
       if measure is not None:
@@ -173,8 +173,8 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
 
 
 def measure_condition(measure, c, workdir: Path, dataset, *, write: bool = True) -> dict:
-  """A condition that trains nothing: ``workdir/results.json`` from ``measure(c, dataset)`` (a claim's
-  runner), with ``config.json``, the wall time and the provenance; a second call returns what the
+  """A condition that trains nothing: ``workdir/results.json`` from ``measure(c, dataset)`` (a runner
+  of :mod:`bn.measure`), with ``config.json``, the wall time and the provenance; a second call returns what the
   first wrote -- only for the same config (another mode's results must not pass for this one's).
   ``write=False`` (processes other than 0): measure, write nothing."""
   out_file, cfg_file, mine = workdir / "results.json", workdir / "config.json", bn_config.to_dict(c)
@@ -186,7 +186,7 @@ def measure_condition(measure, c, workdir: Path, dataset, *, write: bool = True)
                                   f"or delete {workdir} to measure again.")
     return artifacts.read_json(out_file)
   t0 = time.perf_counter()
-  result = {**measure(c, dataset), "wall_time_s": time.perf_counter() - t0, **artifacts.provenance()}
+  result = {**measure(c, dataset), "wall_time_s": time.perf_counter() - t0, **records.run_provenance()}
   if not write:
     return result
   workdir.mkdir(parents=True, exist_ok=True)

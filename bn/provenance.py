@@ -108,18 +108,16 @@ def dataset_record(ds) -> dict:
   return {"name": ds.name, "source": ds.source, "location": ds.location, "files": files}
 
 
-def collect(datasets=(), argv=None) -> dict:
-  """Everything above as one JSON-safe dict (``datasets``: loaded datasets to record)."""
-  import jax
-
+def collect(datasets=(), argv=None, *, backend: str = "") -> dict:
+  """Everything above as one JSON-safe dict (``datasets``: loaded datasets to record; ``backend``: the
+  accelerator in words, :func:`bn.records.backend`)."""
   commit, dirty = git_state()
-  dev = jax.devices()[0]
   return {
       "command": " ".join(["bn"] + list(sys.argv[1:] if argv is None else argv)),
       "git_commit": commit, "git_dirty": dirty,
       "packages": packages(),
       "machine": machine(),
-      "backend": f"{jax.default_backend()} ({getattr(dev, 'device_kind', str(dev))} x {jax.device_count()})",
+      "backend": backend,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
       "datasets": [dataset_record(d) for d in datasets],
   }

@@ -3,11 +3,15 @@ numbers and optional TensorBoard event files."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
+import flax
+import jax
 import numpy as np
 
-from bn import artifacts, experiment as bn_experiment, train
+from bn import experiment as bn_experiment, provenance as bn_provenance, train
 from bn.errors import UsageError
 
 
@@ -67,8 +71,30 @@ def summarize(exp: bn_experiment.Experiment, rows, diverged_step, wall, compile_
       **(prober or {}),
       # the data actually read: path, size and SHA-256 of every file (empty for synthetic data)
       "data_files": [dict(f._asdict()) if hasattr(f, "_asdict") else dict(f) for f in data_files],
-      **artifacts.provenance(),
+      **run_provenance(),
   }
+
+
+def run_provenance() -> dict:
+  """Versions, git commit and machine, for summary.json and a measured condition's results.json."""
+  commit, _ = bn_provenance.git_state()
+  dev = jax.devices()[0]
+  return {
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "python": platform.python_version(),
+      "git_commit": commit,
+      "backend": jax.default_backend(),
+      "device": getattr(dev, "device_kind", str(dev)),
+      "device_count": jax.device_count(),
+      "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+  }
+
+
+def backend() -> str:
+  """The accelerator in words, for the ledger's provenance record: ``"cpu (cpu x 2)"``."""
+  dev = jax.devices()[0]
+  return f"{jax.default_backend()} ({getattr(dev, 'device_kind', str(dev))} x {jax.device_count()})"
 
 
 TB_FIELDS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss", "val_accuracy", "batch_loss",

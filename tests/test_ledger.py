@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bn import analysis, artifacts, claims, cli, ledger, report
+from bn import analysis, artifacts, claims, cli, ledger, measure, report
 
 CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6", "C7"]
 
@@ -176,7 +176,7 @@ def test_tiny_ledger_workdirs(tiny):
   for name in claims.experiments():
     for cond in ledger.config_module(name).conditions("tiny"):
       d = tiny / name / cond
-      assert (d / ("results.json" if claims.runner(name) else "summary.json")).exists(), d
+      assert (d / ("results.json" if measure.measured(name) else "summary.json")).exists(), d
   # every JSON file a run wrote parses
   for p in tiny.rglob("*.json"):
     json.loads(p.read_text())

@@ -20,7 +20,7 @@ def test_collect_names_code_packages_machine_and_data(tmp_path):
   from bn import data
 
   ds = data.load("mnist", source="idx", data_dir=str(tmp_path / "idx"))
-  rec = provenance.collect([ds], argv=["reproduce", "--quick"])
+  rec = provenance.collect([ds], argv=["reproduce", "--quick"], backend="cpu (cpu x 1)")
   assert rec["command"] == "bn reproduce --quick"
   assert rec["packages"]["jax"] and rec["packages"]["python"] and "cpus" in rec["machine"] and rec["date"]
   assert rec["git_commit"] is None or (len(rec["git_commit"]) == 40 and rec["git_dirty"] in (True, False))

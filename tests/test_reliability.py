@@ -539,9 +539,9 @@ def test_ledger_out_of_another_mode_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("experiment", ["depth_init", "freeze", "deep_linear"])  # every experiment that trains nothing
 def test_measured_results_of_another_config_are_refused(tmp_path, experiment):
-  from bn import claims
+  from bn import measure as bn_measure
 
-  measure = claims.runner(experiment)
+  measure = bn_measure.runner(experiment)
   tiny, quick = (ledger.condition_configs(experiment, m)["bn"] for m in ("tiny", "quick"))
   wd = tmp_path / "bn"
   wd.mkdir()
@@ -554,9 +554,9 @@ def test_measured_results_of_another_config_are_refused(tmp_path, experiment):
 
 def test_timings_are_recorded_as_conditions_finish(tmp_path, monkeypatch):
   """A ledger killed in the second experiment keeps the time of the conditions before it."""
-  from bn import claims
+  from bn import claims, measure as bn_measure
 
-  first, second = [e for e in claims.experiments() if claims.runner(e) is None][:2]
+  first, second = [e for e in claims.experiments() if not bn_measure.measured(e)][:2]
   names = [f"{first}/{c}" for c in ledger.config_module(first).conditions("tiny")]
   calls = []
 
@@ -585,7 +585,7 @@ def test_timings_are_recorded_as_conditions_finish(tmp_path, monkeypatch):
 
 
 def test_bn_report_on_damaged_results(tmp_path, capsys):
-  from bn import claims
+  from bn import claims, measure as bn_measure
 
   out = tmp_path / "out"
   conds = {e: ["x"] for e in claims.experiments()}
@@ -594,13 +594,13 @@ def test_bn_report_on_damaged_results(tmp_path, capsys):
     d = out / e / "x"
     d.mkdir(parents=True)
     artifacts.write_json(d / "config.json", {"config": {"probes": {"every": 0}}})
-    (d / ("results.json" if claims.runner(e) else "summary.json")).write_text('{"runs": [')
+    (d / ("results.json" if bn_measure.measured(e) else "summary.json")).write_text('{"runs": [')
   assert cli.main(["report", str(out)]) == 1
   (err,) = error_lines(capsys.readouterr().err)
   assert "not valid JSON" in err and str(out) in err
   for e in conds:
     d = out / e / "x"
-    artifacts.write_json(d / ("results.json" if claims.runner(e) else "summary.json"), {"runs": [{"run": 0}]})
+    artifacts.write_json(d / ("results.json" if bn_measure.measured(e) else "summary.json"), {"runs": [{"run": 0}]})
     artifacts.write_json(d / "config.json", {"config": {"probes": {"every": 10}}})
     artifacts.write_jsonl(d / "metrics.jsonl", [{"step": 1}])
   assert cli.main(["report", str(out)]) == 1

@@ -479,7 +479,7 @@ def _per_run(t: dict, n: int) -> dict:
 
 
 def end_to_end(s, res) -> dict:
-  """The quick claims ledger (``bn reproduce --quick``) timed by experiment, when ``bn.ledger`` has it."""
+  """The quick claims ledger (``bn reproduce --quick``) timed by experiment."""
   if not s.ledger:
     # Quick mode does not run the ledger; report the last quick ledger run here, labelled as such.
     f = Path(s.ledger_timings) if s.ledger_timings else None
@@ -491,12 +491,8 @@ def end_to_end(s, res) -> dict:
       return {"status": "read", "mode": "quick", "timings_s": t.get("cumulative_s") or t["last_invocation_s"], "load_avg": "n/a",
               "note": f"not timed by this bench: read from {f} (`make reproduce` in this checkout, summed over its invocations)"}
     return {"status": "not run", "note": f"skipped in {s.mode} mode" + (f" (and no {f} from a quick ledger run to report)" if f else "")}
-  try:
-    from bn import ledger
-  except ImportError:
-    return {"status": "not available", "note": "bn.ledger is missing"}
-  if not hasattr(ledger, "run_ledger"):
-    return {"status": "not available", "note": "bn.ledger has no run_ledger()"}
+  from bn import ledger  # here: only the full bench runs the ledger
+
   la = load_avg()
   try:
     with tempfile.TemporaryDirectory() as d:

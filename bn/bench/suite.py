@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bn import artifacts
+from bn import artifacts, provenance as bn_provenance
 from bn.bench import cases, core, gpu
 from bn.bench.core import MODES, Settings, load_avg, log, noise_note, target  # noqa: F401  (MODES: the command's choices)
 
@@ -237,7 +237,7 @@ def machine() -> dict:
       "backend": jax.default_backend(), "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count(),
       "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
       "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-      "numpy": np.__version__, "git_commit": artifacts.provenance().get("git_commit"),
+      "numpy": np.__version__, "git_commit": bn_provenance.git_state()[0],
   }
 
 

@@ -2,7 +2,9 @@
 
 Every module ``bn/claims/<name>.py`` (not starting with ``_``, not ``base``) defines
 ``CLAIM``, a :class:`~bn.claims.base.Claim`. The ledger runs the experiments the
-claims name, and the report analyses and plots each claim whose experiments finished.
+claims name (training them, or measuring them with :mod:`bn.measure`), and the report
+analyses and plots each claim whose experiments finished. A claim module reads JSON only:
+it imports neither jax nor bn's training engine.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pkgutil
 
 from bn.claims.base import Claim, Results
 
-__all__ = ["Claim", "Results", "all_claims", "experiments", "runner"]
+__all__ = ["Claim", "Results", "all_claims", "experiments"]
 
 
 def all_claims() -> tuple[Claim, ...]:
@@ -38,10 +40,3 @@ def experiments() -> tuple[str, ...]:
     out += [e for e in c.experiments if e not in out]
   return tuple(out)
 
-
-def runner(experiment: str):
-  """The measuring function of an experiment that trains nothing, or None (it trains)."""
-  for c in all_claims():
-    if experiment in c.runners:
-      return c.runners[experiment]
-  return None

@@ -45,10 +45,8 @@ class Claim:
   """One explanation of BN put to the test.
 
   ``experiments`` names configs of ``experiments/configs/`` (each with ``get_config(mode)``
-  and ``conditions(mode)``) whose finished conditions ``analyze`` reads; ``runners`` maps an
-  experiment that trains nothing to the function that measures it instead
-  (``runner(config, dataset) -> dict``; :func:`bn.ledger.measure_condition` writes it to
-  ``workdir/results.json`` with the config, the wall time and the provenance).
+  and ``conditions(mode)``) whose finished conditions ``analyze`` reads (an experiment that trains
+  nothing is measured by its runner in :mod:`bn.measure`, which writes ``workdir/results.json``).
   ``analyze(results) -> {"tests": [...], "table": [[aspect, paper, here], ...], "notes": [...]}``
   computes the tests (:func:`bn.analysis.test`; exactly one with ``role="primary"`` per tested
   part, its ``part`` the part's id), the "paper vs here" rows and any caveats, and optionally
@@ -73,7 +71,6 @@ class Claim:
   analyze: Callable[[Results], dict]
   plot: Callable[[Results, dict, Path], list[str]]
   order: float
-  runners: Mapping[str, Callable] = dataclasses.field(default_factory=dict)
   source: str = ""  # the paper (authors, year, arXiv id)
   # what a verdict does and does not cover, when the claim says more than its primary test can show
   # (written with the claim, before any run; the report prints it next to the verdict)

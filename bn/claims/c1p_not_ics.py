@@ -33,13 +33,9 @@ What is tested, declared before the run:
 
 from __future__ import annotations
 
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from bn import analysis, models, plotting, probes, run_probes
-from bn.programs import ONCE
+from bn import analysis, plotting
 from bn.claims._common import censored, factor, log2_steps, mean_ci_text, mean_shift
 from bn.claims.base import Claim, Part
 
@@ -177,83 +173,6 @@ def plot(results, a, out) -> list[str]:
   return [plotting.save(fig, out, "c1p_not_ics.png")]
 
 
-# ----------------------------------------------------------------------------- the deep linear network (trains with its own loop)
-
-
-def _deep_model(c, kind: str):
-  return models.create("mlp", widths=(c.deep.width,) * (c.deep.depth - 1), num_classes=c.deep.width, act="linear",
-                       norm=models.norm_spec(kind, momentum=0.9), init_std=None)
-
-
-def deep_linear(c, seeds, kind: str) -> list[dict]:
-  """Full-batch gradient descent on ``L = mean_i ||f(x_i) - A x_i||^2`` for a deep linear net
-  ``f`` (``c.deep.depth`` layers of width ``c.deep.width``; BN after every hidden layer or none),
-  with Santurkar et al.'s gradient ICS of every layer every ``c.deep.every`` steps. All seeds
-  train at once (``vmap`` over the seed axis: one compilation per condition); one dict per seed."""
-  d = c.deep
-  model = _deep_model(c, kind)
-
-  def setup(seed):
-    k_x, k_a, k_init = jax.random.split(jax.random.PRNGKey(seed), 3)
-    x = jax.random.normal(k_x, (d.examples, d.width))
-    A = jax.random.normal(k_a, (d.width, d.width)) / np.sqrt(d.width)
-    variables = model.init(k_init, x[:2], train=False)
-    return (variables["params"], variables.get("batch_stats", {})), (x, x @ A.T)
-
-  carry, data = jax.vmap(setup)(jnp.asarray(list(seeds)))
-  layers = models.layer_names(carry[0])
-
-  def loss_fn(p, s, xy):
-    x, y = xy
-    out, mut = model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
-    return jnp.mean(jnp.sum(jnp.square(out - y), -1)), mut.get("batch_stats", s)
-
-  def run_chunk(carry, xy):
-    def step(carry, _):
-      p, s = carry
-      (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, xy)
-      return (jax.tree.map(lambda w, gw: w - d.lr * gw, p, g), s), loss
-    return jax.lax.scan(step, carry, None, length=d.every)[0]
-
-  def measure(carry, xy):
-    p, s = carry
-    f = lambda q: loss_fn(q, s, xy)[0]  # noqa: E731
-    g = jax.grad(f)(p)
-    upd = jax.tree.map(lambda t: -d.lr * t, g)
-    kern = run_probes.layer_kernels
-    raw = probes.gradient_ics(f, p, lambda _: upd, layers, select=kern)
-    w = jnp.stack([jnp.sqrt(run_probes.sum_sq(kern(p[n]))) for n in layers])
-    u = jnp.stack([jnp.sqrt(run_probes.sum_sq(kern(upd[n]))) for n in layers])
-    scale = d.rho * w / jnp.maximum(u, 1e-30)
-    matched_upd = {n: jax.tree_util.tree_map_with_path(lambda path, t, i=i: t * scale[i] if "kernel" in jax.tree_util.keystr(path) else t, upd[n])
-                   for i, n in enumerate(layers)}
-    matched = probes.gradient_ics(f, p, lambda _: matched_upd, layers, select=kern)
-    return raw.cos, matched.cos, f(p)
-
-  # Tiny 10x10 matrices: the programs are compile-bound, so compile them unoptimized.
-  chunk = jax.jit(jax.vmap(run_chunk), compiler_options=ONCE)
-  measure = jax.jit(jax.vmap(measure), compiler_options=ONCE)
-  cos_raw, cos_matched, losses, steps = [], [], [], []
-  for t in range(0, d.steps + 1, d.every):
-    if t:
-      carry = chunk(carry, data)
-    cr, cm, loss = measure(carry, data)
-    cos_raw.append(np.asarray(cr))
-    cos_matched.append(np.asarray(cm))
-    losses.append(np.asarray(loss))
-    steps.append(t)
-  return [{"steps": steps, "cos_raw": [r[i].tolist() for r in cos_raw], "cos_matched": [r[i].tolist() for r in cos_matched],
-           "loss": [float(l[i]) for l in losses]} for i in range(len(seeds))]
-
-
-def measure_deep_linear(c, dataset=None) -> dict:
-  """Runner of the ``deep_linear`` experiment: per-seed gradient ICS over training (the data is its own)."""
-  per_seed = deep_linear(c, c.seeds, c.norm.kind)
-  return {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "depth": c.deep.depth, "width": c.deep.width, "lr": c.deep.lr,
-          "steps": per_seed[0]["steps"], "cos_raw": [r["cos_raw"] for r in per_seed], "cos_matched": [r["cos_matched"] for r in per_seed],
-          "loss": [r["loss"] for r in per_seed]}
-
-
 CLAIM = Claim(
     id="C1'", order=1.5,
     title="BN's benefit does not come from reducing internal covariate shift (Santurkar et al. 2018)",
@@ -271,5 +190,5 @@ CLAIM = Claim(
     paper="Santurkar et al. (2018): noisy BN trains about as well as BN and better than no BN (VGG/CIFAR-10, ≈83% with BN "
           "vs 80% without, secondary source); BN does not reduce gradient ICS, and in a 25-layer deep linear net it increases it.",
     source="Santurkar, Tsipras, Ilyas & Madry 2018, arXiv 1805.11604, §2 and App. A.2",
-    experiments=("ioffe", "deep_linear"), analyze=analyze, plot=plot, runners={"deep_linear": measure_deep_linear},
+    experiments=("ioffe", "deep_linear"), analyze=analyze, plot=plot,
 )

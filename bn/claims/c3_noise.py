@@ -26,9 +26,7 @@ What is tested, declared before the run:
   through the statistics) is worse than BN; population BN plus noise matched to ghost-8 statistics
   (Luo et al. 2019) is better than population BN -- the noise alone regularizes. (The noise has the
   exact law of a ghost-8-normalized value given that value; members of one group get independent
-  noise, so the dependence between them is not reproduced. Until 2026-11-30 the simulated law was
-  that of a value normalized by a batch it is not in -- variance 1.8 at g = 8, unbounded tails --
-  and this control came out opposite; runs from before the fix must be retrained.)
+  noise, so the dependence between them is not reproduced.)
 * Notes: how many runs stopped at their last evaluation (still improving: their early-stopped
   loss is an upper bound), and how many steps the largest-B cells train.
 """

@@ -11,52 +11,12 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from bn import analysis, data as bn_data, experiment, models, parallel, plotting, train
+from bn import analysis, plotting
 from bn.claims.base import Claim, Part
 
 EXPERIMENT = "depth_init"
-
-
-# ----------------------------------------------------------------------------- the measurement (trains nothing)
-
-
-def grad_norms_at_init(c, depth: int, x, y):
-  """Per-seed gradient norms of every layer at init, shape (seeds, depth + 1)."""
-  model = models.create("mlp", widths=(c.model.widths[0],) * depth, num_classes=int(y.max()) + 1, act=c.model.act,
-                        norm=experiment.norm_spec(c.norm), init_std=c.model.init_std)
-
-  def one(seed):
-    variables = model.init(jax.random.PRNGKey(seed), x[:2], train=False)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-
-    def loss_fn(p):
-      logits, _ = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
-      return train.cross_entropy(logits, y)
-
-    g = jax.grad(loss_fn)(params)  # the weight matrices' gradients (not BN's scale and bias)
-    return jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g[n]["linear"]["kernel"] if n != "head" else g[n]["kernel"])))
-                      for n in models.layer_names(params)])
-
-  return jax.jit(jax.vmap(one))(jnp.asarray(c.seeds, jnp.int32))
-
-
-def measure(c, dataset: bn_data.Dataset) -> dict:
-  """Runner of the ``depth_init`` experiment: per-depth, per-seed layer gradient norms at initialization."""
-  exp = experiment.from_config(c)
-  ds = experiment.load_dataset(exp.data, dataset)
-  stats = bn_data.channel_stats(ds.train.x)
-  n = min(c.probes.batch_size, len(ds.train.y))
-  x, y = parallel.place_train(bn_data.Split(ds.train.x[:n], ds.train.y[:n]), stats)
-  rows = []
-  for depth in c.depths:
-    norms = np.asarray(grad_norms_at_init(c, depth, x, y))
-    rows.append({"depth": depth, "grad_norms": norms.tolist()})
-  return {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "act": c.model.act, "width": c.model.widths[0],
-          "batch": n, "depths": rows}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -115,5 +75,5 @@ CLAIM = Claim(
                 primary="slope over depth of log10(‖∇W_first‖/‖∇W_last hidden‖) at initialization, BN, > 0 (per seed)",
                 kind="higher", unit="decades/layer"),),
     source="Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, arXiv 1902.08129",
-    experiments=(EXPERIMENT,), analyze=analyze, plot=plot, runners={EXPERIMENT: measure},
+    experiments=(EXPERIMENT,), analyze=analyze, plot=plot,
 )
