@@ -241,8 +241,41 @@ def test_c1_supported(ioffe_world):
   inside = named(a, "each net's best LR lies inside the grid")
   assert inside["kind"] == "check" and inside["part"] == "faster" and "BN 2, none 0.5" in inside["note"]
   np.testing.assert_allclose(named(a, "the same shift in training mode")["per_seed"], 0.05 * (1 + A) - 0.5 * (1 + B), atol=TOL)
-  assert all(t.get("part") in (None, "faster", "stable") for t in a["tests"])  # "because" has no test: not tested here
+  assert all(t.get("part") in (None, "faster", "stable") for t in a["tests"]) and "because" in a["untested"]  # no drift runs
   assert "nested selection" in a["notes"][0] and "Kaplan-Meier" in a["notes"][1]
+
+
+def _c1_because(drift_t, drift_shift=1.0):
+  """C1 with a drift condition: c1_speed's bn_drift1 reaches 75% (test and validation) at ``drift_t`` steps per LR;
+  ioffe's bn_drift1 moves its inputs by ``drift_shift`` per interval (BN 0.05, none 0.5)."""
+  world = fx.ioffe(None, ("bn", "none"))
+  drift = fx.ioffe_condition("bn", {"t": drift_t})
+  speed = {"bn": world["bn"], "none_lecun": world["none"], "none": world["none"], "bn_drift1": drift}
+  ioffe = {**world, "bn_drift1": fx.ioffe_condition("bn", {"shift": drift_shift})}
+  return c1_ics.analyze({"c1_speed": speed, "ioffe": ioffe})
+
+
+def test_c1_because_supported_when_the_drift_takes_bn_s_lead():
+  # BN at LR 2: 400 steps; none at 0.5: 1200. The drift net is best at 0.5 with 1200 steps (jitter J["bn"]): its lead is gone.
+  a = _c1_because({0.125: 1400, 0.5: 1200, 2.0: 1300, 8.0: 1450})
+  assert "because" not in a["untested"]
+  s_bn, s_none, s_d = math.log2(400) + A, math.log2(1200) + B, math.log2(1200) + A
+  check(a, per_seed=(s_d - s_bn) - 0.5 * (s_none - s_bn), outcome="as predicted", verdict="supported", part="because",
+        sanity_outcomes=["as predicted", "as predicted"])
+  # the premise: eval-mode shift after the warm-up, drift (1.0) - none (0.5), halved in eval mode as the fixture designs
+  np.testing.assert_allclose(sanity(a, "because")[1]["per_seed"], 0.5 * (1.0 * (1 + A) - 0.5 * (1 + B)), atol=TOL)
+
+
+def test_c1_because_contradicted_when_bn_stays_fast_with_drift():
+  a = _c1_because({0.125: 1000, 0.5: 600, 2.0: 420, 8.0: 900})  # the drift costs BN 5%: its lead stays
+  check(a, per_seed=math.log2(420 / 400) - 0.5 * (math.log2(1200 / 400) + B - A), outcome="opposite", verdict="contradicted",
+        part="because", sanity_outcomes=["as predicted", "as predicted"])
+
+
+def test_c1_because_invalid_design_when_the_drift_moves_the_inputs_less_than_no_bn():
+  a = _c1_because({0.125: 1400, 0.5: 1200, 2.0: 1300, 8.0: 1450}, drift_shift=0.2)
+  assert analysis.verdict(a["tests"], "because") == "invalid design"
+  assert [t["outcome"] for t in sanity(a, "because")] == ["as predicted", "opposite"]
 
 
 def test_c1_contradicted_when_bn_is_slower():

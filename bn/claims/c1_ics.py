@@ -119,7 +119,10 @@ def analyze(results) -> dict:
        f"none {mean_ci_text(mean_shift(rows_none, source='eval_units'))}; training mode: BN {mean_ci_text(mean_shift(rows_bn))}, "
        f"none {mean_ci_text(mean_shift(rows_none))}"],
   ]
-  return {"tests": tests, "table": table, "notes": notes, "best_lr": {"bn": lr_bn, "none_lecun": lr_none, "none": lr_old}}
+  untested = {} if any(t.get("part") == "because" for t in tests) else {
+      "because": f"this run has no drift condition (c1_speed's bn_drift{DRIFT:g})"}
+  return {"tests": tests, "table": table, "notes": notes, "best_lr": {"bn": lr_bn, "none_lecun": lr_none, "none": lr_old},
+          "untested": untested}
 
 
 def because_tests(drifts: dict, s_bn, s_none, censored, m, after_warmup, rows_none) -> list[dict]:
