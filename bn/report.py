@@ -132,7 +132,7 @@ def read_manifest(out: Path) -> dict:
   return artifacts.read_json(path)
 
 
-WORDS = {"supported": "yes", "contradicted": "no", "inconclusive": "undecided (the interval includes no effect)",
+WORDS = {"supported": "yes", "contradicted": "no", "inconclusive": "undecided (the interval, after the multiplicity adjustment, does not rule out no effect)",
          "invalid design": "no evidence (a sanity check failed: the experiment did not do what it was built to do)",
          "not tested here": "not tested here"}
 
