@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bn import analysis, artifacts, claims, cli, ledger, measure, report
+from bn import analysis, artifacts, claims, cli, ledger, measure, prereg, report
 
 CLAIM_IDS = ["C1", "C1'", "C2", "C2'", "C3", "C4", "C5", "C6", "C7"]
 
@@ -153,9 +153,10 @@ def test_tiny_ledger_report_has_every_claim(tiny):
       assert (n == 0 and p["untested"] and p["verdict"] == "not tested here") or (n == 1 and p["test"]["part"] == p["id"]), p
       assert p["registration"] == "pre-registered", p  # bn reproduce wrote preregistration.json before training
     assert c["table"] and all(len(row) == 3 for row in c["table"])  # paper vs here
-  assert claims["seed_base"] == 3000 and claims["preregistered"]  # confirmatory seeds, disjoint from the pilots' 0, 1, ...
+  assert claims["seed_base"] == prereg.CONFIRMATORY_SEED_BASE and claims["preregistered"]  # confirmatory seeds, disjoint from the pilots' 0, 1, ...
   reg = artifacts.read_json(tiny / "preregistration.json")
-  assert reg["seed_base"] == 3000 and all(min(s) >= 3000 for conds in reg["experiments"].values() for s in conds.values())
+  base = prereg.CONFIRMATORY_SEED_BASE
+  assert reg["seed_base"] == base and all(min(s) >= base for conds in reg["experiments"].values() for s in conds.values())
   text = (tiny / "report.md").read_text()
   assert text.index("## Summary") < text.index("## Settings") < text.index("## C1 ") < text.index("## Provenance")
   for cid in CLAIM_IDS:

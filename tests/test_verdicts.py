@@ -192,8 +192,8 @@ def test_confirmatory_and_pilot_seeds_are_disjoint_and_recorded(tmp_path):
 
 def test_a_ledger_refuses_another_seed_base(tmp_path):
   (tmp_path / "ledger.json").write_text('{"mode": "quick", "dataset": null, "seed_base": 0, "experiments": {}}')
-  with pytest.raises(UsageError, match="seeds from 0, not --seed-base 3000"):
-    ledger.check_out(tmp_path, "quick", None, 3000)
+  with pytest.raises(UsageError, match=f"seeds from 0, not --seed-base {ledger.CONFIRMATORY_SEED_BASE}"):
+    ledger.check_out(tmp_path, "quick", None, ledger.CONFIRMATORY_SEED_BASE)
   assert ledger.check_out(tmp_path, "quick", None, 0)["seed_base"] == 0
 
 

@@ -13,9 +13,11 @@ The claim has three parts; each has its own primary test, declared here before t
   probe points over the unit's pooled spread, mean over hidden layers, **in eval mode on fixed test
   data** (the deployed network at each probe point), over the probe intervals after the first (the
   first holds the running statistics' warm-up from their (0, 1) start), LR 0.5 (``ioffe``).
-* **because**: not tested here. It needs an intervention that changes the drift alone (slow drift
-  added to BN's inputs, or drift removed without BN's other effects); C1′'s noise is redrawn at every
-  step -- jitter around a fixed point, not the slow drift the claim is about.
+* **because**: BN with a slow drift of RMS 1 added to its outputs (``bn.models.Drift``, periods
+  200-400 steps; ``c1_speed``'s ``bn_drift1``) loses at least half of its lead: per seed, with s the
+  restricted log2 steps at each net's best LR, (s_drift − s_BN) − ½ (s_none − s_BN) > 0. Sanity: the
+  drift makes the inputs move more than without BN (``ioffe``'s ``bn_drift1``, the *stable* statistic)
+  and BN has a lead. C1′'s noise is redrawn at every step -- jitter around a fixed point, not drift.
 
 Secondary: the same speed test against no BN with the paper's init; steps at the shared LR 0.5;
 the training-mode shift; mean and final accuracy at the best LRs (``ioffe``).

@@ -71,7 +71,8 @@ def conditions(mode: str = "quick"):
   }
   for d in (DOSES if mode != "tiny" else (2.0,)):  # tiny: only the primary's dose
     out[f"noisy_d{d:g}"] = {"norm.kind": "noisy", "norm.noise.dose": d}  # layer-input statistics only
-  out["bn_drift1"] = {"norm.kind": "batch", "norm.drift": 1.0, "norm.drift_period": 200.0}  # C1 "because": its inputs' shift (probed)
+  # C1 "because": how far the drift moves its inputs, in eval mode as C1's stable part measures (eval_act)
+  out["bn_drift1"] = {"norm.kind": "batch", "norm.drift": 1.0, "norm.drift_period": 200.0, "probes.kinds": ("act", "eval_act")}
   out["stopgrad"] = {"norm.kind": "batch", "norm.stats_gradient": False, **none}
   if mode == "tiny":  # tests: the plumbing of every claim, with as few compiled programs as possible
     return out
