@@ -123,7 +123,8 @@ def analyze(results) -> dict:
   ]
   untested = {} if any(t.get("part") == "because" for t in tests) else {
       "because": f"this run has no drift condition (c1_speed's bn_drift{DRIFT:g})"}
-  return {"tests": tests, "table": table, "notes": notes, "best_lr": {"bn": lr_bn, "none_lecun": lr_none, "none": lr_old},
+  best = {"bn": lr_bn, "none_lecun": lr_none, "none": lr_old, **{k: d[0] for k, d in drifts.items()}}
+  return {"tests": tests, "table": table, "notes": notes, "best_lr": best,
           "untested": untested}
 
 
@@ -160,19 +161,26 @@ def plot(results, a, out) -> list[str]:
   m, sp = results["ioffe"], results["c1_speed"]
   plt = plotting.plt()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for cond in ("bn", "none_lecun", "none"):
-    lr = a["best_lr"][cond]
+  drift_styles = {"bn_drift0.25": ":", "bn_drift1": "--", "bn_drift4": "-."}
+  for cond in ("bn", "none_lecun", "none", *sorted(k for k in sp if k in drift_styles)):
+    lr = a["best_lr"].get(cond)
+    if lr is None:
+      continue
     s, v = analysis.metric_table(sp[cond], "test_accuracy", lr)
-    plotting.band(axes[0], s, v, f"{cond} (LR {lr:g})", plotting.COLORS.get(cond, "C2"))
-  for cond in ("bn", "none"):
+    color = plotting.COLORS["bn"] if cond.startswith("bn") else plotting.COLORS.get(cond, "C2")
+    plotting.band(axes[0], s, v, f"{cond} (LR {lr:g})", color, style=drift_styles.get(cond, "-"))
+  for cond in ("bn", "none", "bn_drift1"):  # the stable part's statistic (eval mode) and the drift's premise
+    if cond not in m:
+      continue
     rows = analysis.probes_of(m[cond], SHARED_LR)
-    for i, layer in enumerate(hidden_layers(rows)):
-      steps = sorted({r["step"] for r in rows})[1:]
-      per = _shift_curve(rows, layer)
-      plotting.band(axes[1], steps, per, f"{cond} {layer}", plotting.COLORS[cond], log=True, style=["-", "--", ":"][i % 3])
+    steps = sorted({r["step"] for r in rows})[1:]
+    per = np.mean([_shift_curve(rows, layer, "eval_units") for layer in hidden_layers(rows)], axis=0)
+    color = plotting.COLORS["none"] if cond == "none" else plotting.COLORS["bn"]
+    plotting.band(axes[1], steps, per, cond, color, log=True, style="--" if cond == "bn_drift1" else "-")
   axes[0].set(title="(a) test accuracy, each net at its best LR", xlabel="step", ylabel="test accuracy", ylim=(0.5, None))
-  axes[0].legend()
-  axes[1].set(title=f"(b) layer-input shift |Δμ|/σ_ref per interval (LR {SHARED_LR:g})", xlabel="step", yscale="log")
+  axes[0].legend(fontsize=7)
+  axes[1].set(title=f"(b) layer-input shift |Δμ|/σ_ref per interval, eval mode, mean over layers (LR {SHARED_LR:g})",
+              xlabel="step", yscale="log")
   axes[1].legend(fontsize=7)
   names = [plotting.save(fig, out, "c1_ioffe.png")]
   long = results.get("ioffe_long") or {}
@@ -181,9 +189,10 @@ def plot(results, a, out) -> list[str]:
   return names
 
 
-def _shift_curve(rows, layer):
+def _shift_curve(rows, layer, source="units"):
   """(seeds, intervals): per-interval shift of one layer (fixed reference scale), for plotting."""
-  return np.array([np.mean(analysis.unit_shift_intervals(rows, layer, seed)[1], axis=1) for seed in sorted({r["seed"] for r in rows})])
+  return np.array([np.mean(analysis.unit_shift_intervals(rows, layer, seed, source)[1], axis=1)
+                   for seed in sorted({r["seed"] for r in rows})])
 
 
 def _fig1(long, lr, out) -> str:

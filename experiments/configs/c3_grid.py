@@ -20,7 +20,7 @@ trained 200 epochs (quick; 400 full: 391 / 781 steps) and evaluated about 20 tim
 Every other cell is evaluated about 10 times; the analysis takes each run's test loss at the evaluation
 with the lowest loss on 1,000 held-out training images (early stopping without the test set).
 Expected by the claim: at a fixed B, test loss falls as g shrinks, and ghost 64 regularizes more
-than ghost 512. Runtime on a 2-core CPU: quick ~3 min (170 s measured), full ~8-9 min (estimated).
+than ghost 512. Runtime on a 2-core CPU: quick ~4 min (218-253 s measured), full ~10 min (estimated).
 """
 
 import math

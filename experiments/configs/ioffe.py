@@ -27,7 +27,7 @@ Evaluation after precise-BN recalibration on 2,000 training images (population B
 statistics). Expected: BN reaches 75% test accuracy in fewer steps than no BN at each net's best LR
 (a 3-seed pilot on other seeds: ~430 vs ~590 steps); BN's layer inputs move less; noisy BN
 trains about as fast as BN although its inputs move more than without BN.
-Runtime on a 2-core CPU: quick (10 seeds x 1,500 steps) ~4 min (233 s measured); full (50,000
+Runtime on a 2-core CPU: quick (10 seeds x 1,500 steps) 3-6 min (193-336 s measured); full (50,000
 steps) ~4 h (estimated from the quick run's rate).
 """
 
