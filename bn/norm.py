@@ -590,7 +590,8 @@ def batch_norm(
     key_noise, key_pop = jax.random.split(key)
 
   mean_b, var_b, count_b, valid = batch_statistics(x_in, lay, mask, run_mean, run_var, variance=o.variance,
-                                                   axis_index_groups=axis_index_groups, strict_batch=o.strict_batch)
+                                                   axis_index_groups=axis_index_groups, strict_batch=o.strict_batch,
+                                                   x_raw=x if mask is None and jnp.issubdtype(x.dtype, jnp.inexact) else None)
   y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=o.epsilon, renorm=o.renorm,
                        population=o.population, population_noise=o.population_noise, key=key_pop, mask=mask,
                        stats_gradient=o.stats_gradient)
