@@ -19,8 +19,9 @@ Conventions (they differ between libraries; stated once here):
   ``unbiased=True`` stores ``var * n / (n - 1)`` like PyTorch (with ghost
   batches: the pooled within-ghost variance ``sum_g SS_g / sum_g (n_g - 1)``);
   normalization always uses the biased batch variance.
-* **Variance estimator**: ``variance="shifted"`` (default) reads the data
-  once: ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
+* **Variance estimator**: ``variance="shifted"`` (default) is one pass, the
+  memory traffic of Flax's ``E[x^2] - E[x]^2`` (two independent sums over the
+  data): ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
   the batch (its first value; no gradient flows through ``K``, and the
   derivatives are exact because the statistics do not depend on it). Its
   rounding error grows with ``((mean - K) / std)^2`` instead of
