@@ -179,40 +179,56 @@ def _pilot(xs, reduce_axes):
   return lax.stop_gradient(xs[idx])
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _shifted_sums(xs, k, reduce_axes, dtype):
-  """``(sum(x - K), sum(|x - K|^2))`` over ``reduce_axes`` (kept), ``x = xs.astype(dtype)``:
-  one read of ``xs`` per sum, in its own dtype.
-
-  Each sum is a plain reduction into which XLA fuses its own convert and
-  ``x - K`` (on XLA:CPU one YNNPACK reduction each: the two reads of Flax's
-  ``E[x], E[x^2]``, but of the input's dtype where Flax first writes a float32
-  copy of a bfloat16 input; on GPU sibling reductions of one input fuse). The
-  optimization barriers keep the operands apart: shared by two consumers,
-  XLA:CPU materializes ``x - K`` (or the float32 ``x``) in memory and both read
-  that copy. For the same reason the derivative takes its own ``x - K`` (the
-  backward pass recomputes it from ``x`` instead of storing it). The barriers
-  are identities; the numbers do not change."""
-  xa, xb, k2 = lax.optimization_barrier((xs, xs, k))
-  return (jnp.sum(xa.astype(dtype) - k, reduce_axes, keepdims=True),
-          jnp.sum(abs_sq(xb.astype(dtype) - k2), reduce_axes, keepdims=True))
+def _stage_size(size: int) -> int | None:
+  """The largest divisor of ``size`` in [8, 32], or None."""
+  return next((d for d in range(32, 7, -1) if size % d == 0), None)
 
 
-@_shifted_sums.defjvp
-def _shifted_sums_jvp(reduce_axes, dtype, primals, tangents):
-  (xs, k), (tx, tk) = primals, tangents
-  out = _shifted_sums(xs, k, reduce_axes, dtype)
-  xc, kc = lax.optimization_barrier((xs, k))
-  d, t = xc.astype(dtype) - kc, tx.astype(dtype) - tk
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _sum_and_sum_sq(d, reduce_axes):
+  """``(sum(d), sum(d^2))`` over ``reduce_axes`` (kept), reading ``d`` once.
+
+  Both sums come from one variadic reduction, in which XLA also fuses the
+  subtraction that produced ``d`` (a pair of plain sums over ``x - K`` reads the
+  data twice, or materializes ``x - K``). At most 32 values per feature: one
+  stage. Otherwise the first reduced axis with a divisor ``k`` in [8, 32] is
+  split and the variadic reduction runs over its ``k`` chunks (XLA:CPU emits
+  such a short loop fast, a longer one slowly); the partials are summed by one
+  more variadic reduction when short, else by plain sums. Without such an
+  axis, or for complex ``d``: two plain sums."""
+  if jnp.iscomplexobj(d):
+    return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(abs_sq(d), reduce_axes, keepdims=True)
+  zero = np.zeros((), d.dtype)
+
+  def sums(ts, axes):  # (sum t0, sum t1) in one variadic reduction
+    return lax.reduce(ts, (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
+
+  def short(shape):
+    return math.prod(shape[a] for a in reduce_axes) <= 32
+
+  if short(d.shape):
+    return tuple(lax.expand_dims(t, reduce_axes) for t in sums((d, lax.square(d)), reduce_axes))
+  for a in reduce_axes:
+    k = _stage_size(d.shape[a])
+    if k is not None:
+      v = d.reshape(d.shape[:a] + (k, d.shape[a] // k) + d.shape[a + 1:])
+      p1, p2 = sums((v, lax.square(v)), (a,))
+      if short(p1.shape):
+        return tuple(lax.expand_dims(t, reduce_axes) for t in sums((p1, p2), reduce_axes))
+      return jnp.sum(p1, reduce_axes, keepdims=True), jnp.sum(p2, reduce_axes, keepdims=True)
+  return jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(abs_sq(d), reduce_axes, keepdims=True)
+
+
+@_sum_and_sum_sq.defjvp
+def _sum_and_sum_sq_jvp(reduce_axes, primals, tangents):
+  (d,), (t,) = primals, tangents
+  out = _sum_and_sum_sq(d, reduce_axes)
   t_sq = 2.0 * (lax.real(d) * lax.real(t) + lax.imag(d) * lax.imag(t)) if jnp.iscomplexobj(d) else 2.0 * d * t
   return out, (jnp.sum(t, reduce_axes, keepdims=True), jnp.sum(t_sq, reduce_axes, keepdims=True))
 
 
-def moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance, raw=None):
+def moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance):
   """Mean, biased variance and valid count over ``reduce_axes`` (kept as size-1 dims).
-
-  ``raw``: optionally ``xs`` before its cast to the statistics dtype (same shape); the
-  one-pass sums then read it and cast inside their reductions.
 
   Masked positions enter through ``jnp.where`` only (their values never reach an
   arithmetic op, nor the backward pass). Sums are psum'ed with the counts, so
@@ -244,11 +260,8 @@ def moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance, raw=N
       k = _pilot(xs, reduce_axes)
       if axis_name:  # one shift for all devices, so their sums add up
         k = lax.pmean(k, axis_name, axis_index_groups=axis_index_groups)
-      if reduce_axes:  # here mask is None: a masked "shifted" takes the two-pass branch above
-        s1, s2 = _shifted_sums(xs if raw is None else raw, k, reduce_axes, xs.dtype)
-      else:
-        d = xs - k
-        s1, s2 = d, abs_sq(d)
+      d = select(xs - k)
+      s1, s2 = _sum_and_sum_sq(d, reduce_axes) if reduce_axes else (d, abs_sq(d))
     else:
       k, d = None, select(xs)
       s1, s2 = jnp.sum(d, reduce_axes, keepdims=True), jnp.sum(abs_sq(d), reduce_axes, keepdims=True)
@@ -265,14 +278,13 @@ def moments(xs, reduce_axes, mask, axis_name, axis_index_groups, variance, raw=N
   return mean, var, count
 
 
-def batch_statistics(x_in, lay: Layout, mask, run_mean, run_var, *, variance, axis_index_groups, strict_batch, x_raw=None):
+def batch_statistics(x_in, lay: Layout, mask, run_mean, run_var, *, variance, axis_index_groups, strict_batch):
   """Per (ghost) batch: mean, biased variance, valid count (in the view, reduced axes kept)
   and ``valid`` (None: all features usable, known statically). Under a mask, features
-  with too few valid values get the running statistics instead. ``x_raw``: optionally
-  ``x_in`` before its cast to the statistics dtype (see :func:`moments`)."""
+  with too few valid values get the running statistics instead."""
   mask_v = None if mask is None else to_view(jnp.broadcast_to(mask, x_in.shape), lay)
   mean_b, var_b, count_b = moments(to_view(x_in, lay), lay.reduce_axes, mask_v, lay.local_axis, axis_index_groups,
-                                    variance, raw=None if x_raw is None else to_view(x_raw, lay))
+                                    variance)
   if mask is None:
     return mean_b, var_b, count_b, None
   valid = count_b >= (2.0 if strict_batch else 1.0)

@@ -19,9 +19,8 @@ Conventions (they differ between libraries; stated once here):
   ``unbiased=True`` stores ``var * n / (n - 1)`` like PyTorch (with ghost
   batches: the pooled within-ghost variance ``sum_g SS_g / sum_g (n_g - 1)``);
   normalization always uses the biased batch variance.
-* **Variance estimator**: ``variance="shifted"`` (default) is one pass, the
-  memory traffic of Flax's ``E[x^2] - E[x]^2`` (two independent sums over the
-  data): ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
+* **Variance estimator**: ``variance="shifted"`` (default) reads the data
+  once: ``E[(x - K)^2] - E[x - K]^2`` with ``K`` a per-feature shift taken from
   the batch (its first value; no gradient flows through ``K``, and the
   derivatives are exact because the statistics do not depend on it). Its
   rounding error grows with ``((mean - K) / std)^2`` instead of
@@ -591,8 +590,7 @@ def batch_norm(
     key_noise, key_pop = jax.random.split(key)
 
   mean_b, var_b, count_b, valid = batch_statistics(x_in, lay, mask, run_mean, run_var, variance=o.variance,
-                                                   axis_index_groups=axis_index_groups, strict_batch=o.strict_batch,
-                                                   x_raw=x if mask is None and jnp.issubdtype(x.dtype, jnp.inexact) else None)
+                                                   axis_index_groups=axis_index_groups, strict_batch=o.strict_batch)
   y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=o.epsilon, renorm=o.renorm,
                        population=o.population, population_noise=o.population_noise, key=key_pop, mask=mask,
                        stats_gradient=o.stats_gradient)
