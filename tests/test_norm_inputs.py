@@ -333,6 +333,51 @@ def test_shifted_single_read_path_under_jit_grad_vmap(shape):
     assert_close(hvp, hvp2, 1e-3, 1e-4)
 
 
+@pytest.mark.parametrize("shape", [(4096, 2), (16, 8, 8, 4)])
+def test_shifted_matches_float64_two_pass_at_a_large_offset(shape):
+  """At mean 1e4 and std 1, where E[x^2] - E[x]^2 in float32 fails, the one-pass shifted sums
+  (float32, under jit; 2-D: one variadic stage, 4-D: two stages) agree with NumPy's float64
+  two-pass statistics."""
+  rng = np.random.default_rng(18)
+  x = (1e4 + rng.normal(size=shape)).astype(np.float32)
+  c = shape[-1]
+  params, state = bn.init(c)
+  y, _, stats = _bnj(x, params, state, train=True, return_stats=True)
+  ref = x.astype(np.float64).reshape(-1, c)
+  assert_close(stats.mean, ref.mean(0), 1e-7, 1e-3)
+  assert np.all(np.abs(np.asarray(stats.var) / ref.var(0) - 1) < 2e-3)
+  y_ref = (ref - ref.mean(0)) / np.sqrt(ref.var(0) + EPS)
+  assert_close(np.asarray(y).reshape(-1, c), y_ref, 0, 5e-3)
+  _, _, fast = _bnj(x, params, state, train=True, variance="fast", return_stats=True)
+  assert np.any(np.abs(np.asarray(fast.var) / ref.var(0) - 1) > 0.1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_shifted_half_precision_input_like_its_float32_value(dtype):
+  """A bfloat16/float16 input: statistics (float32), outputs and gradients equal those of the
+  same values given as float32."""
+  rng = np.random.default_rng(19)
+  x = jnp.asarray((300.0 + 2.0 * rng.normal(size=(64, 4, 3))).astype(np.float32)).astype(dtype)
+  x32 = x.astype(jnp.float32)
+  params, state = bn.init(3)
+  w = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+
+  def run(x):
+    y, new, stats = bn.batch_norm(x, params, state, train=True, return_stats=True)
+    return y, new, stats, jax.grad(lambda x: jnp.sum(bn.batch_norm(x, params, state, train=True)[0].astype(jnp.float32) * w))(x)
+
+  y, new, stats, g = jax.jit(run)(x)
+  y32, new32, stats32, g32 = jax.jit(run)(x32)
+  assert y.dtype == dtype and g.dtype == dtype
+  ref = np.asarray(x32, np.float64).reshape(-1, 3)
+  assert_close(stats.mean, ref.mean(0), 1e-7, 1e-4)
+  assert_close(stats.var, ref.var(0), 1e-5, 0)
+  for a, b in ((stats.mean, stats32.mean), (stats.var, stats32.var), (new.mean, new32.mean), (new.var, new32.var)):
+    assert_close(a, b, 1e-6, 0)
+  assert_close(y, y32.astype(dtype), 0, 2e-2)
+  assert_close(g, g32.astype(dtype), 2e-2, 2e-2 * float(np.abs(g32).max()))
+
+
 # ----------------------------------------------------------------------------- argument checks
 
 
