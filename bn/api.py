@@ -123,13 +123,13 @@ class Restored:
   def test_split(self) -> bn_data.Split:
     """The test examples the run's ``test_*`` metrics were measured on (``data.test_eval_size``)."""
     d = self.experiment.data
-    return bn_experiment.train_eval_subset(self.dataset.test, d.test_eval_size, d.split_seed + 4)
+    return bn_data.fixed_subset(self.dataset.test, d.test_eval_size, d.split_seed + 4)
 
   @property
   def train_eval_split(self) -> bn_data.Split:
     """The fixed training subset of the ``train_*`` metrics (``data.train_eval_size``)."""
     d = self.experiment.data
-    return bn_experiment.train_eval_subset(self.dataset.train, d.train_eval_size, d.split_seed)
+    return bn_data.fixed_subset(self.dataset.train, d.train_eval_size, d.split_seed)
 
 
 def restore(workdir, run: int = 0, *, dataset: bn_data.Dataset | None = None) -> Restored:
@@ -154,7 +154,7 @@ def restore(workdir, run: int = 0, *, dataset: bn_data.Dataset | None = None) ->
   if task.precise_bn is not None:  # the evaluation recalibrates first: the same sample as the Trainer's
     k_n = exp.schedule.precise_bn
     k = max(1, k_n // min(exp.schedule.eval_chunk, k_n))
-    sample = bn_experiment.train_eval_subset(ds.train, k * (k_n // k), exp.data.split_seed + 3)
+    sample = bn_data.fixed_subset(ds.train, k * (k_n // k), exp.data.split_seed + 3)
     x = parallel.place_train(sample, stats).x
     x = x.reshape((k, k_n // k) + x.shape[1:])
     batch_stats = jax.tree.map(np.asarray, jax.jit(functools.partial(train.recalibrate, task))(params, batch_stats, x))

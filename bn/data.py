@@ -146,6 +146,17 @@ class Split(NamedTuple):
   y: np.ndarray
 
 
+def fixed_subset(split: Split, size: int, seed: int) -> Split:
+  """A fixed random subset of ``size`` examples of ``split`` (in their original order), the same for a
+  seed; all of it when ``size`` is 0 or at least its length. The engine uses it for the eval-mode
+  training metrics, the evaluated test subset, ``data.train_size`` and the precise-BN sample."""
+  n = len(split.y)
+  if size <= 0 or size >= n:
+    return split
+  idx = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+  return Split(split.x[idx], split.y[idx])
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A loaded dataset. ``val`` is carved from the original train split (None when ``val_size=0``).

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 import bn
-from bn import config as bn_config, data as bn_data, models, pipeline, run_probes, train
+from bn import config as bn_config, data as bn_data, models, parallel, pipeline, programs, run_probes, train
 from bn.config import ConfigError
 
 LAUNCH_KEYS = ("coordinator", "num_processes", "process_id", "cluster_detect", "init_timeout", "runs_devices")  # runs_devices: same numbers on any count
@@ -102,6 +102,8 @@ class Experiment:
   schedule: Schedule
   probes: ProbeSpec
   parallel: ParallelSpec
+  batch_size: int  # examples per training step (all devices together)
+  ghost_batch_size: int | None  # the statistics batch of ghost BN; None: the whole batch
   config: dict
   fingerprint: str
   _model: Any  # (num_classes) -> model; see make_task
@@ -123,10 +125,6 @@ class Experiment:
   @property
   def run_table(self) -> list[dict]:
     return [dataclasses.asdict(r) for r in self.runs]
-
-  @property
-  def ghost_batch_size(self) -> int | None:
-    return self.config["norm"]["ghost_batch_size"] or None
 
 
 def recorded_config(cfg_dict: dict) -> dict:
@@ -216,7 +214,7 @@ def schema() -> dict:
       "data.synthetic_sizes": seq(size, length=2),
       "model.name": choice(tuple(models.MODELS)), "model.widths": seq(size, nonempty=True),
       "model.act": choice(tuple(sorted(models.ACTIVATIONS))), "model.init_std": optional(number(0, lo_open=True)),
-      "norm.kind": choice(models.NORM_KINDS), "norm.position": choice(("pre", "post")),
+      "norm.kind": choice(models.NORM_KINDS), "norm.position": choice(models.POSITIONS),
       "norm.momentum": optional(number(0, 1, hi_open=True)), "norm.epsilon": number(0, lo_open=True),
       "norm.variance": choice(bn.norm.VARIANCES), "norm.ghost_batch_size": count, "norm.num_groups": size,
       "norm.r_max": number(1), "norm.d_max": number(0), "norm.renorm_warmup": count, "norm.stats_gradient": flag,
@@ -232,11 +230,11 @@ def schema() -> dict:
       "train.steps": size, "train.batch_size": size, "train.eval_every": size, "train.checkpoint_every": size,
       "train.sampling": choice(pipeline.MODES), "train.augment": flag, "train.target_accuracy": number(0, 1),
       "train.eval_chunk": size, "train.precise_bn": count, "train.tensorboard": flag,
-      "train.loop": choice(("auto", "scan", "host")), "train.runs": choice(("auto", "vmap", "unroll")), "train.shared_order": flag,
+      "train.loop": choice(("auto", *programs.LOOPS)), "train.runs": choice(("auto", *programs.RUNS)), "train.shared_order": flag,
       "probes.every": count, "probes.batch_size": size, "probes.landscape_scales": seq(number(0, lo_open=True)),
       "probes.kinds": seq(choice(run_probes.KINDS), unique=True), "probes.rho": number(0, lo_open=True),
       "probes.hessian_probes": size, "probes.eval_batch_size": size, "probes.lrs": seq(number(0)),
-      "parallel.devices": text, "parallel.bn_stats": choice(("sync", "local")), "parallel.coordinator": text,
+      "parallel.devices": text, "parallel.bn_stats": choice(parallel.BN_STATS), "parallel.coordinator": text,
       "parallel.num_processes": count, "parallel.process_id": integer(-1), "parallel.cluster_detect": flag,
       "parallel.init_timeout": size, "parallel.runs_devices": device_spec,
   }
@@ -325,7 +323,7 @@ def choose_layout(loop: str, runs: str, model, backend: str | None = None) -> tu
   grouped convolution, also slow there. A host loop dispatches one jitted step at a time,
   which costs little next to a conv step. GPU and TPU keep scan + vmap.
   (Measurements: docs/benchmarks.md.)"""
-  for key, value, ok in (("loop", loop, ("auto", "scan", "host")), ("runs", runs, ("auto", "vmap", "unroll"))):
+  for key, value, ok in (("loop", loop, ("auto", *programs.LOOPS)), ("runs", runs, ("auto", *programs.RUNS))):
     if value not in ok:
       raise ValueError(f"train.{key}={value!r}: expected one of {', '.join(ok)}.")
   slow_convs = (backend or jax.default_backend()) == "cpu" and models.is_convolutional(model)
@@ -402,6 +400,7 @@ def from_config(c) -> Experiment:
       parallel=ParallelSpec(str(p.devices), p.bn_stats, p.get("coordinator", ""), int(p.get("num_processes", 0)),  # a recorded
                             int(p.get("process_id", -1)), bool(p.get("cluster_detect", False)), int(p.get("init_timeout", 300)),  # config
                             str(p.get("runs_devices", "auto"))),  # has no launch keys
+      batch_size=int(t.batch_size), ghost_batch_size=int(c.norm.ghost_batch_size) or None,
       config=cfg,
       fingerprint=fingerprint(cfg),
       _model=model,
@@ -421,7 +420,7 @@ def load_dataset(spec: DataSpec, dataset: bn_data.Dataset | None = None) -> bn_d
         synthetic_shape=spec.synthetic_shape, synthetic_classes=spec.synthetic_classes, synthetic_sizes=spec.synthetic_sizes,
         flag="--config.data.data_dir",
     )
-  return dataclasses.replace(dataset, train=train_eval_subset(dataset.train, spec.train_size, spec.split_seed + 2))
+  return dataclasses.replace(dataset, train=bn_data.fixed_subset(dataset.train, spec.train_size, spec.split_seed + 2))
 
 
 def dataset_key(spec: DataSpec) -> tuple:
@@ -431,12 +430,4 @@ def dataset_key(spec: DataSpec) -> tuple:
           spec.synthetic_classes, spec.synthetic_sizes)
 
 
-def train_eval_subset(split: bn_data.Split, size: int, seed: int) -> bn_data.Split:
-  """A fixed random subset of ``size`` examples of ``split`` (in their original order), the same for a
-  seed; all of it when ``size`` is 0 or at least its length. Used for the eval-mode training
-  metrics, the evaluated test subset, ``data.train_size`` and the precise-BN sample."""
-  n = len(split.y)
-  if size <= 0 or size >= n:
-    return split
-  idx = np.sort(np.random.default_rng(seed).permutation(n)[:size])
-  return bn_data.Split(split.x[idx], split.y[idx])
+train_eval_subset = bn_data.fixed_subset  # the old name (a data operation: it lives in bn.data)

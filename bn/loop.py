@@ -121,7 +121,7 @@ def train_workdir(exp: bn_experiment.Experiment, workdir, *, dataset: bn_data.Da
   writer = distributed.is_writer()  # only process 0 writes artifacts
   call = _Call(desc or exp.name, writer, _sayer(log, progress, writer), progress, stop_after, on_eval)
   p = exp.parallel
-  plan = parallel.make_plan(p.devices, p.bn_stats, exp.config["train"]["batch_size"], exp.ghost_batch_size, runs=len(exp.runs),
+  plan = parallel.make_plan(p.devices, p.bn_stats, exp.batch_size, exp.ghost_batch_size, runs=len(exp.runs),
                             runs_devices=p.runs_devices)
   artifacts.check_local_path(workdir, "--workdir")
   workdir = Path(workdir)

@@ -27,9 +27,9 @@ class Trainer:
     stats = bn_data.channel_stats(dataset.train.x)
     self.train_x, self.train_y = parallel.place_train(dataset.train, stats, plan)
     chunk = exp.schedule.eval_chunk
-    subset = bn_experiment.train_eval_subset(dataset.train, exp.data.train_eval_size, exp.data.split_seed)
+    subset = bn_data.fixed_subset(dataset.train, exp.data.train_eval_size, exp.data.split_seed)
     # train subset, test split, and the validation split when the data has one (data.val_size > 0)
-    test = bn_experiment.train_eval_subset(dataset.test, exp.data.test_eval_size, exp.data.split_seed + 4)  # all when 0
+    test = bn_data.fixed_subset(dataset.test, exp.data.test_eval_size, exp.data.split_seed + 4)  # all when 0
     splits = (subset, test) + ((dataset.val,) if dataset.val is not None else ())
     self.eval_sets = tuple(parallel.place_eval(s, stats, plan, chunk) for s in splits)
     self._test, self._stats = dataset.test, stats
@@ -37,7 +37,7 @@ class Trainer:
     if self.task.precise_bn is not None:  # precise BN: a fixed random sample of the training set, in chunks
       n = exp.schedule.precise_bn
       k = max(1, n // min(chunk, n))
-      sample = bn_experiment.train_eval_subset(dataset.train, k * (n // k), exp.data.split_seed + 3)
+      sample = bn_data.fixed_subset(dataset.train, k * (n // k), exp.data.split_seed + 3)
       x = parallel.place_train(sample, stats, plan).x
       self.recal_x = x.reshape((k, n // k) + x.shape[1:])
     self._eval = programs.evaluate(self.ptask, len(self.eval_sets), self.mesh)
