@@ -85,7 +85,7 @@ def _own_loop(c: dict, cells: tuple) -> tuple:
   if "deep" in c:
     d = c["deep"]
     return (f"linear, {d['depth']} layers × {d['width']} (LeCun normal)", f"synthetic: x ~ N(0, I), y = A x, {d['examples']} examples",
-            f"{d['steps']} full-batch steps", f"gradient descent, {d['lr']:g}", "— (training loss)")
+            f"{d['steps']} full-batch steps", _deep_lr(d), "— (training loss)")
   if "freeze" in c:
     f = c["freeze"]
     return model, data, f"{f['before']} + {f['budget']} × {c['train']['batch_size']}", opt, f"training-mode loss on {f['batch']} train images"
@@ -94,6 +94,12 @@ def _own_loop(c: dict, cells: tuple) -> tuple:
     return (f"{m['name']} depth {', '.join(map(str, c['depths']))}, width {(m.get('widths') or ['?'])[0]} {m.get('act', '')}",
             data, "none (at initialization)", "—", f"gradients on one batch of {c['probes']['batch_size']}")
   return cells
+
+
+def _deep_lr(d: dict) -> str:
+  if "lr_fraction" in d:
+    return f"gradient descent, LR {d['lr_fraction']:g} × the no-BN net's stability edge at init (per seed)"
+  return f"gradient descent, {d['lr']:g}"  # a ledger from before the stability-edge LR
 
 
 def _analysis_code() -> str:

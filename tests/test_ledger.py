@@ -219,3 +219,25 @@ def test_power_statement_of_a_margin_test_is_about_the_margin():
 
 def test_report_cells_escape_the_table_separator():
   assert report._cell("shift |Δμ|/σ") == "shift \\|Δμ\\|/σ"
+
+
+def test_deep_linear_stability_edge_matches_the_exact_hessian():
+  """bn.measure.deep_linear.stability_edge (power iteration on HVPs) against 2 / the top eigenvalue of the
+  loss Hessian that jax.hessian builds for a tiny no-BN deep linear net; and a run at a quarter of it stays finite."""
+  import jax
+  import jax.flatten_util
+  import jax.numpy as jnp
+
+  from bn.measure import deep_linear as dl
+
+  c = ledger.condition_configs("deep_linear", "tiny", seed_base=0)["none"]
+  edge = dl.stability_edge(c, c.seeds, iterations=300)
+  model = dl._deep_model(c, "none")
+  for i, seed in enumerate(c.seeds):
+    (p, s), xy = dl._setup(c, model, seed)
+    flat, unravel = jax.flatten_util.ravel_pytree(p)
+    f = lambda v: dl._loss(model)(unravel(v), s, xy)[0]  # noqa: E731
+    top = float(jnp.max(jnp.linalg.eigvalsh(jax.hessian(f)(flat))))
+    assert edge[i] == pytest.approx(2.0 / top, rel=1e-3)
+  r = dl.measure_deep_linear(c)
+  assert np.all(np.isfinite(np.array(r["loss"]))) and r["lr"] == pytest.approx(list(0.25 * edge), rel=1e-5)

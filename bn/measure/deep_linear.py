@@ -16,41 +16,76 @@ def _deep_model(c, kind: str):
                        norm=models.norm_spec(kind, momentum=0.9), init_std=None)
 
 
-def deep_linear(c, seeds, kind: str) -> list[dict]:
-  """Full-batch gradient descent on ``L = mean_i ||f(x_i) - A x_i||^2`` for a deep linear net
-  ``f`` (``c.deep.depth`` layers of width ``c.deep.width``; BN after every hidden layer or none),
-  with Santurkar et al.'s gradient ICS of every layer every ``c.deep.every`` steps. All seeds
-  train at once (``vmap`` over the seed axis: one compilation per condition); one dict per seed."""
+def _setup(c, model, seed):
+  """One seed's data ``(x, A x)`` and the model's initial ``(params, batch_stats)``."""
   d = c.deep
-  model = _deep_model(c, kind)
+  k_x, k_a, k_init = jax.random.split(jax.random.PRNGKey(seed), 3)
+  x = jax.random.normal(k_x, (d.examples, d.width))
+  A = jax.random.normal(k_a, (d.width, d.width)) / np.sqrt(d.width)
+  variables = model.init(k_init, x[:2], train=False)
+  return (variables["params"], variables.get("batch_stats", {})), (x, x @ A.T)
 
-  def setup(seed):
-    k_x, k_a, k_init = jax.random.split(jax.random.PRNGKey(seed), 3)
-    x = jax.random.normal(k_x, (d.examples, d.width))
-    A = jax.random.normal(k_a, (d.width, d.width)) / np.sqrt(d.width)
-    variables = model.init(k_init, x[:2], train=False)
-    return (variables["params"], variables.get("batch_stats", {})), (x, x @ A.T)
 
-  carry, data = jax.vmap(setup)(jnp.asarray(list(seeds)))
-  layers = models.layer_names(carry[0])
-
+def _loss(model):
   def loss_fn(p, s, xy):
     x, y = xy
     out, mut = model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
     return jnp.mean(jnp.sum(jnp.square(out - y), -1)), mut.get("batch_stats", s)
+  return loss_fn
 
-  def run_chunk(carry, xy):
+
+def stability_edge(c, seeds, iterations: int = 100) -> np.ndarray:
+  """Per seed: ``2 / lambda_max`` of the no-BN net's loss Hessian at initialization (power iteration on
+  Hessian-vector products) -- the largest learning rate at which full-batch gradient descent is stable
+  on the local quadratic model."""
+  model = _deep_model(c, "none")
+  loss_fn = _loss(model)
+
+  def edge(seed):
+    (p, s), xy = _setup(c, model, seed)
+    f = lambda q: loss_fn(q, s, xy)[0]  # noqa: E731
+    hvp = lambda v: jax.jvp(jax.grad(f), (p,), (v,))[1]  # noqa: E731
+    norm = lambda v: jnp.sqrt(sum(jnp.sum(jnp.square(t)) for t in jax.tree.leaves(v)))  # noqa: E731
+    v0 = jax.tree.map(lambda t: jax.random.normal(jax.random.PRNGKey(seed + 1), t.shape), p)
+
+    def body(_, v):
+      w = hvp(v)
+      return jax.tree.map(lambda t: t / norm(w), w)
+
+    v = jax.lax.fori_loop(0, iterations, body, jax.tree.map(lambda t: t / norm(v0), v0))
+    lam = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(hvp(v))))
+    return 2.0 / lam
+
+  return np.asarray(jax.jit(jax.vmap(edge), compiler_options=ONCE)(jnp.asarray(list(seeds))))
+
+
+def deep_linear(c, seeds, kind: str, lrs) -> list[dict]:
+  """Full-batch gradient descent on ``L = mean_i ||f(x_i) - A x_i||^2`` for a deep linear net
+  ``f`` (``c.deep.depth`` layers of width ``c.deep.width``; BN after every hidden layer or none),
+  each seed at its learning rate ``lrs[i]``, with Santurkar et al.'s gradient ICS of every layer
+  every ``c.deep.every`` steps. All seeds train at once (``vmap`` over the seed axis: one
+  compilation per condition); one dict per seed."""
+  d = c.deep
+  model = _deep_model(c, kind)
+  carry, data = jax.vmap(lambda seed: _setup(c, model, seed))(jnp.asarray(list(seeds)))
+  data = (*data, jnp.asarray(lrs, jnp.float32))
+  layers = models.layer_names(carry[0])
+  loss_fn = _loss(model)
+
+  def run_chunk(carry, xyl):
+    *xy, lr = xyl
     def step(carry, _):
       p, s = carry
       (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, xy)
-      return (jax.tree.map(lambda w, gw: w - d.lr * gw, p, g), s), loss
+      return (jax.tree.map(lambda w, gw: w - lr * gw, p, g), s), loss
     return jax.lax.scan(step, carry, None, length=d.every)[0]
 
-  def measure(carry, xy):
+  def measure(carry, xyl):
+    *xy, lr = xyl
     p, s = carry
     f = lambda q: loss_fn(q, s, xy)[0]  # noqa: E731
     g = jax.grad(f)(p)
-    upd = jax.tree.map(lambda t: -d.lr * t, g)
+    upd = jax.tree.map(lambda t: -lr * t, g)
     kern = run_probes.layer_kernels
     raw = probes.gradient_ics(f, p, lambda _: upd, layers, select=kern)
     w = jnp.stack([jnp.sqrt(run_probes.sum_sq(kern(p[n]))) for n in layers])
@@ -78,8 +113,12 @@ def deep_linear(c, seeds, kind: str) -> list[dict]:
 
 
 def measure_deep_linear(c, dataset=None) -> dict:
-  """Runner of the ``deep_linear`` experiment: per-seed gradient ICS over training (the data is its own)."""
-  per_seed = deep_linear(c, c.seeds, c.norm.kind)
-  return {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "depth": c.deep.depth, "width": c.deep.width, "lr": c.deep.lr,
+  """Runner of the ``deep_linear`` experiment: per-seed gradient ICS over training (the data is its own),
+  each seed at ``c.deep.lr_fraction`` of the no-BN net's stability edge at initialization (both conditions)."""
+  edge = stability_edge(c, c.seeds)
+  lrs = c.deep.lr_fraction * edge
+  per_seed = deep_linear(c, c.seeds, c.norm.kind, lrs)
+  return {"name": c.name, "seeds": list(c.seeds), "norm": c.norm.kind, "depth": c.deep.depth, "width": c.deep.width,
+          "lr_fraction": c.deep.lr_fraction, "edge": edge.tolist(), "lr": lrs.tolist(),
           "steps": per_seed[0]["steps"], "cos_raw": [r["cos_raw"] for r in per_seed], "cos_matched": [r["cos_matched"] for r in per_seed],
           "loss": [r["loss"] for r in per_seed]}
