@@ -180,7 +180,8 @@ def plot(results, a, out) -> list[str]:
   c = cells(results[EXPERIMENT])
   batches = a["batches"]
   plt = plotting.plt()
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  long = sorted(g for _, k, g in c if k == "bn_long")
+  fig, axes = plt.subplots(1, 3 if long else 2, figsize=(16 if long else 11, 4))
   for i, b in enumerate(batches):
     gs = sorted(g for bb, k, g in c if bb == b and k == "bn")
     for ax, f, label in ((axes[0], stopped, "early-stopped test loss"), (axes[1], gap, "final test − train loss")):
@@ -190,7 +191,16 @@ def plot(results, a, out) -> list[str]:
       if (b, "population", b) in c:
         ax.axhline(plotting.nanmean(f(c[b, "population", b])), ls=":", color=f"C{i}", lw=0.8, label=f"population, B = {b}")
       ax.set(ylabel=label)
-  for ax in axes:
+  if long:  # the fading part's cells: validation and test loss over training, ghost 64 vs 512
+    big = max(b for b, k, _ in c if k == "bn_long")
+    for j, g in enumerate(long):
+      run = c[big, "bn_long", g]
+      for key, style in (("val_loss", ":"), ("test_loss", "-")):
+        steps, v = analysis.metric_table(run, key)
+        plotting.band(axes[2], steps, v, f"ghost {g}, {key.split('_')[0]}", f"C{j + 3}", style=style)
+    axes[2].set(title=f"(c) the fading part: B = {big}, ghost 64 vs 512", xlabel="step", ylabel="loss")
+    axes[2].legend(fontsize=7)
+  for ax in axes[:2]:
     plotting.size_axis(ax, sorted({g for _, k, g in c if k == "bn"}))
     ax.set(xlabel="statistics (ghost) batch g")
   axes[0].set_title("(a) test loss over the (B, g) grid (fixed epochs)")
