@@ -230,7 +230,8 @@ CLAIM = Claim(
     scope="*faster* covers the first 500 steps (quick) of a 3-layer sigmoid MLP against a no-BN net with a LeCun-normal init, "
           "not how long the lead lasts (the ioffe_long figure shows the curves to 8,000 steps); *stable* covers the eval-mode "
           "drift at LR 0.5 over 1,500 steps, after the warm-up; *because* covers one intervention (a slow sinusoidal drift of "
-          "RMS 1 added to BN's outputs, periods 200-400 steps) and not the other direction (drift taken away without BN's other "
-          "effects). C1′ tests a different statement: that BN's benefit survives per-step noise.",
+          "RMS 1 added to BN's outputs, periods 200-400 steps: the sigmoid inputs drift, and the next layer's BN still normalizes "
+          "its own pre-activations) and not the other direction (drift taken away without BN's other effects). C1′ tests a "
+          "different statement: that BN's benefit survives per-step noise.",
     experiments=EXPERIMENTS, analyze=analyze, plot=plot,
 )
