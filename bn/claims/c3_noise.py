@@ -216,8 +216,8 @@ REGULARIZES = Part(
             "(precise-BN evaluation, paired by seed; sanity: the full-statistics net overfits and neither cell is still improving)",
     kind="lower", unit="nats")
 FADES = Part(
-    "fades", says="at total batch 1024, statistics over 64 examples regularize more than over 512 (the effect shrinks as the "
-                  "statistics batch grows)",
+    "fades", says="at total batch 1024, statistics over 64 examples reach a lower early-stopped test loss than statistics "
+                  "over 512 (one pair of statistics batches)",
     primary="early-stopped test loss at B = 1024 after 200 epochs (quick), ghost 64 − ghost 512, < 0 (paired by seed; sanity: "
             "neither cell is still improving at its last evaluation)",
     kind="lower", unit="nats")
