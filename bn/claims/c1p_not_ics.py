@@ -177,7 +177,7 @@ CLAIM = Claim(
     id="C1'", order=1.5,
     title="BN's benefit does not come from reducing internal covariate shift (Santurkar et al. 2018)",
     predicts="noisy BN, whose layer inputs are deliberately unstable, trains about as well as BN; BN does not reduce gradient ICS",
-    parts=(Part("survives_noise", says=f"BN's training benefit survives per-step noise in its batch statistics (dose {DOSE:g}) that "
+    parts=(Part("survives_noise", says=f"BN's training benefit survives per-step noise added to its outputs (dose {DOSE:g}) that "
                                        "moves the layer inputs more than without BN",
                 primary=f"mean test accuracy over training (area under the accuracy curve), noisy BN (dose {DOSE:g}) − BN, not below "
                         f"−{MARGIN:g} (LR {LR:g}, precise-BN evaluation, paired by seed)",
