@@ -469,12 +469,14 @@ def selection_bootstrap(val_a, test_a, val_b, test_b, *, resamples: int = 2000, 
   own uncertainty (nested selection). Returns ``(lo, hi)``."""
   va, ta, vb, tb = (np.asarray(x, float) for x in (val_a, test_a, val_b, test_b))
   n = va.shape[1]
-  rng = np.random.default_rng(seed)
-  out = np.empty(resamples)
-  for i in range(resamples):
-    idx = rng.integers(0, n, n)
-    pick = lambda v: int(np.argmin(np.where(np.isfinite(v[:, idx]), v[:, idx], np.inf).mean(axis=1)))  # noqa: E731
-    out[i] = np.mean(ta[pick(va), idx] - tb[pick(vb), idx])
+  idx = np.random.default_rng(seed).integers(0, n, (resamples, n))  # (resamples, seeds)
+  rows = np.arange(resamples)[:, None]
+
+  def chosen(v, t):  # per resample: the test scores of the setting with the best resampled validation mean
+    pick = np.argmin(np.where(np.isfinite(v), v, np.inf)[:, idx].mean(axis=2), axis=0)  # (resamples,)
+    return t[pick[:, None], idx[rows, np.arange(n)]]
+
+  out = np.mean(chosen(va, ta) - chosen(vb, tb), axis=1)
   a = (1 - confidence) / 2
   return float(np.quantile(out, a)), float(np.quantile(out, 1 - a))
 

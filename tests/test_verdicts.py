@@ -206,3 +206,23 @@ def test_cli_seed_base_is_checked():
     except SystemExit as e:  # argparse's own refusal of a non-integer
       rc = e.code
     assert rc == 2, bad
+
+
+def test_selection_bootstrap_carries_the_choice():
+  """analysis.selection_bootstrap against an independent percentile bootstrap: with one setting best on validation
+  in every resample it is the plain bootstrap of the paired difference at that setting; with a near-tie on validation
+  between settings whose test scores differ by 10, the interval spans both choices."""
+  rng = np.random.default_rng(5)
+  n = 8
+  test_a, test_b = rng.normal(size=(3, n)), rng.normal(size=(3, n))
+  clear = np.array([[0.0] * n, [5.0] * n, [9.0] * n])  # setting 0 always best on validation
+  idx = np.random.default_rng(0).integers(0, n, (2000, n))
+  plain = np.mean(test_a[0][idx] - test_b[0][idx], axis=1)
+  want = (np.quantile(plain, 0.025), np.quantile(plain, 0.975))
+  np.testing.assert_allclose(analysis.selection_bootstrap(clear, test_a, clear, test_b), want, rtol=1e-12)
+  base = rng.normal(0, 1, n)
+  tie = np.stack([base, base + 0.5 * (-1.0) ** np.arange(n), np.full(n, 9.0)])  # 0 or 1 wins, by resample
+  shifted = test_a.copy()
+  shifted[1] += 10.0
+  lo, hi = analysis.selection_bootstrap(tie, shifted, clear, test_b)
+  assert lo < 2.0 and hi > 8.0  # the interval holds the resamples that chose setting 0 and those that chose 1
