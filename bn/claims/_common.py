@@ -28,10 +28,9 @@ def log2_steps(run, target: float, lr: float | None = None, *, never: str = "las
   true steps, see :func:`censored`) or as inf (``never="inf"``: the test then says it is unclear).
   Use "last" where the bound works against the prediction being tested, "inf" where it would
   work for it."""
-  steps = analysis.steps_to(run, target, lr, key=key)
   if never == "inf":
-    return np.log2(steps)
-  return np.log2(np.where(np.isfinite(steps), steps, run["summary"]["steps"]))
+    return np.log2(analysis.steps_to(run, target, lr, key=key))
+  return analysis.restricted_log2_steps(run, target, lr, key)[0]  # never reached: the last evaluated step
 
 
 def censored(runs_lrs, target: float) -> str:
