@@ -555,7 +555,7 @@ C3_JIT = {"g8": A, "g32": C, "g64": J["noisy_d2"], "g512": J["noisy_d4"], "none"
           "population_noise8": J["population_noise"], "stopgrad": J["noisy_d0.5"], "frozen": J["noisy_d1"]}
 
 
-def _c3(cells=C3_CELLS, still_improving=()):
+def _c3(cells=C3_CELLS, still_improving=(), best_first=()):
   """The c3_grid cells. Where the test set would stop (its lowest test loss) a full-statistics cell is 0.4 below its
   early-stopped value, every other cell 0.05 (a decoy that flips the primary); C7's stop-gradient cell diverges at
   step 300 (every later evaluation NaN)."""
@@ -565,7 +565,7 @@ def _c3(cells=C3_CELLS, still_improving=()):
     b, kind = name[1:].split("_", 1)
     kind = kind.removesuffix("_long")
     full = kind == f"g{b}"
-    stop = [-1] * N if name in still_improving else fx.C3_STOP  # -1: the lowest validation loss at the last evaluation
+    stop = [-1] * N if name in still_improving else [0] * N if name in best_first else fx.C3_STOP  # -1 / 0: the last / first evaluation
     out[name] = fx.c3_cell(name, stopped=stopped, final=final, train=train, jit=B if full else C3_JIT[kind], acc=C3_ACC.get(kind, 0.85),
                            decoy=0.4 if full else 0.05, diverge_at=300 if kind == "stopgrad" else None, stop=stop)
   return out
@@ -606,6 +606,13 @@ def test_c3_part_invalid_design_when_its_cells_are_still_improving():
         sanity_outcomes=["opposite"])
   assert "B = 1024 ghost 512: 6 of 6 seeds stop at the last evaluation" in sanity(a, "fades")[0]["note"]
   assert analysis.verdict(a["tests"], "regularizes") == "supported"  # the other part's cells are fine
+
+
+def test_c3_part_invalid_design_when_its_cells_are_best_at_their_first_evaluation():
+  a = c3_noise.analyze({"c3_grid": _c3(best_first=("b1024_g64_long",))})
+  assert analysis.verdict(a["tests"], "fades") == "invalid design"
+  assert "B = 1024 ghost 64: 0 of 6 seeds stop at the last evaluation, 6 at the first" in sanity(a, "fades")[0]["note"]
+  assert analysis.verdict(a["tests"], "regularizes") == "supported"
 
 
 def test_c3_fades_untested_without_its_cells():

@@ -82,13 +82,14 @@ def gap(run):
 
 
 def improving(runs, part: str) -> dict:
-  """Sanity check of a part decided by early stopping: at most half of the seeds of each cell stop at their
-  last evaluation (a cell still improving there has not shown where it generalizes best)."""
-  late = {name: (stopped_last(r), len(r["summary"]["runs"])) for name, r in runs.items()}
-  bad = {k: v for k, v in late.items() if v[0] > v[1] / 2}
-  detail = ", ".join(f"{k}: {n} of {m} seeds stop at the last evaluation" for k, (n, m) in late.items())
-  return analysis.check("the cells are not still improving at their last evaluation (at most half the seeds stop there)",
-                        not bad, detail, part=part)
+  """Sanity check of a part decided by early stopping: in each cell at most half of the seeds stop at their
+  last evaluation (still improving there: it has not shown where it generalizes best) and at most half at
+  their first (the best point may lie before it: censored)."""
+  ends = {name: (stopped_at(r, -1), stopped_at(r, 0), len(r["summary"]["runs"])) for name, r in runs.items()}
+  bad = {k: v for k, v in ends.items() if max(v[0], v[1]) > v[2] / 2}
+  detail = ", ".join(f"{k}: {last} of {m} seeds stop at the last evaluation, {first} at the first" for k, (last, first, m) in ends.items())
+  return analysis.check("the cells are not still improving at their last evaluation, nor best at their first (at most half "
+                        "the seeds stop at either)", not bad, detail, part=part)
 
 
 def analyze(results) -> dict:
@@ -152,13 +153,19 @@ def population_notes(c, batches) -> list[str]:
           + "; ".join(f"B = {b}: {f(c[b, 'population', b])} / {f(c[b, 'bn', b])} / {f(c[b, 'none', b])}" for b in pop)]
 
 
-def stopped_last(run) -> int:
-  """How many seeds' early-stopping point is their last evaluation (the net was still improving)."""
+def stopped_at(run, index: int) -> int:
+  """How many seeds' early-stopping point is evaluation ``index`` (-1: the last -- the net was still improving;
+  0: the first -- the best point may lie before it). 0 without a validation split."""
   if not run["metrics"] or "val_loss" not in run["metrics"][0]:
     return 0
   steps, sel = analysis.metric_table(run, "val_loss")
   sel = np.where(np.isfinite(sel), sel, np.inf)
-  return int(np.sum(np.argmin(sel, axis=1) == sel.shape[1] - 1))
+  return int(np.sum(np.argmin(sel, axis=1) == index % sel.shape[1]))
+
+
+def stopped_last(run) -> int:
+  """How many seeds' early-stopping point is their last evaluation (the net was still improving)."""
+  return stopped_at(run, -1)
 
 
 def notes(c, batches) -> list[str]:
@@ -219,7 +226,7 @@ FADES = Part(
     "fades", says="at total batch 1024, statistics over 64 examples reach a lower early-stopped test loss than statistics "
                   "over 512 (one pair of statistics batches)",
     primary="early-stopped test loss at B = 1024 after 200 epochs (quick), ghost 64 − ghost 512, < 0 (paired by seed; sanity: "
-            "neither cell is still improving at its last evaluation)",
+            "neither cell is still improving at its last evaluation nor best at its first)",
     kind="lower", unit="nats")
 NOISE_ALONE = Part(
     "noise_alone", says="the noise of the batch statistics alone (population BN plus matched noise) regularizes",
