@@ -223,7 +223,8 @@ def summary_table(claims) -> list[str]:
   L = ["| claim part (what *supported* would say) | primary test | result: mean [95% CI] | part verdict | registration |",
        "|---|---|---|---|---|"]
   for c in claims:
-    L.append(f"| **{c['id']}** {_cell(c['claim'])} — claim verdict **{c['verdict']}** | | | | |")
+    L.append(f"| **{c['id']}** {_cell(c['claim'])} — claim verdict **{c['verdict']}** | secondary tests | "
+             f"{secondary_tally(c['tests'])} | | |")
     for p in c["parts"]:
       test = _cell(p["primary"] or "—")
       res = _cell(_result(p["test"])) if p["test"] is not None else _cell(p["untested"])

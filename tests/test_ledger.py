@@ -158,6 +158,8 @@ def test_tiny_ledger_report_has_every_claim(tiny):
   base = prereg.CONFIRMATORY_SEED_BASE
   assert reg["seed_base"] == base and all(min(s) >= base for conds in reg["experiments"].values() for s in conds.values())
   text = (tiny / "report.md").read_text()
+  assert "**A smoke test, not a result**" in text and text.index("## What was found") < text.index("## Summary")
+  assert f"| **C1** {claims['claims'][0]['claim']} — claim verdict **{claims['claims'][0]['verdict']}** | secondary tests | " in text
   assert text.index("## Summary") < text.index("## Settings") < text.index("## C1 ") < text.index("## Provenance")
   for cid in CLAIM_IDS:
     assert f"## {cid} " in text
