@@ -152,8 +152,6 @@ def _p_value(kind: str, mean: float, sd: float, n: int, margin: float, outcome: 
     return p_at(margin)
   if kind == "not_lower":
     return p_at(-margin)
-  if outcome == "as predicted":
-    return max(p_at(-margin), p_at(margin))
   return min(p_at(-margin), p_at(margin)) if outcome == "opposite" else max(p_at(-margin), p_at(margin))
 
 

@@ -226,3 +226,17 @@ def test_selection_bootstrap_carries_the_choice():
   shifted[1] += 10.0
   lo, hi = analysis.selection_bootstrap(tie, shifted, clear, test_b)
   assert lo < 2.0 and hi > 8.0  # the interval holds the resamples that chose setting 0 and those that chose 1
+
+
+def test_p_below_alpha_exactly_when_the_interval_decides():
+  """The p-value each test reports is the t-test dual of its 95% interval, for every kind (what lets Holm's
+  adjustment act on the p-values alone)."""
+  rng = np.random.default_rng(7)
+  seen = set()
+  for _ in range(400):
+    v = rng.normal(rng.uniform(-1, 1), rng.uniform(0.05, 1), int(rng.integers(3, 12)))
+    for kind in analysis.KINDS:
+      t = analysis.test("x", v, kind, margin=0.3)
+      assert (t["p"] < 0.05) == (t["outcome"] != "unclear"), (kind, t["lo"], t["hi"], t["p"])
+      seen.add((kind, t["outcome"]))
+  assert len(seen) == 3 * len(analysis.KINDS)  # every kind came out every way
