@@ -202,7 +202,9 @@ def base() -> ml_collections.ConfigDict:
       kind="batch", position="pre", momentum=0.99, epsilon=1e-5, variance="two_pass",
       ghost_batch_size=0, num_groups=8, r_max=3.0, d_max=5.0, renorm_warmup=5000,
       stats_gradient=True,  # False: no gradient through the batch mean/variance
-      population_noise=0,  # kind="population": >0 adds the sampling noise of batch statistics of this many examples
+      population_noise=0,  # kind="population" (or reference > 0): >0 adds the sampling noise of batch statistics of this many examples
+      reference=0,  # kind="batch": >0 normalizes with the statistics of this many fixed training examples (the first of the training
+      # set, appended to every batch; gradient through them): BN without batch-statistics noise ("full-batch BN")
       affine=True,  # False: frozen scale 1 and bias 0
       skip_nonfinite=False,  # True: a batch statistic that is not finite leaves that feature's running statistics as they were
       drift=0.0,  # > 0: a slow drift of this RMS added after the normalizer (bn.models.Drift: ICS put back, C1's "because")

@@ -118,7 +118,7 @@ class Experiment:
     # precise BN for the kinds that normalize with batch statistics in training; population BN is evaluated
     # with its running statistics, which are what its forward pass used in training
     if self.schedule.precise_bn > 0 and getattr(getattr(model, "norm", None), "kind", "none") in ("batch", "ghost", "renorm", "noisy"):
-      plain = model.norm.options._replace(ghost_batch_size=None, population_noise=None)
+      plain = model.norm.options._replace(ghost_batch_size=None, population_noise=None, reference=None)
       precise = model.clone(norm=dataclasses.replace(model.norm, kind="batch", options=plain))
     return self._task._replace(model=model, loop=loop, runs=runs, precise_bn=precise)
 
@@ -218,7 +218,7 @@ def schema() -> dict:
       "norm.momentum": optional(number(0, 1, hi_open=True)), "norm.epsilon": number(0, lo_open=True),
       "norm.variance": choice(bn.norm.VARIANCES), "norm.ghost_batch_size": count, "norm.num_groups": size,
       "norm.r_max": number(1), "norm.d_max": number(0), "norm.renorm_warmup": count, "norm.stats_gradient": flag,
-      "norm.population_noise": count, "norm.affine": flag, "norm.skip_nonfinite": flag,
+      "norm.population_noise": count, "norm.reference": count, "norm.affine": flag, "norm.skip_nonfinite": flag,
       "norm.drift": number(0), "norm.drift_period": number(0, lo_open=True),
       "norm.noise.mean_range": seq(number(), length=2), "norm.noise.scale_range": seq(number(), length=2),
       "norm.noise.mean_halfwidth": number(0), "norm.noise.scale_std": number(0), "norm.noise.per_sample": flag,
@@ -301,13 +301,31 @@ def _check(c) -> None:
         bn.norm.check_options(one)
       except (TypeError, ValueError) as e:
         raise ConfigError(f"--config.norm.{f}={c.norm[f]!r}: {e}") from None
-  g, pn = c.norm.ghost_batch_size, c.norm.population_noise
+  g, pn, ref = c.norm.ghost_batch_size, c.norm.population_noise, c.norm.get("reference", 0)
+  _check_reference(c, ref)
   if pn and t.batch_size % pn:
     raise ConfigError(f"--config.norm.population_noise={pn} does not divide --config.train.batch_size={t.batch_size}.")
   if g and t.batch_size % g:
     raise ConfigError(f"--config.norm.ghost_batch_size={g} does not divide --config.train.batch_size={t.batch_size}.")
   if c.norm.kind == "ghost" and not g:
     raise ConfigError("--config.norm.kind=ghost needs --config.norm.ghost_batch_size (e.g. 16).")
+
+
+def _check_reference(c, ref: int) -> None:
+  """The rules of ``norm.reference`` (full-batch BN over a fixed reference set appended to every batch)."""
+  if not ref:
+    return
+  if c.norm.kind != "batch":
+    raise ConfigError(f"--config.norm.reference={ref} needs --config.norm.kind=batch (got {c.norm.kind!r}): it replaces the batch's "
+                      "own statistics by the reference set's.")
+  if str(c.parallel.devices) != "1":
+    raise ConfigError(f"--config.norm.reference={ref} needs --config.parallel.devices=1 (each device would take its own reference "
+                      "rows); spread runs with --config.parallel.runs_devices instead.")
+  if c.data.train_size and ref > c.data.train_size:
+    raise ConfigError(f"--config.norm.reference={ref} exceeds --config.data.train_size={c.data.train_size}: the reference set is the "
+                      "first examples of the training set.")
+  if c.probes.every:
+    raise ConfigError(f"--config.norm.reference={ref} does not run with probes (--config.probes.every=0).")
 
 
 # ----------------------------------------------------------------------------- layout
@@ -342,6 +360,7 @@ def choose_layout(loop: str, runs: str, model, backend: str | None = None) -> tu
 _OPTION_VALUES = {
     "ghost_batch_size": lambda g: g or None,
     "population_noise": lambda g: g or None,
+    "reference": lambda r: r or None,
     "noise": lambda z: bn.Noise(tuple(z.mean_range), tuple(z.scale_range), z.mean_halfwidth, z.scale_std, bool(z.per_sample),
                                 float(z.dose)),
 }
@@ -385,6 +404,7 @@ def from_config(c) -> Experiment:
       loop=t.loop,
       runs=t.runs,
       shared_order=bool(t.shared_order),
+      reference=int(c.norm.get("reference", 0)),
   )
   d, p, pr = c.data, c.parallel, c.probes
   cfg = recorded_config(bn_config.to_dict(c))

@@ -73,9 +73,11 @@ class NormSpec:
       raise TypeError(f"NormSpec(options=...) must be bn.BNOptions, got {type(self.options).__name__}.")
     if self.kind == "ghost" and not self.options.ghost_batch_size:
       raise ValueError("norm kind 'ghost' needs ghost_batch_size (e.g. --config.norm.ghost_batch_size=16).")
-    if self.options.population_noise and self.kind != "population":
-      raise ValueError(f"norm population_noise={self.options.population_noise} needs norm kind 'population' (it perturbs the running "
-                       "statistics population mode normalizes with); set --config.norm.kind=population.")
+    if self.options.population_noise and self.kind != "population" and not self.options.reference:
+      raise ValueError(f"norm population_noise={self.options.population_noise} needs norm kind 'population' or a reference set (it "
+                       "perturbs noise-free statistics); set --config.norm.kind=population or --config.norm.reference.")
+    if self.options.reference and self.kind != "batch":
+      raise ValueError(f"norm reference={self.options.reference} needs norm kind 'batch' (got {self.kind!r}).")
     bn.norm.check_options(self.bn_options())
     if not (math.isfinite(self.drift) and self.drift >= 0 and math.isfinite(self.drift_period) and self.drift_period > 0):
       raise ValueError(f"norm drift={self.drift} must be >= 0 and drift_period={self.drift_period} > 0 (training steps).")
@@ -84,7 +86,7 @@ class NormSpec:
     """The options the BN layers get for this kind (see the class docstring)."""
     o = self.options
     return o._replace(noise=(o.noise or bn.Noise()) if self.kind == "noisy" else None, population=self.kind == "population",
-                      population_noise=o.population_noise if self.kind == "population" else None,
+                      population_noise=o.population_noise if self.kind == "population" or o.reference else None,
                       renorm=bn.Renorm(1.0, 0.0) if self.kind == "renorm" else None)
 
 
@@ -190,6 +192,7 @@ class Block(nn.Module):
   conv: tuple[int, int] | None = None
   strides: int = 1
   kernel_init: Any = nn.initializers.lecun_normal()
+  dropout: float = 0.0  # > 0: dropout after the nonlinearity (and the normalizer), in training calls given a "noise" RNG
 
   @nn.compact
   def __call__(self, x, train: bool, renorm=None):
@@ -208,6 +211,8 @@ class Block(nn.Module):
       x = Norm(self.norm, name="norm")(x, train, renorm)
       if self.norm.drift:
         x = Drift(self.norm.drift, self.norm.drift_period, name="drift")(x, train)
+    if self.dropout and train and self.has_rng("noise"):  # precise-BN recalibration (no RNG) sees the net as evaluation does
+      x = nn.Dropout(self.dropout, deterministic=False, rng_collection="noise")(x)
     return x
 
 
@@ -221,13 +226,19 @@ class MLP(nn.Module):
   act: str = "sigmoid"
   norm: NormSpec = NormSpec()
   init_std: float | None = None  # None: LeCun normal; a float: N(0, init_std^2) ("small Gaussian")
+  dropout: float = 0.0  # > 0: dropout of this rate after every hidden layer in training (a standard regularizer, for comparison)
+
+  def __post_init__(self):
+    if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+      raise ValueError(f"model dropout={self.dropout!r} must be a number in [0, 1) (--config.model.dropout).")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = True, renorm=None):
     x = x.reshape((x.shape[0], -1))
     init = nn.initializers.lecun_normal() if self.init_std is None else nn.initializers.normal(self.init_std)
     for i, w in enumerate(self.widths):
-      x = Block(w, self.norm, self.act, kernel_init=init, name=f"layer{i}")(x, train, renorm)
+      x = Block(w, self.norm, self.act, kernel_init=init, dropout=self.dropout, name=f"layer{i}")(x, train, renorm)
     return nn.Dense(self.num_classes, kernel_init=init, name="head")(x)
 
 

@@ -175,6 +175,7 @@ class BNOptions(NamedTuple):
   stats_gradient: bool = True
   strict_batch: bool = True
   skip_nonfinite: bool = False
+  reference: int | None = None
 
 
 def _feature_shape(num_features: int | Sequence[int]) -> tuple[int, ...]:
@@ -354,9 +355,15 @@ def check_options(options: BNOptions) -> BNOptions:
   _check_noise(o.noise)
   ghost = None if o.ghost_batch_size is None else _check_int("ghost_batch_size", o.ghost_batch_size, 1)
   pop = None if o.population_noise is None else _check_int("population_noise", o.population_noise, 1)
-  if pop is not None and not o.population:
-    raise ValueError(f"population_noise={pop} perturbs population-mode normalization: it needs population=True.")
-  return o._replace(ghost_batch_size=ghost, population_noise=pop)
+  ref = None if o.reference is None else _check_int("reference", o.reference, 2)
+  if pop is not None and not (o.population or ref):
+    raise ValueError(f"population_noise={pop} perturbs noise-free statistics: it needs population=True or reference=R.")
+  if ref is not None:
+    clash = [n for n, on in (("ghost_batch_size", ghost), ("renorm", o.renorm), ("population", o.population)) if on]
+    if clash:
+      raise ValueError(f"reference={ref} normalizes with the statistics of a fixed reference set; it does not combine with "
+                       f"{', '.join(clash)} (drop one of them).")
+  return o._replace(ghost_batch_size=ghost, population_noise=pop, reference=ref)
 
 
 def _options(options: BNOptions | None, changes: dict) -> BNOptions:
@@ -382,7 +389,7 @@ def _out_dtype(x, dtype):
 
 
 def _check_training(x32, lay: Layout, mask_np, *, axis_name, axis_index_groups, renorm, noise, population_noise, key,
-                    strict_batch):
+                    strict_batch, reference=0):
   """Trace-time checks of a training call against its input."""
   _check_axis_name(axis_name)
   if jnp.iscomplexobj(x32) and (renorm is not None or population_noise is not None):
@@ -392,7 +399,8 @@ def _check_training(x32, lay: Layout, mask_np, *, axis_name, axis_index_groups, 
     raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(...) (a fresh one each step).")
   check_counts(x32, lay, mask_np, strict_batch, axis_index_groups)
   if population_noise is not None:
-    group_size("population_noise", population_noise, x32, lay.feature_axes)
+    group_size("population_noise", population_noise, jax.ShapeDtypeStruct((x32.shape[0] - reference, *x32.shape[1:]), x32.dtype)
+               if reference else x32, lay.feature_axes)
     per_example = math.prod(x32.shape[a] for a in range(1, x32.ndim) if a not in lay.feature_axes)
     if population_noise * per_example < 2:
       raise ValueError(
@@ -412,7 +420,7 @@ def _normalize(x, mean, var, scale, epsilon):
 
 
 def _train_normalize(x32, lay: Layout, mean_b, var_b, run_mean, run_var, scale, *, epsilon, renorm, population,
-                     population_noise, key, mask, stats_gradient):
+                     population_noise, key, mask, stats_gradient, reference=0):
   """The normalized (not yet shifted by ``bias``) training output, in x's shape."""
   if population:
     if population_noise is None:
@@ -424,6 +432,12 @@ def _train_normalize(x32, lay: Layout, mean_b, var_b, run_mean, run_var, scale, 
     mean_b, var_b = lax.stop_gradient(mean_b), lax.stop_gradient(var_b)
   xs = to_view(x32, lay)
   s_scale = None if scale is None else lift(scale, lay)
+  if renorm is None and population_noise is not None:  # reference statistics plus a ghost batch's noise, on the rows before the reference
+    u = _normalize(xs, mean_b, var_b, None, epsilon).reshape(x32.shape)
+    n = u.shape[0] - reference
+    m = None if mask is None else (mask[:n] if mask.shape[0] == u.shape[0] else mask)
+    u = jnp.concatenate([_population_noise(key, u[:n], lay, population_noise, m), u[n:]]) if n else u
+    return u if scale is None else u * scale
   if renorm is None:
     return _normalize(xs, mean_b, var_b, s_scale, epsilon).reshape(x32.shape)
   rdt = real_dtype(x32.dtype)
@@ -447,6 +461,22 @@ def _finish(y, x32, ok, out_dtype):
   if ok is not None:
     y = jnp.where(ok, y, x32)
   return y.astype(out_dtype)
+
+
+def reference_mask(x, reference: int, mask, mask_np, axis_name):
+  """The statistics mask of ``reference=R``: the last ``R`` rows along axis 0 (and ``mask``, if given), with its
+  concrete NumPy value when ``mask`` has one (or is None)."""
+  if axis_name is not None:
+    raise ValueError(f"reference={reference} takes its statistics from the last rows of this call's input; it does not "
+                     f"reduce over axis_name={axis_name!r} (run it on one device, or drop reference).")
+  n = x.shape[0] if x.ndim else 0
+  if not 2 <= reference <= n:
+    raise ValueError(f"reference={reference} needs at least that many rows along axis 0 (the input has {n}): append the "
+                     "reference set to every training batch.")
+  rows = (np.arange(n) >= n - reference).reshape((n,) + (1,) * (x.ndim - 1))
+  if mask is None:
+    return jnp.asarray(rows), rows
+  return mask & rows, None if mask_np is None else (mask_np & rows)
 
 
 def _mask_guard(x32, mask):
@@ -529,7 +559,7 @@ def batch_norm(
     noise: :class:`Noise` applied after the affine transform in training; needs ``key``.
     population: in training, normalize with the running statistics (as in
       eval) but still fold in the batch statistics: no batch-statistics noise.
-    population_noise: with ``population=True``, an int ``g``: give the output
+    population_noise: with ``population=True`` (or ``reference``), an int ``g``: give the output
       the sampling noise of the statistics of a batch of ``g`` examples (Luo et
       al. 2019). Axis 0 splits into groups of ``g``; ``n`` = ``g`` times the
       values per example and feature (valid ones under a mask). Each value
@@ -554,6 +584,15 @@ def batch_norm(
       inf in the batch) keeps its running statistics (its output is still NaN).
       ``False`` (as Flax and PyTorch): one non-finite training batch poisons that
       feature's running statistics for good.
+    reference: an int ``R`` (training only): the last ``R`` entries along axis 0 are a
+      reference set (e.g. a fixed sample of the training set the caller appends to every
+      batch); the statistics come from them alone (and ``mask``) and normalize every row,
+      the gradient flowing through them, and the running statistics fold them in. With a
+      large fixed reference this is BN without batch-statistics noise ("full-batch BN":
+      no lag and no missing gradient, unlike ``population``); ``population_noise=g`` then
+      adds the sampling noise of a batch of ``g`` on top, to the rows before the reference
+      (which stay noise-free, so every layer's statistics do). Not with ghost batches, renorm,
+      population mode or ``axis_name``.
 
   Returns:
     ``(y, new_state)`` or ``(y, new_state, batch_stats)`` with ``return_stats``;
@@ -571,6 +610,8 @@ def batch_norm(
   if train:
     _check_state(state)
   mask, mask_np = prepare_mask(mask, x)
+  stats_mask, stats_np = (reference_mask(x, o.reference, mask, mask_np, axis_name) if train and o.reference is not None
+                          else (mask, mask_np))
   x32 = x.astype(_stats_dtype(x))
   run_mean, run_var = state.mean.reshape(lay.bshape), state.var.reshape(lay.bshape)
   scale = None if params.scale is None else params.scale.reshape(lay.bshape)
@@ -583,17 +624,17 @@ def batch_norm(
       return y, state, BatchStats(state.mean, state.var, jnp.zeros((), jnp.float32))
     return y, state
 
-  _check_training(x32, lay, mask_np, axis_name=axis_name, axis_index_groups=axis_index_groups, renorm=o.renorm, noise=o.noise,
-                  population_noise=o.population_noise, key=key, strict_batch=o.strict_batch)
+  _check_training(x32, lay, stats_np, axis_name=axis_name, axis_index_groups=axis_index_groups, renorm=o.renorm, noise=o.noise,
+                  population_noise=o.population_noise, key=key, strict_batch=o.strict_batch, reference=o.reference or 0)
   key_noise = key_pop = key
   if o.noise is not None and o.population_noise is not None:
     key_noise, key_pop = jax.random.split(key)
 
-  mean_b, var_b, count_b, valid = batch_statistics(x_in, lay, mask, run_mean, run_var, variance=o.variance,
+  mean_b, var_b, count_b, valid = batch_statistics(x_in, lay, stats_mask, run_mean, run_var, variance=o.variance,
                                                    axis_index_groups=axis_index_groups, strict_batch=o.strict_batch)
   y = _train_normalize(x_in, lay, mean_b, var_b, run_mean, run_var, scale, epsilon=o.epsilon, renorm=o.renorm,
                        population=o.population, population_noise=o.population_noise, key=key_pop, mask=mask,
-                       stats_gradient=o.stats_gradient)
+                       stats_gradient=o.stats_gradient, reference=o.reference or 0)
   y = _affine_bias(y, params, lay.bshape)
   if o.noise is not None:
     y = apply_noise(y, o.noise, key_noise, lay.bshape)

@@ -83,6 +83,7 @@ class Task(NamedTuple):
   runs: str = "vmap"  # "vmap": runs batched with jax.vmap; "unroll": one copy of the step per run, in the same program
   precise_bn: Any = None  # a model that re-estimates the BN statistics before evaluation ("precise BN"); None: use the running statistics
   shared_order: bool = False  # every run of a program takes run 0's batches (bn.programs.share_order); False: each run its own data order
+  reference: int = 0  # > 0: the first this-many training examples are appended to every batch (norm.reference: their statistics normalize it)
 
 
 # ----------------------------------------------------------------------------- optimizer and schedules
@@ -190,6 +191,7 @@ def loss_and_updates(task: Task, params, batch_stats, x, y, key, step):
       {"params": params, "batch_stats": batch_stats}, x, train=True, renorm=renorm_clips(task, step),
       mutable=["batch_stats"], rngs={"noise": key},
   )
+  logits = logits[: y.shape[0]]  # rows after the batch: a reference set (Task.reference), not trained on
   return _device_mean(cross_entropy(logits, y), task.axis_name), (mutated.get("batch_stats", batch_stats), logits)
 
 
@@ -242,6 +244,8 @@ def step_on(task: Task, state: TrainState, idx, images, labels, *, guard: bool =
   key = jax.random.fold_in(state.key, state.step)
   k_aug, k_noise = jax.random.split(key)
   x, y = _batch_at(task, idx, images, labels, k_aug)
+  if task.reference:  # full-batch BN: the fixed reference set rides along; only the batch's rows enter the loss
+    x = jnp.concatenate([x, images[: task.reference].astype(x.dtype)])
   grad_fn = jax.value_and_grad(functools.partial(loss_and_updates, task), has_aux=True)
   (loss, (batch_stats, logits)), grads = grad_fn(state.params, state.batch_stats, x, y, k_noise, state.step)
   updates, opt_state = update_rule(task, state.hparams).update(grads, state.opt_state, state.params)

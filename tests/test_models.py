@@ -315,3 +315,21 @@ def test_drift_adds_its_closed_form_and_counts_training_calls_only():
   assert int(after_eval["layer0"]["drift"]["drift_step"]) == 3  # evaluation does not advance it
   with pytest.raises(ValueError, match="drift"):
     dataclasses.replace(plain, drift=-1.0)
+
+
+def test_mlp_dropout_in_training_only_and_checked():
+  """``dropout=p`` zeroes a fraction ~p of each hidden layer's outputs (scaled by 1/(1-p)) in training calls given
+  a "noise" RNG; evaluation and training calls without one (precise-BN recalibration) are deterministic."""
+  m = models.MLP(widths=(256,), act="relu", norm=models.norm_spec("none"), dropout=0.5)
+  x = jax.random.normal(jax.random.key(0), (64, 20))
+  v = m.init(jax.random.key(1), x, train=False)
+  h = lambda train, **kw: m.apply(v, x, train=train, capture_intermediates=True, **kw)[1]["intermediates"]["layer0"]["__call__"][0]  # noqa: E731
+  dropped = h(True, rngs={"noise": jax.random.key(2)})
+  full = h(False)
+  zero = np.asarray(dropped == 0) & np.asarray(full != 0)
+  assert 0.4 < zero.sum() / np.sum(np.asarray(full != 0)) < 0.6
+  kept = np.asarray(dropped != 0)
+  np.testing.assert_allclose(np.asarray(dropped)[kept], 2 * np.asarray(full)[kept], rtol=1e-5)
+  np.testing.assert_array_equal(h(True), full)  # no RNG: no dropout
+  with pytest.raises(ValueError, match="dropout=1.0 must be a number in"):
+    models.MLP(dropout=1.0)

@@ -167,7 +167,7 @@ def test_population_noise_with_a_mask():
 def test_population_noise_errors():
   x, params, state = np.ones((8, 3), np.float32), *bn.init(3)
   key = jax.random.key(0)
-  with pytest.raises(ValueError, match="population_noise=4 perturbs population-mode normalization: it needs population=True"):
+  with pytest.raises(ValueError, match="population_noise=4 perturbs noise-free statistics: it needs population=True or reference=R"):
     bn.batch_norm(x, params, state, train=True, population_noise=4, key=key)
   with pytest.raises(ValueError, match="population_noise= needs a PRNG key"):
     bn.batch_norm(x, params, state, train=True, population=True, population_noise=4)
