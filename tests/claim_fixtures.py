@@ -350,21 +350,22 @@ C3_STOP = (3, 4, 5, 3, 4, 5)  # per seed: the evaluation with the lowest validat
 
 
 def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: float = 0.85, decoy: float = 0.05,
-            diverge_at: int | None = None, stop=C3_STOP) -> dict:
+            diverge_at: int | None = None, stop=C3_STOP, weight_decays: dict | None = None) -> dict:
   """A c3_grid cell (the real condition ``name``'s config) whose runs have, per seed s: the lowest validation
   loss at evaluation ``C3_STOP[s]``, where the test loss is ``stopped + jit`` and the test accuracy ``acc + jit / 10``;
   at the last evaluation the test loss ``final + jit`` and the train loss ``train + jit / 2``. Decoys: two
   evaluations after the stopping point the test loss is at its lowest, ``stopped - decoy + jit`` (where stopping on
   the test set would land), and the final test loss is not the early-stopped one. ``diverge_at``: every seed
-  diverges from that step on. ``stop``: the early-stopping evaluation per seed (``-1``: the last, still improving)."""
+  diverges from that step on. ``stop``: the early-stopping evaluation per seed (``-1``: the last, still improving).
+  ``weight_decays``: ``{wd: (stopped, lowest validation loss)}``, one run per seed and value (a swept condition);
+  otherwise the lowest validation loss is 0.5."""
   cfg = config("c3_grid", C3_CONDITIONS[name], name=name)
   n = len(C3_STEPS)
 
   def at(values):
     return lambda step: values[C3_STEPS.index(step)]
 
-  runs = []
-  for s, seed in enumerate(SEEDS):
+  def one(s, seed, stopped, wd=0.0, val_min=0.5):
     k, j = stop[s] % n, float(np.asarray(jit)[s])
     test = [stopped + 0.3 + j] * n
     if k + 2 < n:
@@ -372,11 +373,15 @@ def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: 
     test[k], test[-1] = stopped + j, final + j
     accs = [acc - 0.1 + j / 10] * n
     accs[k], accs[-1] = acc + j / 10, acc - 0.03 + j / 10
-    val = [0.5 + 0.1 * abs(i - k) for i in range(n)]
+    val = [val_min + 0.1 * abs(i - k) for i in range(n)]
     tr = [train + j / 2 + 0.05 * (n - 1 - i) for i in range(n)]
-    runs.append(run(seed, cfg["optimizer"]["lr"], C3_STEPS, test_loss=at(test), test_accuracy=at(accs), train_loss=at(tr),
-                    train_accuracy=lambda step: 0.95, val_loss=at(val), val_accuracy=lambda step: 0.8, diverge_at=diverge_at))
-  return trained(cfg, runs)
+    return run(seed, cfg["optimizer"]["lr"], C3_STEPS, test_loss=at(test), test_accuracy=at(accs), train_loss=at(tr),
+               train_accuracy=lambda step: 0.95, val_loss=at(val), val_accuracy=lambda step: 0.8, diverge_at=diverge_at,
+               weight_decay=wd)
+
+  if weight_decays:
+    return trained(cfg, [one(s, seed, st, wd, v) for s, seed in enumerate(SEEDS) for wd, (st, v) in weight_decays.items()])
+  return trained(cfg, [one(s, seed, stopped) for s, seed in enumerate(SEEDS)])
 
 
 # ----------------------------------------------------------------------------- measured conditions

@@ -540,22 +540,26 @@ BATCHES = (64, 256, 1024)
 # end), so a claim that read the final loss would flip; C7's rows at B = 256 (stopgrad diverges) must not enter C3.
 C3_CELLS = {
     "b64_g8": (0.40, 0.90, 0.30), "b64_g32": (0.46, 0.80, 0.25), "b64_g64": (0.53, 0.73, 0.20), "b64_none": (0.70, 0.90, 0.10),
-    "b64_population": (0.60, 0.80, 0.25),
+    "b64_reference": (0.52, 0.80, 0.05), "b64_reference_noise8": (0.48, 0.75, 0.15), "b64_wd": (0.50, 0.75, 0.20),
+    "b64_dropout0.1": (0.45, 0.70, 0.25), "b64_dropout0.3": (0.30, 0.65, 0.30), "b64_dropout0.5": (0.55, 0.70, 0.35),
     "b256_g8": (0.45, 0.95, 0.30), "b256_g32": (0.52, 0.85, 0.25), "b256_g256": (0.60, 0.80, 0.20), "b256_none": (0.68, 0.88, 0.30),
-    "b256_population": (0.65, 0.85, 0.25), "b256_population_noise8": (0.55, 0.82, 0.28), "b256_stopgrad": (0.01, 0.01, 0.01),
-    "b256_frozen": (0.70, 0.90, 0.25),
+    "b256_population": (0.65, 0.85, 0.25), "b256_stopgrad": (0.01, 0.01, 0.01), "b256_frozen": (0.70, 0.90, 0.25),
     "b1024_g8": (0.50, 1.00, 0.30), "b1024_g32": (0.58, 0.90, 0.25), "b1024_g64_long": (0.60, 0.90, 0.22), "b1024_g512_long": (0.66, 0.88, 0.20),
-    "b1024_g1024": (0.68, 0.88, 0.20), "b1024_none": (0.70, 0.90, 0.10), "b1024_population": (0.72, 0.92, 0.25),
+    "b1024_g1024": (0.68, 0.88, 0.20), "b1024_none": (0.70, 0.90, 0.10),
 }
+# the weight-decay sweep at B = 64: {wd: (early-stopped test loss, lowest validation loss)}; 1e-3 has the lowest validation
+# loss (the dropout cells' is 0.5); dropout 0.3 has the lowest test loss (0.30, a decoy for a choice made on the test set)
+C3_WD = {1e-4: (0.50, 0.50), 1e-3: (0.35, 0.45), 1e-2: (0.60, 0.60)}
 C3_ACC = {"g8": 0.86, "g32": 0.855}  # early-stopped test accuracy; every other cell 0.85
 
 
 # per-seed jitter of each cell kind; every full-statistics cell (g = B) has B
 C3_JIT = {"g8": A, "g32": C, "g64": J["noisy_d2"], "g512": J["noisy_d4"], "none": J["frozen"], "population": J["population"],
-          "population_noise8": J["population_noise"], "stopgrad": J["noisy_d0.5"], "frozen": J["noisy_d1"]}
+          "stopgrad": J["noisy_d0.5"], "frozen": J["noisy_d1"], "reference": J["population"], "reference_noise8": J["population_noise"],
+          "wd": J["noisy_d1"], "dropout0.1": J["frozen"], "dropout0.3": J["noisy_d0.5"], "dropout0.5": J["noisy_d2"]}
 
 
-def _c3(cells=C3_CELLS, still_improving=(), best_first=()):
+def _c3(cells=C3_CELLS, still_improving=(), best_first=(), wd=C3_WD):
   """The c3_grid cells. Where the test set would stop (its lowest test loss) a full-statistics cell is 0.4 below its
   early-stopped value, every other cell 0.05 (a decoy that flips the primary); C7's stop-gradient cell diverges at
   step 300 (every later evaluation NaN)."""
@@ -567,7 +571,8 @@ def _c3(cells=C3_CELLS, still_improving=(), best_first=()):
     full = kind == f"g{b}"
     stop = [-1] * N if name in still_improving else [0] * N if name in best_first else fx.C3_STOP  # -1 / 0: the last / first evaluation
     out[name] = fx.c3_cell(name, stopped=stopped, final=final, train=train, jit=B if full else C3_JIT[kind], acc=C3_ACC.get(kind, 0.85),
-                           decoy=0.4 if full else 0.05, diverge_at=300 if kind == "stopgrad" else None, stop=stop)
+                           decoy=0.4 if full else 0.05, diverge_at=300 if kind == "stopgrad" else None, stop=stop,
+                           weight_decays=wd if kind == "wd" else None)
   return out
 
 
@@ -587,16 +592,59 @@ def test_c3_regularizes_and_fades_supported(tmp_path):
   np.testing.assert_allclose(pooled["per_seed"], np.mean([0.40 - 0.53, 0.45 - 0.60, 0.50 - 0.68]) + A - B, atol=TOL)
   np.testing.assert_allclose(named(a, "early-stopped test loss, ghost 32")["per_seed"],
                              np.mean([0.46 - 0.53, 0.52 - 0.60, 0.58 - 0.68]) + C - B, atol=TOL)
-  np.testing.assert_allclose(named(a, "early-stopped test accuracy at B = 64")["per_seed"], np.full(N, 0.01) + (A - B) / 10, atol=TOL)
+  np.testing.assert_allclose(named(a, "early-stopped test accuracy at B = 64, ghost 8")["per_seed"], np.full(N, 0.01) + (A - B) / 10, atol=TOL)
   final = named(a, "final (not early-stopped) test loss")  # the decoy: at the end ghost 8 is worse
   np.testing.assert_allclose(final["per_seed"], np.mean([0.90 - 0.73, 0.95 - 0.80, 1.00 - 0.88]) + A - B, atol=TOL)
   assert final["outcome"] == "opposite"
   for b, d in ((256, 0.45 - 0.60), (1024, 0.50 - 0.68)):
     np.testing.assert_allclose(named(a, f"early-stopped test loss at B = {b}:")["per_seed"], d + A - B, atol=TOL)
-  # nothing leans on population BN (it does not fit here): no test reads it, a note gives its final training loss
+  # nothing leans on population BN (it does not fit here): no test reads it, notes give its final training loss and why
   assert not [t for t in a["tests"] if "population" in t["name"]]
   (pop,) = [n for n in a["notes"] if n.startswith("final training loss, population BN")]
-  assert "B = 64: " in pop and "B = 1024: " in pop
+  assert "B = 256: " in pop and "B = 64: " not in pop
+  (why,) = [n for n in a["notes"] if n.startswith("why population BN does not fit (B = 256)")]
+  assert "population BN at 0.25" in why  # the final train loss 0.25 + jit/2 (its jitter averages 0 here)
+
+
+def test_c3_noise_alone_and_a_little_supported():
+  a = c3_noise.analyze({"c3_grid": _c3()})
+  # the noise alone: full-batch BN + ghost-8 noise - full-batch BN, early-stopped test loss
+  check(a, per_seed=0.48 - 0.52 + J["population_noise"] - J["population"], outcome="as predicted", verdict="supported",
+        part="noise_alone", sanity_outcomes=["as predicted", "as predicted", "as predicted"])
+  assert "final training loss 0.05" in sanity(a, "noise_alone")[0]["note"]
+  np.testing.assert_allclose(sanity(a, "noise_alone")[1]["per_seed"], 0.80 - 0.05 + J["population"] / 2, atol=TOL)
+  # a little: ghost 8 (0.40) - the regularizer with the lowest validation loss (weight decay 1e-3: 0.35), not dropout 0.3
+  # (the lowest test loss, 0.30: choosing on the test set would give 0.10)
+  check(a, per_seed=0.40 - 0.35 + A - J["noisy_d1"], outcome="as predicted", verdict="supported", part="a_little",
+        sanity_outcomes=["as predicted", "as predicted"])
+  p = primary(a, "a_little")
+  assert "weight decay 0.001" in p["name"] and "chosen in every bootstrap" not in p["note"] and "redone in every bootstrap" in p["note"]
+  np.testing.assert_allclose(sanity(a, "a_little")[0]["per_seed"], 0.35 - 0.53 + J["noisy_d1"] - B, atol=TOL)
+
+
+def test_c3_noise_alone_contradicted_and_not_a_little():
+  cells = dict(C3_CELLS)
+  cells["b64_reference_noise8"] = (0.60, 0.75, 0.15)  # the noise hurts
+  a = c3_noise.analyze({"c3_grid": _c3(cells, wd={1e-4: (0.50, 0.50), 1e-3: (0.45, 0.45), 1e-2: (0.60, 0.60)})})
+  check(a, per_seed=0.60 - 0.52 + J["population_noise"] - J["population"], outcome="opposite", verdict="contradicted",
+        part="noise_alone", sanity_outcomes=["as predicted", "as predicted", "as predicted"])
+  # the tuned regularizer (weight decay 1e-3, 0.45) does worse than ghost 8 (0.40): the noise is not the smaller regularizer
+  check(a, per_seed=0.40 - 0.45 + A - J["noisy_d1"], outcome="opposite", verdict="contradicted", part="a_little",
+        sanity_outcomes=["as predicted", "as predicted"])
+
+
+def test_c3_noise_alone_invalid_when_the_control_does_not_fit():
+  cells = dict(C3_CELLS)
+  cells["b64_reference"] = (0.52, 0.80, 0.40)  # full-batch BN ends far above BN's training loss (0.20)
+  a = c3_noise.analyze({"c3_grid": _c3(cells)})
+  assert analysis.verdict(a["tests"], "noise_alone") == "invalid design"
+  assert sanity(a, "noise_alone")[0]["outcome"] == "opposite"
+
+
+def test_c3_a_little_invalid_when_no_regularizer_helps():
+  cells = {**C3_CELLS, **{f"b64_dropout{p}": (0.60, 0.70, 0.35) for p in (0.1, 0.3, 0.5)}}
+  a = c3_noise.analyze({"c3_grid": _c3(cells, wd={1e-4: (0.60, 0.50), 1e-3: (0.62, 0.45), 1e-2: (0.65, 0.60)})})
+  assert analysis.verdict(a["tests"], "a_little") == "invalid design"  # the tuned regularizer does not lower the loss itself
 
 
 def test_c3_part_invalid_design_when_its_cells_are_still_improving():
@@ -619,6 +667,9 @@ def test_c3_fades_untested_without_its_cells():
   cells = {k: v for k, v in C3_CELLS.items() if not k.endswith("_long")}
   a = c3_noise.analyze({"c3_grid": {k: v for k, v in _c3().items() if k in cells}})
   assert "fades" in a["untested"] and not [t for t in a["tests"] if t.get("part") == "fades"]
+  new = ("reference", "wd", "dropout")
+  a = c3_noise.analyze({"c3_grid": {k: v for k, v in _c3().items() if not any(w in k for w in new)}})
+  assert set(a["untested"]) == {"noise_alone", "a_little"}
 
 
 def test_c3_notes_count_runs_stopped_at_their_last_evaluation():
@@ -766,13 +817,11 @@ def test_c7_supported(tmp_path, ioffe_world):
   # final test losses differ, so reading them fails the values): the stop-gradient cell diverged at step 300 and counts as
   # chance, ln 10
   c3 = {t["name"]: t for t in a["tests"] if t["name"].startswith("C3 network (B = 256)")}
-  assert len(c3) == 5 and all(t["role"] == "secondary" and "training loss" in t["name"] for t in c3.values())
+  assert len(c3) == 4 and all(t["role"] == "secondary" and "training loss" in t["name"] for t in c3.values())
   stop = named(a, "C3 network (B = 256): BN, no gradient through")
   np.testing.assert_allclose(stop["per_seed"], math.log(10) - (0.20 + B / 2), atol=TOL)
   frozen = named(a, "C3 network (B = 256): BN, scale 1 and bias 0 frozen")
   np.testing.assert_allclose(frozen["per_seed"], 0.25 + J["noisy_d1"] / 2 - (0.20 + B / 2), atol=TOL)
-  np.testing.assert_allclose(named(a, "C3 network (B = 256): population BN + noise")["per_seed"],
-                             0.28 + J["population_noise"] / 2 - (0.20 + B / 2), atol=TOL)
   np.testing.assert_allclose(named(a, "C3 network (B = 256): no BN")["per_seed"], 0.30 + J["frozen"] / 2 - (0.20 + B / 2), atol=TOL)
   for t in a["tests"]:
     assert t["outcome"] == "as predicted", t["name"]

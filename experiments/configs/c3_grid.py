@@ -32,6 +32,9 @@ GHOSTS = (8, 32)
 EPOCHS = {"tiny": 4, "quick": 20, "full": 40}
 FADE_EPOCHS = {"quick": 200, "full": 400}  # the fading cells (ghost 64 vs 512 at the largest B) train until they stop improving
 BASE_LR = 0.025
+REFERENCE = 512  # full-batch BN's reference set: the first 512 training images ride along with every batch
+WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)  # the tuned standard regularizers ("a little"): chosen on validation loss
+DROPOUTS = (0.1, 0.3, 0.5)
 
 
 def get_config(mode: str = "quick"):
@@ -39,7 +42,7 @@ def get_config(mode: str = "quick"):
   c.name = "c3_grid"
   c.seeds = tuple(range(10)) if mode != "tiny" else (0, 1, 2)
   c.data.update(train_size=2000, train_eval_size=2000, val_size=1000)  # early stopping on 1,000 held-out images
-  c.model.update(name="mlp", widths=(64, 64, 64), act="relu", init_std=None)
+  c.model.update(name="mlp", widths=(64, 64, 64), act="relu", init_std=None, dropout=0.0)
   c.norm.update(kind="batch", position="pre", momentum=0.9)
   c.optimizer.update(name="momentum", lr=BASE_LR, momentum=0.9)
   c.train.update(batch_size=64, precise_bn=2000, target_accuracy=0.8)
@@ -81,9 +84,14 @@ def conditions(mode: str = "quick"):
       for g in (64, 512):
         out[f"b{b}_g{g}_long"] = {**common, "train.steps": f.train.steps, "train.eval_every": f.train.eval_every,
                                   "train.checkpoint_every": f.train.steps, "norm.kind": "ghost", "norm.ghost_batch_size": g}
-    out[f"b{b}_population"] = {**common, "norm.kind": "population"}
-    if b == BATCHES[mode][len(BATCHES[mode]) // 2]:  # at the middle batch size: the noise control and C7's rows
-      out[f"b{b}_population_noise8"] = {**common, "norm.kind": "population", "norm.population_noise": min(8, b)}
+    if b == BATCHES[mode][0]:  # at the smallest batch size: the noise alone, and standard regularizers to size it against
+      out[f"b{b}_reference"] = {**common, "norm.reference": REFERENCE}
+      out[f"b{b}_reference_noise8"] = {**common, "norm.reference": REFERENCE, "norm.population_noise": 8}
+      out[f"b{b}_wd"] = {**common, "sweep.weight_decay": WEIGHT_DECAYS}
+      for p in DROPOUTS:
+        out[f"b{b}_dropout{p}"] = {**common, "model.dropout": p}
+    if b == BATCHES[mode][len(BATCHES[mode]) // 2]:  # at the middle batch size: population BN next to C7's rows
+      out[f"b{b}_population"] = {**common, "norm.kind": "population"}
       out[f"b{b}_stopgrad"] = {**common, "norm.kind": "batch", "norm.stats_gradient": False}
       out[f"b{b}_frozen"] = {**common, "norm.kind": "batch", "norm.affine": False}
   return out
