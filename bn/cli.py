@@ -188,7 +188,7 @@ def check_reproduce_args(mode: str, dataset: str | None, only: str | None) -> li
     return None
   names = [n.strip() for n in only.split(",")]
   if not all(names):
-    raise UsageError(f"--only {only!r} names an empty experiment; give comma-separated names, e.g. --only ioffe,freeze "
+    raise UsageError(f"--only {only!r} names an empty experiment; give comma-separated names, e.g. --only ioffe,alone "
                      "(or leave --only out to run every experiment).")
   return names
 

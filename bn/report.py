@@ -80,15 +80,17 @@ def settings_table(experiments: dict) -> list[str]:
 
 def _own_loop(c: dict, cells: tuple) -> tuple:
   """The settings cells (model, data, steps, optimizer, eval) of the experiments that run their own
-  loop (their config's ``deep``, ``freeze`` or ``depths`` section), which the generic fields misdescribe."""
+  loop (their config's ``deep``, ``alone`` or ``depths`` section), which the generic fields misdescribe."""
   model, data, steps, opt, ev = cells
   if "deep" in c:
     d = c["deep"]
     return (f"linear, {d['depth']} layers × {d['width']} (LeCun normal)", f"synthetic: x ~ N(0, I), y = A x, {d['examples']} examples",
             f"{d['steps']} full-batch steps", _deep_lr(d), "— (training loss)")
-  if "freeze" in c:
-    f = c["freeze"]
-    return model, data, f"{f['before']} + {f['budget']} × {c['train']['batch_size']}", opt, f"training-mode loss on {f['batch']} train images"
+  if "alone" in c:
+    f = c["alone"]
+    return (model, data, f"SGD × {c['train']['batch_size']} to losses {', '.join(f'{v:g}' for v in f['levels'])}, then {f['budget']} "
+            f"full-batch steps", f"{opt}; then gradient descent, LR tuned per variant over {len(f['lrs'])} values",
+            f"training-mode loss on {f['batch']} train images")
   if "depths" in c:
     m = c["model"]
     return (f"{m['name']} depth {', '.join(map(str, c['depths']))}, width {(m.get('widths') or ['?'])[0]} {m.get('act', '')}",

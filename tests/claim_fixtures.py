@@ -402,18 +402,30 @@ def depth_result(depths, ratios, *, width=100, first=1.0) -> dict:
           "wall_time_s": 1.0}
 
 
-def freeze_result(shares, jit) -> dict:
-  """``freeze``'s ``results.json``: the loss at the branch point 2 (1 + jit) per seed (every variant starts from
-  the same state); a hidden layer trained alone reduces it by ``share + jit / 10`` of it; the head (not a hidden
-  layer) by 0.9 of it; all layers together by 0.3 -- a decoy denominator (the all-layer reduction) that would
-  change every share if an analysis divided by it."""
+ALONE_LRS = (1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0, 256.0)
+
+
+def alone_result(norm: str, drops: dict, best: dict, together: float, jit, *, branch_loss=(0.98, 0.59)) -> dict:
+  """``alone``'s ``results.json`` at two loss levels (the same values at both): variant ``v`` drops the loss by
+  ``drops[v]`` at its tuned LR (index ``best[v]``), a hidden layer by ``drops[v] * (1 + jit)`` per seed; at every other
+  LR 0.05 less on average -- except a decoy LR (two above the best, or below it near the top of the grid) where seed 0
+  alone drops it by 1 more (the best *mean* must win). ``together``: all layers at their solo-tuned LRs, every seed."""
   jit = np.asarray(jit, float)
-  before = 2.0 * (1.0 + jit)
-  red = [np.full(len(SEEDS), 0.3)] + [(sh + jit / 10) * before for sh in shares] + [0.9 * before]
-  before_all = np.tile(before, (len(red), 1))
-  return {"name": "freeze", "seeds": list(SEEDS), "variants": ["all"] + [f"layer{i}" for i in range(len(shares))] + ["head"],
-          "reduction": np.array(red).tolist(), "loss_before": before_all.tolist(), "loss_after": (before_all - np.array(red)).tolist(),
-          "before_steps": 500, "budget": 200}
+  variants = ["all", "layer0", "layer1", "layer2", "head"]
+  k, n = len(ALONE_LRS), len(SEEDS)
+  d = np.zeros((len(variants), k, n))
+  for i, v in enumerate(variants):
+    per_seed = drops[v] * (1 + jit) if v.startswith("layer") else np.full(n, drops[v])
+    d[i] = per_seed - 0.05
+    d[i, best[v]] = per_seed
+    decoy = best[v] + 2 if best[v] + 2 < k else best[v] - 2
+    d[i, decoy, 0] += 1.0  # seed 0 does best here; the other seeds much worse: the mean is 0.3 below the best's
+    d[i, decoy, 1:] -= 0.5
+  level = d.tolist()
+  return {"name": "alone", "seeds": list(SEEDS), "norm": norm, "variants": variants, "levels": [1.0, 0.6], "lrs": list(ALONE_LRS),
+          "budget": 10, "batch": 500, "branch_step": [[100] * n, [400] * n], "branch_loss": [[branch_loss[0]] * n, [branch_loss[1]] * n],
+          "drop": [level, level], "together": [[together] * n, [together] * n],
+          "together_lrs": [[ALONE_LRS[best[v]] for v in variants[1:]]] * 2}
 
 
 def deep_linear_result(log10_one_minus_cos, jit, *, points=3, layers=5) -> dict:

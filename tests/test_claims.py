@@ -413,14 +413,22 @@ def test_c1p_invalid_design_when_bn_is_not_clearly_better_than_no_bn():
 # ----------------------------------------------------------------------------- C2
 
 
+BN_DROPS = {"all": 0.1, "layer0": 0.2, "layer1": 0.15, "layer2": 0.1, "head": 0.05}
+NONE_DROPS = {"all": 0.1, "layer0": 0.05, "layer1": 0.02, "layer2": 0.02, "head": 0.03}
+BEST = {"all": 1, "layer0": 3, "layer1": 3, "layer2": 4, "head": 2}  # tuned LR indices, all inside the 7-value grid
+
+
+def _alone(bn_drops=BN_DROPS, none_drops=NONE_DROPS, bn_best=BEST, none_best=BEST, **kw):
+  return {"bn": fx.measured(fx.config("alone", {"norm.kind": "batch"}), fx.alone_result("batch", bn_drops, bn_best, 0.3, A, **kw)),
+          "none": fx.measured(fx.config("alone", {"norm.kind": "none"}), fx.alone_result("none", none_drops, none_best, -0.1, B))}
+
+
 def test_c2_supported(tmp_path, ioffe_world):
-  freeze = {"bn": fx.measured(fx.config("freeze", {"norm.kind": "batch"}), fx.freeze_result((0.5, 0.4, 0.3), A)),
-            "none": fx.measured(fx.config("freeze", {"norm.kind": "none"}), fx.freeze_result((0.2, 0.1, 0.15), B))}
-  a = c2_coupling.analyze({"ioffe": ioffe_world, **fx.roundtrip(tmp_path, {"freeze": freeze})})
+  a = c2_coupling.analyze({"ioffe": ioffe_world, **fx.roundtrip(tmp_path, {"alone": _alone()})})
   # relative-step cross-layer share at point i >= 1 (step 0 skipped): BN 0.05 + A/10 + 0.02 i, none 0.25 + B/10;
   # mean over i = 1..10
   mean_i = sum(range(1, 11)) / 10
-  check(a, per_seed=0.05 + 0.02 * mean_i - 0.25 + (A - B) / 10, outcome="as predicted", verdict="supported")
+  check(a, per_seed=0.05 + 0.02 * mean_i - 0.25 + (A - B) / 10, outcome="as predicted", verdict="supported", part="interact")
   first, second = named(a, "... in the first half"), named(a, "... in the second half")  # i = 1..5 and 6..10
   np.testing.assert_allclose(first["per_seed"], 0.05 + 0.02 * 3 - 0.25 + (A - B) / 10, atol=TOL)
   np.testing.assert_allclose(second["per_seed"], 0.05 + 0.02 * 8 - 0.25 + (A - B) / 10, atol=TOL)
@@ -430,17 +438,30 @@ def test_c2_supported(tmp_path, ioffe_world):
   cross = named(a, "cross-layer share along the optimizer's actual update")
   np.testing.assert_allclose(cross["per_seed"], 0.1 - 0.3 + (A - B) / 10, atol=TOL)
   assert hess["outcome"] == cross["outcome"] == "as predicted"
-  # mean over the hidden layers of reduction / loss at the branch point: 0.4 + A/10 vs 0.15 + B/10 (not / the all-layer
-  # reduction, not with the head)
-  alone = named(a, "each learns on its own")
-  np.testing.assert_allclose(alone["per_seed"], 0.25 + (A - B) / 10, atol=TOL)
-  assert alone["outcome"] == "as predicted"
-  # the fixture's all-layer reduction (0.3) is below layer0 alone's (BN 0.5, none 0.2 of a loss of ~2): the ablation hit
-  # SGD's noise floor, and the report says its test is no evidence either way
-  assert [n.split(":")[0] for n in a["notes"]] == ["freezing ablation, bn", "freezing ablation, none"]
-  assert all("than layer0 alone" in n and "no evidence either way" in n for n in a["notes"])
-  fine = {k: {**r, "results": {**r["results"], "reduction": [[10.0] * N] + r["results"]["reduction"][1:]}} for k, r in freeze.items()}
-  assert c2_coupling.freeze_notes(fine) == []  # all layers together do better than any one alone: no caveat
+  # alone: mean hidden-layer drop / all-layer drop at the tuned LRs (not the one-seed decoy), BN 0.15 (1 + A) / 0.1,
+  # none 0.03 (1 + B) / 0.1 (the head is no hidden layer)
+  check(a, per_seed=1.5 * (1 + A) - 0.3 * (1 + B), outcome="as predicted", verdict="supported", part="alone",
+        sanity_outcomes=["as predicted", "as predicted"])
+  # additivity: 1 - together / sum of the solo drops over every layer (head included): BN 1 - 0.3 / (0.5 + 0.45 A),
+  # none 1 + 0.1 / (0.12 + 0.09 B)
+  gap_bn = 1 - 0.3 / (0.05 + (0.2 + 0.15 + 0.1) * (1 + A))
+  gap_none = 1 + 0.1 / (0.03 + (0.05 + 0.02 + 0.02) * (1 + B))
+  np.testing.assert_allclose(named(a, "additivity gap")["per_seed"], np.abs(gap_bn) - np.abs(gap_none), atol=TOL)
+  np.testing.assert_allclose(named(a, '"each learns essentially by itself" with BN')["per_seed"], gap_bn, atol=TOL)
+  assert named(a, "... without BN: additivity gap")["outcome"] == "opposite"  # 1.8 is far outside +-0.25
+
+
+def test_c2_alone_contradicted_and_invalid_designs():
+  a = c2_coupling.analyze({"ioffe": fx.ioffe(None, ("bn", "none")), "alone": _alone(bn_drops=NONE_DROPS, none_drops=BN_DROPS)})
+  check(a, per_seed=0.3 * (1 + A) - 1.5 * (1 + B), outcome="opposite", verdict="contradicted", part="alone",
+        sanity_outcomes=["as predicted", "as predicted"])
+  # a tuned LR at the grid's edge (a better one may lie beyond it): invalid design, the check names it
+  a = c2_coupling.analyze({"ioffe": fx.ioffe(None, ("bn", "none")), "alone": _alone(bn_best={**BEST, "layer2": 6})})
+  assert analysis.verdict(a["tests"], "alone") == "invalid design"
+  assert "batch loss 0.6 layer2: LR 256" in sanity(a, "alone")[1]["note"]
+  # branch points at unmatched losses
+  a = c2_coupling.analyze({"ioffe": fx.ioffe(None, ("bn", "none")), "alone": _alone(branch_loss=(0.8, 0.59))})
+  assert analysis.verdict(a["tests"], "alone") == "invalid design" and sanity(a, "alone")[0]["outcome"] == "opposite"
 
 
 def test_c2_contradicted_reads_the_relative_share_not_the_hessian_or_the_raw_share():
@@ -449,7 +470,8 @@ def test_c2_contradicted_reads_the_relative_share_not_the_hessian_or_the_raw_sha
   check(a, per_seed=0.5 + 0.02 * 5.5 - 0.25 + (A - B) / 10, outcome="opposite", verdict="contradicted")
   assert named(a, "normalized Hessian blocks")["outcome"] == "as predicted"
   assert named(a, "cross-layer share along the optimizer's actual update")["outcome"] == "as predicted"
-  assert len(a["tests"]) == 5  # no freeze results: no freezing test
+  assert len(a["tests"]) == 5 and "alone" in a["untested"]  # no alone results: no alone test
+  assert analysis.verdict(a["tests"], "interact") == "contradicted"
 
 
 # ----------------------------------------------------------------------------- C2'

@@ -537,7 +537,7 @@ def test_ledger_out_of_another_mode_is_refused(tmp_path, capsys):
   assert (out / "ledger.json").read_text() == before and sorted(p.name for p in out.iterdir()) == ["ledger.json"]
 
 
-@pytest.mark.parametrize("experiment", ["depth_init", "freeze", "deep_linear"])  # every experiment that trains nothing
+@pytest.mark.parametrize("experiment", ["depth_init", "alone", "deep_linear"])  # every experiment that trains nothing
 def test_measured_results_of_another_config_are_refused(tmp_path, experiment):
   from bn import measure as bn_measure
 

@@ -228,7 +228,7 @@ CLAIM = Claim(
           "last-layer sigmoid input drift without BN and stay put with BN.",
     source="Ioffe & Szegedy 2015, arXiv 1502.03167, §4.1",
     scope="*faster* covers the first 500 steps (quick) of a 3-layer sigmoid MLP against a no-BN net with a LeCun-normal init, "
-          "not how long the lead lasts (the ioffe_long figure shows the curves to 8,000 steps); *stable* covers the eval-mode "
+          "not how long the lead lasts (the ioffe_long figure shows the curves to 12,000 steps); *stable* covers the eval-mode "
           "drift at LR 0.5 over 1,500 steps, after the warm-up; *because* covers one intervention (a slow sinusoidal drift of "
           "RMS 1 added to BN's outputs, periods 200-400 steps: the sigmoid inputs drift, and the next layer's BN still normalizes "
           "its own pre-activations) and not the other direction (drift taken away without BN's other effects). C1′ tests a "

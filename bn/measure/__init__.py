@@ -13,7 +13,7 @@ from typing import Callable
 RUNNERS = {
     "deep_linear": "deep_linear:measure_deep_linear",
     "depth_init": "depth_init:measure_depth_init",
-    "freeze": "freeze:measure_freeze",
+    "alone": "alone:measure_alone",
 }
 
 

@@ -5,18 +5,18 @@ Command (one net; `bn reproduce` runs both into OUT/ioffe_long/{bn,none}/):
     bn train --config experiments/configs/ioffe_long.py:quick --config.norm.kind=none --workdir runs/fig1_none
 
 Setup: the Ioffe MLP of `ioffe.py` (784-100-100-100-10 sigmoid, batch 60, SGD) at LR 0.1 and 0.5
-(trained together), 8,000 steps (quick; the paper's 50,000 in --full), 2 seeds (5 in --full).
-Probes every 400 steps record the 15/50/85th percentiles of unit 0's sigmoid input in every hidden
+(trained together), 12,000 steps (quick; the paper's 50,000 in --full), 2 seeds (5 in --full).
+Probes every 600 steps (quick) record the 15/50/85th percentiles of unit 0's sigmoid input in every hidden
 layer, on the fixed training probe batch in train mode and on 1,000 test examples in eval mode.
 Expected (the paper): without BN the percentiles drift over tens of thousands of steps, and not
 alike in every layer; with BN they stay closer to put. A figure only: no test reads this experiment.
-Runtime on a 2-core CPU: quick ~45 s (2 seeds, measured), full ~12 min (estimated).
+Runtime on a 2-core CPU: quick ~70 s (2 seeds; 45 s measured at 8,000 steps), full ~12 min (estimated).
 """
 
 from bn.config import base
 
-STEPS = {"tiny": 60, "quick": 8000, "full": 50_000}
-EVERY = {"tiny": 20, "quick": 400, "full": 2500}
+STEPS = {"tiny": 60, "quick": 12_000, "full": 50_000}
+EVERY = {"tiny": 20, "quick": 600, "full": 2500}
 
 
 def get_config(mode: str = "quick"):
