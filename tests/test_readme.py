@@ -38,3 +38,16 @@ def test_readme_section_runs_as_written(name, tmp_path, monkeypatch):
       exec(compile(block, f"README.md [{name}] block {i + 1}", "exec"), ns)
     except Exception as e:
       raise AssertionError(f"README.md section {name!r}, python block {i + 1} fails as written: {type(e).__name__}: {e}") from e
+
+
+def test_the_module_map_names_every_module():
+  """"How the code is laid out" names every module of ``bn/`` (``bn/x.py``; a sub-package as ``bn/x/``), the package's
+  ``__init__`` and ``__main__`` aside: a new module is added to the map with the job it owns."""
+  text = README.read_text()
+  section = text[text.index("## How the code is laid out"):text.index("**The path of a config value.**")]
+  named = set(re.findall(r"`(bn/[\w/]+(?:\.py)?)`", section))
+  pkg = README.parent / "bn"
+  modules = {f"bn/{p.name}" for p in pkg.glob("*.py") if p.stem not in ("__init__", "__main__")}
+  modules |= {f"bn/{p.name}/" for p in pkg.iterdir() if (p / "__init__.py").is_file()}
+  assert len(modules) > 30 and "bn/norm.py" in modules and "bn/claims/" in modules
+  assert not modules - named, f"README.md's module map does not name {sorted(modules - named)}"
