@@ -1,7 +1,5 @@
-"""The engine's fast paths give the numbers of the plain ones.
+"""The engine's fast paths give the numbers of the plain ones (the sampler's, ``sampler_take``: test_pipeline.py).
 
-* :func:`bn.pipeline.sampler_take` (a chunk's batches drawn at once) returns what as many
-  calls of :func:`bn.pipeline.sampler_next` return;
 * :func:`bn.train.train_chunk` / :func:`bn.programs.chunk` (batches drawn first, the divergence
   guard paid only in a chunk where a run diverges) equal a ``lax.scan`` of the guarded
   :func:`bn.train.train_step` -- with no divergence, with a run diverging inside the chunk,
@@ -36,51 +34,6 @@ def close(a, b, rtol=1e-5, atol=1e-6):
     else:
       np.testing.assert_array_equal(x, y)
   jax.tree.map(one, a, b)
-
-
-# ----------------------------------------------------------------------------- sampler
-
-
-def _next_many(state, batch_size, k):
-  """``k`` calls of sampler_next (a scan, compiled unoptimized): the rows and the final state."""
-  def step(s, _):
-    idx, s = pipeline.sampler_next(s, batch_size)
-    return s, idx
-  state, rows = jax.jit(lambda s: jax.lax.scan(step, s, None, length=k), compiler_options=O0)(state)
-  return rows, state
-
-
-@pytest.mark.parametrize("mode", pipeline.MODES)
-@pytest.mark.parametrize("n,batch,steps,warm", [
-    (10, 3, 7, 0), (10, 3, 7, 2), (10, 10, 5, 1), (12, 4, 3, 0), (12, 4, 3, 3),  # straddling, whole epochs, ending on a boundary
-    (7, 1, 30, 3), (9, 2, 40, 4), (100, 60, 1, 1), (5, 5, 0, 1),  # many epochs in one chunk, one step, none
-])
-def test_sampler_take_equals_repeated_sampler_next(mode, n, batch, steps, warm):
-  state = pipeline.sampler_init(jax.random.PRNGKey(n * 100 + batch), n, mode)
-  _, state = _next_many(state, batch, warm)
-  want, want_state = _next_many(state, batch, steps)
-  got, got_state = jax.jit(pipeline.sampler_take, static_argnums=(1, 2), compiler_options=O0)(state, batch, steps)
-  assert got.shape == (steps, batch) and got.dtype == jnp.int32
-  np.testing.assert_array_equal(got, want)
-  close(got_state, want_state)
-
-
-def test_sampler_take_under_vmap_with_a_shared_position():
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  states = jax.vmap(lambda k: pipeline.sampler_init(k, 11))(keys)
-  axes = pipeline.SamplerState(0, 0, None, None, None)
-  one = pipeline.SamplerState(states.key, states.perm, states.pos[0], states.epoch[0], states.n[0])
-  got, got_state = jax.vmap(lambda s: pipeline.sampler_take(s, 4, 9), in_axes=(axes,), out_axes=(0, axes))(one)
-  for r in range(3):
-    want, want_state = _next_many(jax.tree.map(lambda x: x[r], states), 4, 9)
-    np.testing.assert_array_equal(got[r], want)
-    np.testing.assert_array_equal(got_state.perm[r], want_state.perm)
-    assert int(got_state.pos) == int(want_state.pos) and int(got_state.epoch) == int(want_state.epoch)
-
-
-def test_sampler_take_rejects_a_batch_larger_than_an_epoch():
-  with pytest.raises(ValueError, match="larger than the 5 examples"):
-    pipeline.sampler_take(pipeline.sampler_init(jax.random.PRNGKey(0), 5), 6, 2)
 
 
 # ----------------------------------------------------------------------------- training chunks
