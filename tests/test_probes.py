@@ -1,4 +1,4 @@
-"""Probes and report statistics against closed forms, NumPy and SciPy references."""
+"""Probes (bn.probes) against closed forms, NumPy and SciPy references (the report's statistics: test_stats.py)."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bn import probes, stats
+from bn import probes
 
 RNG = np.random.default_rng(0)
 
@@ -309,46 +309,3 @@ def test_probes_vmap_and_jit_agree_with_single_runs():
   batched = jax.tree.map(np.asarray, batched)
   for i, p in enumerate(seeds):  # vmap over seeds == one seed at a time
     assert_trees_close(jax.tree.map(lambda t: t[i], batched), single(p))
-
-
-# ----------------------------------------------------------------------------- host-side statistics
-
-
-@pytest.mark.parametrize("df", [1, 2, 3, 7.5, 30, 1000])
-def test_t_ppf_matches_scipy(df):
-  for q in (1e-4, 0.025, 0.3, 0.5, 0.9, 0.975, 0.9999):
-    assert stats.t_ppf(q, df) == pytest.approx(sps.t.ppf(q, df), rel=1e-9, abs=1e-12)
-
-
-def test_mean_ci_and_paired_diff_ci_match_scipy():
-  for n, conf in ((2, 0.95), (5, 0.9), (12, 0.99)):
-    v = RNG.normal(size=n)
-    mean, lo, hi = stats.mean_ci(v, conf)
-    ref = sps.t.interval(conf, n - 1, loc=v.mean(), scale=sps.sem(v))
-    assert mean == pytest.approx(v.mean()) and (lo, hi) == pytest.approx(ref, rel=1e-9)
-  a, b = RNG.normal(size=8), RNG.normal(size=8)
-  d = a - b
-  m, lo, hi = stats.paired_diff_ci(a, b)
-  assert m == pytest.approx(d.mean()) and (lo, hi) == pytest.approx(
-      sps.t.interval(0.95, 7, loc=d.mean(), scale=sps.sem(d)), rel=1e-9)
-  curves = RNG.normal(size=(4, 6))
-  m, lo, hi = stats.mean_ci(curves)
-  assert m.shape == (6,) and lo[2] == pytest.approx(sps.t.interval(0.95, 3, loc=curves[:, 2].mean(),
-                                                                   scale=sps.sem(curves[:, 2]))[0], rel=1e-9)
-  m, lo, hi = stats.mean_ci([3.0])
-  assert m == 3.0 and math.isnan(lo) and math.isnan(hi)
-  assert math.isnan(stats.mean_ci([1.0, float("nan"), 2.0])[0])
-  with pytest.raises(ValueError):
-    stats.paired_diff_ci([1, 2], [1, 2, 3])
-
-
-def test_steps_to_target_and_gap():
-  steps, accs = [0, 100, 200, 300], [0.1, 0.5, 0.8, 0.9]
-  assert stats.steps_to_target(steps, accs, 0.7) == pytest.approx(100 + 0.2 / 0.3 * 100)
-  assert stats.steps_to_target(steps, accs, 0.8) == pytest.approx(200)
-  assert stats.steps_to_target(steps, accs, 0.05) == 0
-  assert stats.steps_to_target(steps, accs, 0.95) == math.inf
-  assert stats.steps_to_target(steps, [0.1, float("nan"), 0.2, 0.3], 0.5) == math.inf
-  assert stats.steps_to_target(steps, [2.0, 1.0, 0.5, 0.4], 0.75, higher_is_better=False) == pytest.approx(150)
-  close(stats.gap([0.99, 0.95], [0.9, 0.95]), [0.09, 0.0])
-  assert stats.gap(0.2, 0.5, higher_is_better=False) == pytest.approx(0.3)
