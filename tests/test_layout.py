@@ -4,6 +4,7 @@
 XLA:CPU are several times faster as a host loop over unrolled runs), never what is
 computed: every layout must give the same states and metrics, to rounding (RTOL/ATOL below):
 the BN MLP, a CNN with batch and ghost BN (and one without normalization), and a small ResNet-20.
+Which layout "auto" picks (bn.experiment.choose_layout) is test_experiment.py.
 """
 
 import jax
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from bn import config as bn_config
-from bn import data, experiment, loop, models, parallel, programs
+from bn import data, experiment, loop, parallel, programs
 
 STEPS = 3
 LR = 0.05
@@ -74,16 +75,6 @@ def test_host_loop_and_unrolled_runs_equal_scan_and_vmap(small_data, model, kind
   got = train_with(tiny_config(kind, model), small_data, loop, runs)
   assert got[1].loss.shape == (2, STEPS)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL), ref, got)
-
-
-def test_auto_layout_by_model_and_backend():
-  model = lambda name: models.create(name, norm=models.NormSpec(), num_classes=10)  # noqa: E731
-  assert experiment.choose_layout("auto", "auto", model("cnn"), "cpu") == ("host", "unroll")
-  assert experiment.choose_layout("auto", "auto", model("resnet20"), "cpu") == ("host", "unroll")
-  assert experiment.choose_layout("auto", "auto", model("mlp"), "cpu") == ("scan", "vmap")
-  assert experiment.choose_layout("auto", "auto", model("cnn"), "gpu") == ("scan", "vmap")
-  assert experiment.choose_layout("scan", "vmap", model("cnn"), "cpu") == ("scan", "vmap")
-  assert all(models.is_convolutional(model(n)) for n in ("cnn", "vgg", "resnet20")) and not models.is_convolutional(model("mlp"))
 
 
 def test_bad_layout_values_are_config_errors():
