@@ -5,6 +5,9 @@ The tests *need* 8 CPU devices: whatever XLA_FLAGS / JAX_PLATFORMS the environme
 has, the device count is forced (other flags are kept), and the session fails
 loudly if JAX still does not give 8 devices -- a multi-device test must never be
 skipped silently.
+
+Naming: ``tests/test_<module>.py`` tests ``bn/<module>.py`` alone; tests across modules are named by their topic
+(README, "How the code is laid out"; ``test_readme.py`` checks that every module has its file or is listed as not yet).
 """
 import os
 import re
