@@ -242,9 +242,8 @@ def seeds_line(manifest: dict) -> str:
           f"pilots at {prereg.PILOT_SEED_BASE}: disjoint ranges).")
 
 
-def render(out: Path, manifest: dict, claims, sections, missing) -> str:
-  timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
-  prov = manifest.get("provenance") or {}
+def _preamble(out: Path, manifest: dict, claims, missing) -> list[str]:
+  """The report's opening: what it is built from, what was found, the summary table and the rule behind the verdicts."""
   L = ["# Why does Batch Normalization work? — the claims ledger", "",
        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bn report` ({_analysis_code()}) from the JSON files in `{out}` "
        f"(mode: {manifest.get('mode')}). "
@@ -263,58 +262,84 @@ def render(out: Path, manifest: dict, claims, sections, missing) -> str:
         "`preregistration.json` before the first training step; *changed after the run* names what differs.", "",
         "A verdict is about the primary test in this setting (CPU-scale analogs: MLPs on Fashion-MNIST, thousands of steps), "
         "not about the paper's setting; the \"paper vs here\" table of each claim says how they differ.", ""]
+  return L
+
+
+def _part_lines(c: dict, p: dict) -> list[str]:
+  """One part of a claim's section: its verdict and registration, then its primary test (or why it is untested)."""
+  L = [f"**Part {c['id']}.{p['id']}** — {p['says']}: **{p['verdict']}** ({p['registration']}).", ""]
+  if p["test"] is None:
+    return L + [f"*Not tested here:* {p['untested']}", ""]
+  t = p["test"]
+  return L + [f"*Primary test:* {p['primary']}.", "",
+              f"*Result:* {_result(t)} — raw outcome **{t['outcome_raw']}**, after the adjustment **{t['outcome']}**."
+              + (f" ({t['note']})" if t.get("note") else ""), "",
+              f"*Power:* {analysis.power_statement(t)}", "",
+              f"*What would change the verdict:* {analysis.what_would_change(t, p['verdict'])}", ""]
+
+
+def _other_tests_lines(c: dict) -> list[str]:
+  """A claim's sanity checks and secondary tests as tables, and a warning when secondary tests disagree."""
+  L = []
+  sanity = [t for t in c["tests"] if t["role"] == "sanity"]
+  if sanity:
+    L += ["Sanity checks (the experiment did what it was built to do; a failure makes the verdict *invalid design*):", ""]
+    L += _test_rows(sanity) + [""]
+  second = [t for t in c["tests"] if t["role"] == "secondary"]
+  if second:
+    L += ["Secondary tests (reported; they do not change the verdict):", ""] + _test_rows(second) + [""]
+    against = [t for t in second if t["outcome"] == "opposite"]
+    if against:
+      L += [f"*Not all evidence agrees:* {len(against)} of {len(second)} secondary tests came out opposite to the claim's "
+            "prediction; the verdict covers only what the primary test measures.", ""]
+  return L
+
+
+def _claim_section(claim, c: dict, plots) -> list[str]:
+  """The section of one claim: source and prediction, each part, the other tests, notes, paper vs here, its plots."""
+  L = [f"## {c['id']} — {c['claim']}", "", f"*Source:* {claim.source or '—'}. *Prediction:* {c['predicts']}.", "",
+       f"Claim verdict: **{c['verdict']}** (from its parts, by the rule above).", ""]
+  for p in c["parts"]:
+    L += _part_lines(c, p)
+  L += [*([f"*What the verdicts cover:* {c['scope']}", ""] if c.get("scope") else [])]
+  L += _other_tests_lines(c)
+  if c.get("notes"):
+    L += ["Notes (computed from this run):", ""] + [f"- {n}" for n in c["notes"]] + [""]
+  if c.get("table"):
+    L += ["Paper vs here:", "", "| | paper | here |", "|---|---|---|"] + [f"| {_cell(a)} | {_cell(b)} | {_cell(d)} |" for a, b, d in c["table"]] + [""]
+  L += [f"*The paper:* {claim.paper}", ""]
+  return L + [f"![{c['id']}]({name})" for name in plots] + [""]
+
+
+def _provenance_lines(prov: dict) -> list[str]:
+  """The Provenance section: command, commit, machine, packages, and each dataset's files once."""
+  L = ["## Provenance", ""]
+  if not prov:
+    return L + ["(not recorded by this ledger run)", ""]
+  L += [f"- command: `{prov.get('command', '?')}`",
+        f"- commit: {prov.get('git_commit') or 'unknown'}{' (with uncommitted changes)' if prov.get('git_dirty') else ''}",
+        f"- machine: {prov.get('machine', '?')}; backend {prov.get('backend', '?')}; started {prov.get('date', '?')}",
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in sorted((prov.get("packages") or {}).items()))]
+  seen = []
+  for d in prov.get("datasets") or []:
+    files = "; ".join(f"{f['path']} (sha256 {f['sha256'][:16]}…)" for f in d.get("files", [])) or d.get("location", "")
+    line = f"- data: {d.get('name')} from {d.get('source')}: {files}"
+    if line not in seen:  # experiments that share a dataset record it once each
+      seen.append(line)
+  return L + seen + [""]
+
+
+def render(out: Path, manifest: dict, claims, sections, missing) -> str:
+  """The text of report.md: the preamble and summary, the settings, one section per claim, provenance, timing."""
+  timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
+  L = _preamble(out, manifest, claims, missing)
   loaded = {}
   for _, _, _, results in sections:
     loaded.update(results)
   L += ["## Settings", ""] + settings_table(loaded) + [""]
   for claim, c, plots, _ in sections:
-    L += [f"## {c['id']} — {c['claim']}", "", f"*Source:* {claim.source or '—'}. *Prediction:* {c['predicts']}.", "",
-          f"Claim verdict: **{c['verdict']}** (from its parts, by the rule above).", ""]
-    for p in c["parts"]:
-      L += [f"**Part {c['id']}.{p['id']}** — {p['says']}: **{p['verdict']}** ({p['registration']}).", ""]
-      if p["test"] is None:
-        L += [f"*Not tested here:* {p['untested']}", ""]
-        continue
-      t = p["test"]
-      L += [f"*Primary test:* {p['primary']}.", "",
-            f"*Result:* {_result(t)} — raw outcome **{t['outcome_raw']}**, after the adjustment **{t['outcome']}**."
-            + (f" ({t['note']})" if t.get("note") else ""), "",
-            f"*Power:* {analysis.power_statement(t)}", "",
-            f"*What would change the verdict:* {analysis.what_would_change(t, p['verdict'])}", ""]
-    L += [*([f"*What the verdicts cover:* {c['scope']}", ""] if c.get("scope") else [])]
-    sanity = [t for t in c["tests"] if t["role"] == "sanity"]
-    if sanity:
-      L += ["Sanity checks (the experiment did what it was built to do; a failure makes the verdict *invalid design*):", ""]
-      L += _test_rows(sanity) + [""]
-    second = [t for t in c["tests"] if t["role"] == "secondary"]
-    if second:
-      L += ["Secondary tests (reported; they do not change the verdict):", ""] + _test_rows(second) + [""]
-      against = [t for t in second if t["outcome"] == "opposite"]
-      if against:
-        L += [f"*Not all evidence agrees:* {len(against)} of {len(second)} secondary tests came out opposite to the claim's "
-              "prediction; the verdict covers only what the primary test measures.", ""]
-    if c.get("notes"):
-      L += ["Notes (computed from this run):", ""] + [f"- {n}" for n in c["notes"]] + [""]
-    if c.get("table"):
-      L += ["Paper vs here:", "", "| | paper | here |", "|---|---|---|"] + [f"| {_cell(a)} | {_cell(b)} | {_cell(d)} |" for a, b, d in c["table"]] + [""]
-    L += [f"*The paper:* {claim.paper}", ""]
-    L += [f"![{c['id']}]({name})" for name in plots] + [""]
-  L += ["## Provenance", ""]
-  if prov:
-    L += [f"- command: `{prov.get('command', '?')}`",
-          f"- commit: {prov.get('git_commit') or 'unknown'}{' (with uncommitted changes)' if prov.get('git_dirty') else ''}",
-          f"- machine: {prov.get('machine', '?')}; backend {prov.get('backend', '?')}; started {prov.get('date', '?')}",
-          "- packages: " + ", ".join(f"{k} {v}" for k, v in sorted((prov.get("packages") or {}).items()))]
-    seen = []
-    for d in prov.get("datasets") or []:
-      files = "; ".join(f"{f['path']} (sha256 {f['sha256'][:16]}…)" for f in d.get("files", [])) or d.get("location", "")
-      line = f"- data: {d.get('name')} from {d.get('source')}: {files}"
-      if line not in seen:  # experiments that share a dataset record it once each
-        seen.append(line)
-    L += seen
-  else:
-    L.append("(not recorded by this ledger run)")
-  L.append("")
+    L += _claim_section(claim, c, plots)
+  L += _provenance_lines(manifest.get("provenance") or {})
   if timings:
     t = timings.get("cumulative_s") or timings.get("last_invocation_s", {})
     L += ["## Timing", "", "Wall time by experiment, summed over the invocations of this mode (seconds): "
