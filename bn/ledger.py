@@ -84,6 +84,40 @@ def check_out(out: Path, mode: str, dataset: str | None, seed_base: int = CONFIR
   return m
 
 
+def load_datasets(exps) -> dict:
+  """``{experiment.dataset_key: dataset}``: every dataset the experiments ``exps`` train on, each loaded once."""
+  cache: dict = {}
+  for exp in exps:
+    key = experiment.dataset_key(exp.data)
+    if key not in cache:
+      d = exp.data
+      cache[key] = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
+                                synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes,
+                                flag="--config.data.data_dir")
+  return cache
+
+
+def provenance_record(data_cache: dict, command, previous: dict | None) -> dict:
+  """This invocation's provenance; a resumed ledger keeps the first invocation's record and notes this one under ``resumed``."""
+  from bn import provenance
+
+  record = provenance.collect(data_cache.values(), argv=command, backend=records.backend())
+  if previous and previous.get("provenance"):
+    record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
+                                                   {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
+  return record
+
+
+def write_manifest(out: Path, mode: str, dataset, seed_base: int, configs: dict, previous: dict | None, record: dict) -> None:
+  """``OUT/ledger.json`` (the experiments of earlier invocations kept, this one's conditions added) and the
+  pre-registration of this invocation's experiments (:mod:`bn.prereg`; a resumed ledger keeps its first)."""
+  experiments = {**(previous or {}).get("experiments", {}), **{n: list(conds) for n, conds in configs.items()}}
+  artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "seed_base": seed_base, "experiments": experiments,
+                                        "provenance": record})
+  seeds = {n: {cond: list(c.seeds) for cond, c in conds.items()} for n, conds in configs.items()}
+  prereg.write(out, prereg.registration(bn_claims.all_claims(), seeds, mode=mode, seed_base=seed_base, provenance=record))
+
+
 def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None = None, progress: bool = True,
                log=None, command: list[str] | None = None, seed_base: int = CONFIRMATORY_SEED_BASE) -> dict:
   """Runs every (selected) experiment into ``out``; returns ``{experiment: wall seconds, "total": ...}``
@@ -111,33 +145,16 @@ def run_ledger(out: Path, mode: str = "quick", *, only=None, dataset: str | None
     say = warnings_only = lambda line: None  # noqa: E731
   out = Path(out)
   previous = check_out(out, mode, dataset, seed_base)
-  data_cache: dict = {}
-  for *_, exp in plan:  # every dataset loaded (and checked) before anything is written
-    key = experiment.dataset_key(exp.data)
-    if key not in data_cache:
-      d = exp.data
-      data_cache[key] = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
-                                     synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes,
-                                     flag="--config.data.data_dir")
+  data_cache = load_datasets(exp for *_, exp in plan)  # every dataset loaded (and checked) before anything is written
   runs = sum(len(exp.runs) for *_, exp in plan)
   steps = sum(exp.schedule.steps * len(exp.runs) for *_, exp in plan)
   say(loop.startup_line(list(data_cache.values()), f"{len(plan)} conditions, {runs} runs, {steps} run-steps in all; out {out}"))
   if (warning := loop.gpu_warning()) is not None:
     say(warning)
   out.mkdir(parents=True, exist_ok=True)
-  experiments = {**(previous or {}).get("experiments", {}), **{n: list(configs[n]) for n in names}}
-  from bn import provenance
-
-  record = provenance.collect(data_cache.values(), argv=command, backend=records.backend())
-  if previous and previous.get("provenance"):  # a resumed ledger: keep the first invocation's record, note this one
-    record = {**previous["provenance"], "resumed": [*previous["provenance"].get("resumed", []),
-                                                   {k: record[k] for k in ("command", "git_commit", "git_dirty", "date")}]}
   writer = distributed.is_writer()
   if writer:
-    artifacts.write_json(out / MANIFEST, {"mode": mode, "dataset": dataset, "seed_base": seed_base, "experiments": experiments,
-                                          "provenance": record})
-    seeds = {n: {cond: list(c.seeds) for cond, c in configs[n].items()} for n in names}
-    prereg.write(out, prereg.registration(bn_claims.all_claims(), seeds, mode=mode, seed_base=seed_base, provenance=record))
+    write_manifest(out, mode, dataset, seed_base, configs, previous, provenance_record(data_cache, command, previous))
   timings: dict = {}
   done: dict = {"trained": [], "skipped": []}
   prev_timings = artifacts.read_json(out / "timings.json") if (out / "timings.json").exists() else {}
