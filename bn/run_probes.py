@@ -107,17 +107,14 @@ def sum_sq(tree):
 # ----------------------------------------------------------------------------- the probe program
 
 
-def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
-  """All probes of ``spec.kinds`` for one run: probe batch ``(x, y)`` (train mode), test batch
-  ``xt`` (eval mode). Pure; vmap it over runs."""
-  kinds = set(spec.kinds or KINDS)
-  params, batch_stats = state.params, state.batch_stats
-  key = jax.random.fold_in(jax.random.fold_in(state.key, 2**31 - 1), state.step)  # fresh noise at every probe point
-  renorm = train.renorm_clips(task, state.step)
-  variables = {"params": params, "batch_stats": batch_stats}
+def _statistics(task: train.Task, kinds: set, state: train.TrainState, x, xt, key) -> dict:
+  """The probes that need no gradient: activation statistics in train mode (``act``) on ``x`` and in eval mode
+  (``eval_act``) on ``xt``, and every BN layer's gap between its batch and running statistics (``bn_gap``)."""
+  batch_stats = state.batch_stats
+  variables = {"params": state.params, "batch_stats": batch_stats}
   with sowing_stats():  # the BN layers sow the batch statistics they use (bn_gap)
-    _, mut = task.model.apply(variables, x, train=True, renorm=renorm, mutable=["batch_stats", "intermediates", "bn_stats"],
-                              rngs={"noise": key})
+    _, mut = task.model.apply(variables, x, train=True, renorm=train.renorm_clips(task, state.step),
+                              mutable=["batch_stats", "intermediates", "bn_stats"], rngs={"noise": key})
   out = {}
   if "act" in kinds:
     stats = probes.activation_stats(models.preacts(mut["intermediates"]))
@@ -132,6 +129,16 @@ def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
   out["bn_gap"] = {"/".join(p): probes.bn_stat_gap(_tree_get(mut["bn_stats"], p)["mean"][0], _tree_get(mut["bn_stats"], p)["var"][0],
                                                    _tree_get(batch_stats, p)["mean"], _tree_get(batch_stats, p)["var"])
                    for p in _bn_leaves(batch_stats)}
+  return out
+
+
+def probe_one(task: train.Task, spec, state: train.TrainState, x, y, xt):
+  """All probes of ``spec.kinds`` for one run: probe batch ``(x, y)`` (train mode), test batch
+  ``xt`` (eval mode). Pure; vmap it over runs."""
+  kinds = set(spec.kinds or KINDS)
+  params, batch_stats = state.params, state.batch_stats
+  key = jax.random.fold_in(jax.random.fold_in(state.key, 2**31 - 1), state.step)  # fresh noise at every probe point
+  out = _statistics(task, kinds, state, x, xt, key)
 
   def loss_fn(p):
     return train.loss_and_updates(task, p, batch_stats, x, y, key, state.step)[0]
