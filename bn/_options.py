@@ -41,7 +41,7 @@ class BatchStats(NamedTuple):
 
   ``count`` is the number of (valid) elements per feature behind them (per
   ghost batch, averaged over features). Features without usable statistics
-  (see "Too few values" in the module docstring) report the running statistics."""
+  (see "Too few values" in :mod:`bn.norm`'s docstring) report the running statistics."""
 
   mean: Array
   var: Array
@@ -88,12 +88,12 @@ VARIANCES = ("shifted", "two_pass", "fast")
 
 
 class BNOptions(NamedTuple):
-  """Every option of :func:`batch_norm` as one value (defaults as :func:`batch_norm`'s).
+  """Every option of :func:`bn.norm.batch_norm` as one value (defaults as :func:`bn.norm.batch_norm`'s).
 
   The Flax adapters gather their attributes into one (:mod:`bn.linen`, :mod:`bn.nnx`),
   and :class:`bn.models.NormSpec` embeds one, so an option is declared once, here:
-  a new option is a new field (plus its check in :func:`check_options` and its use in
-  :func:`batch_norm`), and the adapters, models and configs pass it on unchanged.
+  a new option is a new field (plus its check in :func:`check_options`, below, and its use in
+  :func:`bn.norm.batch_norm`), and the adapters, models and configs pass it on unchanged.
   Per-call arguments (``mask``, ``key``, ``axis_name``, ``dtype``) are not options.
 
   ``batch_norm(x, p, s, train=True, options=opts, ghost_batch_size=8)`` takes ``opts``
