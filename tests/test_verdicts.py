@@ -1,17 +1,14 @@
-"""Verdicts that mean what they say, around the verdict rule: claim parts, pre-registration, seed ranges.
+"""Verdicts that mean what they say, around the verdict rule: claim parts, seed ranges.
 
 Checked against hand-worked answers, in both directions. The tests and the verdict rule themselves
-(bn.analysis) are test_analysis.py; the statistics under them (bn.stats) test_stats.py.
+(bn.analysis) are test_analysis.py; the statistics under them (bn.stats) test_stats.py; pre-registration test_prereg.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from bn import ledger, prereg
-from bn.claims import c6_depth
+from bn import ledger
 from bn.claims.base import Claim, Part
 from bn.errors import UsageError
 
@@ -24,29 +21,6 @@ def test_claim_parts_need_distinct_ids():
     Claim(parts=(Part("a", "says"), Part("a", "says too")), **base)
   with pytest.raises(ValueError, match="distinct ids"):
     Claim(parts=(), **base)
-
-
-# ----------------------------------------------------------------------------- pre-registration
-
-
-def test_preregistration_status(tmp_path):
-  claim = c6_depth.CLAIM
-  (part,) = claim.parts
-  record = prereg.registration([claim], {"depth_init": {"bn": [3000, 3001]}}, mode="quick", seed_base=3000,
-                               provenance={"git_commit": "abc", "git_dirty": False, "date": "d"})
-  prereg.write(tmp_path, record)
-  read = prereg.read(tmp_path)
-  assert read["seed_base"] == 3000 and read["commit"] == "abc" and read["experiments"]["depth_init"]["bn"] == [3000, 3001]
-  assert prereg.status(read, claim, part) == "pre-registered"
-  assert prereg.status(None, claim, part) == "not registered"
-  moved = dataclasses.replace(part, margin=0.5)  # the declaration changed after the run
-  assert prereg.status(read, claim, moved) == "changed after the run: its declaration (margin)"
-  read["claims"][claim.id]["sha256"] = "0" * 64  # the module's code changed after the run
-  assert prereg.status(read, claim, part) == f"changed after the run: the code of {claim.analyze.__module__}"
-  assert prereg.status({"claims": {}}, claim, part).startswith("changed after the run: the claim was added")
-  # a resumed ledger keeps the first record
-  prereg.write(tmp_path, {**record, "commit": "later"})
-  assert prereg.read(tmp_path)["commit"] == "abc"
 
 
 # ----------------------------------------------------------------------------- seed ranges
