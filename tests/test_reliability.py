@@ -25,7 +25,6 @@ import pytest
 
 from bn import artifacts, cli, config, experiment, ledger, loop
 from bn.errors import RunError, UsageError
-from bn.progress import Progress
 from run_helpers import REPO, bn_train_command, config_maker
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -606,46 +605,3 @@ def test_bn_report_on_damaged_results(tmp_path, capsys):
   assert cli.main(["report", str(out)]) == 1
   (err,) = error_lines(capsys.readouterr().err)
   assert "probes.jsonl is missing although the condition finished" in err and "re-run `bn reproduce`" in err
-
-
-# ----------------------------------------------------------------------------- progress and start-up
-
-
-def test_progress_rate_excludes_compile_time():
-  class Clock:
-    t = 100.0
-
-    def __call__(self):
-      return self.t
-
-  class Stream:
-    text = ""
-
-    def isatty(self):
-      return False
-
-    def write(self, s):
-      self.text += s
-
-    def flush(self):
-      pass
-
-  clock, stream = Clock(), Stream()
-  bar = Progress(1000, "run", stream=stream, clock=clock)
-  bar.note("compiling the 100-step training program")
-  clock.t += 30.0  # compiling
-  bar.exclude(30.0)
-  clock.t += 1.0  # training 100 steps
-  bar.update(100)
-  assert bar.rate == pytest.approx(100.0)
-  assert "run compiling the 100-step training program" in stream.text and "100.0 steps/s, 9s left" in stream.text
-
-
-def test_gpu_present_but_unused_warning():
-  yes, no = (lambda _: "/usr/bin/nvidia-smi"), (lambda _: None)
-  never = lambda _: False  # noqa: E731
-  assert "a GPU is present (nvidia-smi) but JAX runs on the CPU" in loop.gpu_warning("cpu", which=yes, exists=never, environ={})
-  assert "/dev/nvidia0" in loop.gpu_warning("cpu", which=no, exists=lambda p: p == "/dev/nvidia0", environ={})
-  assert loop.gpu_warning("cpu", which=no, exists=never, environ={}) is None
-  assert loop.gpu_warning("gpu", which=yes, exists=never, environ={}) is None
-  assert loop.gpu_warning("cpu", which=yes, exists=never, environ={"JAX_PLATFORMS": "cpu"}) is None  # asked for the CPU
