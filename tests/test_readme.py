@@ -54,7 +54,7 @@ def test_the_module_map_names_every_module():
 
 
 # Modules tested only by topic so far (through the commands and files that use them); a new module comes with its own file.
-TESTED_BY_TOPIC_ONLY = {"cli", "distributed", "errors", "faults", "plotting", "run_probes",
+TESTED_BY_TOPIC_ONLY = {"cli", "distributed", "errors", "plotting", "run_probes",
                         "trainer", "workdir", "measure"}
 
 
