@@ -438,9 +438,10 @@ def test_c2_supported(tmp_path, ioffe_world):
   cross = named(a, "cross-layer share along the optimizer's actual update")
   np.testing.assert_allclose(cross["per_seed"], 0.1 - 0.3 + (A - B) / 10, atol=TOL)
   assert hess["outcome"] == cross["outcome"] == "as predicted"
-  # alone: mean hidden-layer drop / all-layer drop at the tuned LRs (not the one-seed decoy), BN 0.15 (1 + A) / 0.1,
-  # none 0.03 (1 + B) / 0.1 (the head is no hidden layer)
-  check(a, per_seed=1.5 * (1 + A) - 0.3 * (1 + B), outcome="as predicted", verdict="supported", part="alone",
+  # alone: (mean hidden-layer drop - all-layer drop) / branch loss at the tuned LRs (not the one-seed decoy), mean over the
+  # levels' branch losses 0.98 and 0.59: BN 0.15 (1 + A) - 0.1, none 0.03 (1 + B) - 0.1 (the head is no hidden layer)
+  inv = (1 / 0.98 + 1 / 0.59) / 2
+  check(a, per_seed=inv * (0.15 * (1 + A) - 0.03 * (1 + B)), outcome="as predicted", verdict="supported", part="alone",
         sanity_outcomes=["as predicted", "as predicted"])
   # additivity: 1 - together / sum of the solo drops over every layer (head included): BN 1 - 0.3 / (0.5 + 0.45 A),
   # none 1 + 0.1 / (0.12 + 0.09 B)
@@ -453,7 +454,8 @@ def test_c2_supported(tmp_path, ioffe_world):
 
 def test_c2_alone_contradicted_and_invalid_designs():
   a = c2_coupling.analyze({"ioffe": fx.ioffe(None, ("bn", "none")), "alone": _alone(bn_drops=NONE_DROPS, none_drops=BN_DROPS)})
-  check(a, per_seed=0.3 * (1 + A) - 1.5 * (1 + B), outcome="opposite", verdict="contradicted", part="alone",
+  inv = (1 / 0.98 + 1 / 0.59) / 2
+  check(a, per_seed=inv * (0.03 * (1 + A) - 0.15 * (1 + B)), outcome="opposite", verdict="contradicted", part="alone",
         sanity_outcomes=["as predicted", "as predicted"])
   # a tuned LR at the grid's edge (a better one may lie beyond it): invalid design, the check names it
   a = c2_coupling.analyze({"ioffe": fx.ioffe(None, ("bn", "none")), "alone": _alone(bn_best={**BEST, "layer2": 6})})
