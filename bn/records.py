@@ -27,7 +27,8 @@ def metric_rows(runs, step, wall, lr_mult, batch: train.StepMetrics, tr, te, div
         "batch_loss": float(np.nanmean(batch.loss[i])) if not np.all(np.isnan(batch.loss[i])) else None,
         "batch_accuracy": float(np.nanmean(batch.accuracy[i])) if not np.all(np.isnan(batch.accuracy[i])) else None,
         "train_loss": float(tr.loss[i]), "train_accuracy": float(tr.accuracy[i]),
-        "test_loss": float(te.loss[i]), "test_accuracy": float(te.accuracy[i]), **val,
+        "test_loss": float(te.loss[i]), "test_accuracy": float(te.accuracy[i]),
+        **({} if getattr(te, "calibration", None) is None else {"test_ece": float(te.calibration[i])}), **val,
         "diverged": d >= 0, "wall_time": wall,
     })
   return out

@@ -57,6 +57,10 @@ class TrainState(NamedTuple):
 class StepMetrics(NamedTuple):
   loss: jax.Array
   accuracy: jax.Array
+  calibration: jax.Array | None = None  # evaluation only: expected calibration error (ECE_BINS equal-width confidence bins)
+
+
+ECE_BINS = 15
 
 
 class RenormSchedule(NamedTuple):
@@ -338,12 +342,14 @@ def evaluate_all(task: Task, params, batch_stats, sets, recal_images=None) -> tu
 
 
 def evaluate(task: Task, params, batch_stats, images, labels, weights) -> StepMetrics:
-  """Eval-mode (running statistics) mean loss and accuracy of a split laid out in chunks.
+  """Eval-mode (running statistics) mean loss, accuracy and expected calibration error of a split laid out in chunks.
 
   ``images (K, B, ...)``, ``labels (K, B)``, ``weights (K, B)``: 1 on examples, 0 on
   padding (:func:`bn.parallel.place_eval` lays a split out this way). Chunks are
   visited with ``lax.map``. With ``task.axis_name`` the rows are this device's share
-  and the sums are ``psum``'ed over the mesh axis."""
+  and the sums are ``psum``'ed over the mesh axis. Calibration: the top-class probability
+  binned into :data:`ECE_BINS` equal-width bins, ``sum_b |correct_b - confidence_b| / n``
+  (Guo et al. 2017's ECE, from per-bin sums)."""
   variables = {"params": params, "batch_stats": batch_stats}
 
   def one(xyw):
@@ -351,11 +357,16 @@ def evaluate(task: Task, params, batch_stats, images, labels, weights) -> StepMe
     logits = task.model.apply(variables, x, train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     real = w > 0
-    return jnp.sum(jnp.where(real, losses * w, 0.0)), jnp.sum(jnp.where(real, (jnp.argmax(logits, -1) == y) * w, 0.0))
+    right = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    conf = jnp.max(jax.nn.softmax(logits.astype(jnp.float32), -1), -1)
+    onehot = jax.nn.one_hot(jnp.clip(jnp.floor(conf * ECE_BINS).astype(jnp.int32), 0, ECE_BINS - 1), ECE_BINS)
+    wr = jnp.where(real, w, 0.0)[:, None] * onehot
+    return (jnp.sum(jnp.where(real, losses * w, 0.0)), jnp.sum(jnp.where(real, right * w, 0.0)),
+            jnp.sum(wr * (right - conf)[:, None], axis=0))
 
-  loss, correct = jax.lax.map(one, (images, labels, weights))
-  sums = (jnp.sum(loss), jnp.sum(correct), jnp.sum(weights))
+  loss, correct, gap = jax.lax.map(one, (images, labels, weights))
+  sums = (jnp.sum(loss), jnp.sum(correct), jnp.sum(weights), jnp.sum(gap, axis=0))
   if task.axis_name is not None:
     sums = jax.lax.psum(sums, task.axis_name)
-  loss, correct, n = sums
-  return StepMetrics(loss / n, correct / n)
+  loss, correct, n, gap = sums
+  return StepMetrics(loss / n, correct / n, jnp.sum(jnp.abs(gap)) / n)

@@ -85,14 +85,15 @@ def settle(final: float, start: float, at: float):
 
 
 def run(seed: int, lr: float, steps, *, test_accuracy, test_loss, train_loss, train_accuracy, val_accuracy=None, val_loss=None,
-        weight_decay: float = 0.0, diverge_at: int | None = None, probe=None) -> dict:
+        weight_decay: float = 0.0, diverge_at: int | None = None, probe=None, extra: dict | None = None) -> dict:
   """One run: its evaluations at ``steps`` (each series a function of the step; ``val_*``: the validation
   split's, recorded when given). From ``diverge_at`` on the run is diverged: ``diverged`` true and every
   metric NaN (null in the JSON), as the loop records it. ``probe(step) -> {block: ...} or None``: the
   run's probe blocks at a probe step."""
   evals = []
   series = {"test_accuracy": test_accuracy, "test_loss": test_loss, "train_loss": train_loss, "train_accuracy": train_accuracy,
-            **({"val_loss": val_loss} if val_loss is not None else {}), **({"val_accuracy": val_accuracy} if val_accuracy is not None else {})}
+            **({"val_loss": val_loss} if val_loss is not None else {}), **({"val_accuracy": val_accuracy} if val_accuracy is not None else {}),
+            **(extra or {})}
   for s in steps:
     dead = diverge_at is not None and s >= diverge_at
     evals.append({"step": int(s), **{k: float("nan") if dead else float(f(s)) for k, f in series.items()}, "diverged": bool(dead)})
@@ -112,7 +113,7 @@ def trained(cfg: dict, runs: list[dict], probe_steps=()) -> dict:
         continue
       metrics.append({**row, "step": t, "learning_rate": r["lr"], "batch_loss": e["train_loss"], "batch_accuracy": e["train_accuracy"],
                       "train_loss": e["train_loss"], "train_accuracy": e["train_accuracy"], "test_loss": e["test_loss"],
-                      "test_accuracy": e["test_accuracy"], **{k: e[k] for k in ("val_loss", "val_accuracy") if k in e},
+                      "test_accuracy": e["test_accuracy"], **{k: e[k] for k in ("val_loss", "val_accuracy", "test_ece") if k in e},
                       "diverged": e["diverged"], "wall_time": 0.01 * t})
   target = cfg["train"]["target_accuracy"]
   summary_runs = []
@@ -358,7 +359,7 @@ def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: 
   the test set would land), and the final test loss is not the early-stopped one. ``diverge_at``: every seed
   diverges from that step on. ``stop``: the early-stopping evaluation per seed (``-1``: the last, still improving).
   ``weight_decays``: ``{wd: (stopped, lowest validation loss)}``, one run per seed and value (a swept condition);
-  otherwise the lowest validation loss is 0.5."""
+  otherwise the lowest validation loss is 0.5. The test calibration error is 0.02 + 0.1 x the test loss."""
   cfg = config("c3_grid", C3_CONDITIONS[name], name=name)
   n = len(C3_STEPS)
 
@@ -377,7 +378,7 @@ def c3_cell(name: str, *, stopped: float, final: float, train: float, jit, acc: 
     tr = [train + j / 2 + 0.05 * (n - 1 - i) for i in range(n)]
     return run(seed, cfg["optimizer"]["lr"], C3_STEPS, test_loss=at(test), test_accuracy=at(accs), train_loss=at(tr),
                train_accuracy=lambda step: 0.95, val_loss=at(val), val_accuracy=lambda step: 0.8, diverge_at=diverge_at,
-               weight_decay=wd)
+               weight_decay=wd, extra={"test_ece": at([0.02 + 0.1 * v for v in test])})
 
   if weight_decays:
     return trained(cfg, [one(s, seed, st, wd, v) for s, seed in enumerate(SEEDS) for wd, (st, v) in weight_decays.items()])

@@ -617,6 +617,8 @@ def test_c3_regularizes_and_fades_supported(tmp_path):
   np.testing.assert_allclose(named(a, "early-stopped test loss, ghost 32")["per_seed"],
                              np.mean([0.46 - 0.53, 0.52 - 0.60, 0.58 - 0.68]) + C - B, atol=TOL)
   np.testing.assert_allclose(named(a, "early-stopped test accuracy at B = 64, ghost 8")["per_seed"], np.full(N, 0.01) + (A - B) / 10, atol=TOL)
+  ece = named(a, "early-stopped test calibration error (ECE, 15 bins) at B = 64")  # 0.02 + 0.1 x the test loss
+  np.testing.assert_allclose(ece["per_seed"], 0.1 * (0.40 - 0.53 + A - B), atol=TOL)
   final = named(a, "final (not early-stopped) test loss")  # the decoy: at the end ghost 8 is worse
   np.testing.assert_allclose(final["per_seed"], np.mean([0.90 - 0.73, 0.95 - 0.80, 1.00 - 0.88]) + A - B, atol=TOL)
   assert final["outcome"] == "opposite"
@@ -636,6 +638,8 @@ def test_c3_noise_alone_and_a_little_supported():
   check(a, per_seed=0.48 - 0.52 + J["population_noise"] - J["population"], outcome="as predicted", verdict="supported",
         part="noise_alone", sanity_outcomes=["as predicted", "as predicted", "as predicted"])
   assert "final training loss 0.05" in sanity(a, "noise_alone")[0]["note"]
+  np.testing.assert_allclose(named(a, "early-stopped test calibration error (ECE) at B = 64: full-batch BN")["per_seed"],
+                             0.1 * (0.48 - 0.52 + J["population_noise"] - J["population"]), atol=TOL)
   np.testing.assert_allclose(sanity(a, "noise_alone")[1]["per_seed"], 0.80 - 0.05 + J["population"] / 2, atol=TOL)
   # a little: ghost 8 (0.40) - the regularizer with the lowest validation loss (weight decay 1e-3: 0.35), not dropout 0.3
   # (the lowest test loss, 0.30: choosing on the test set would give 0.10)

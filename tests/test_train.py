@@ -487,3 +487,28 @@ def test_probes_of_a_model_without_bn(nobn_run):
   for r in p:
     assert r["bn_gap"] == {}
     assert set(r["act"]) == {"layer0"} and r["layers"] == ["layer0", "head"] and len(r["norms"]["grad"]) == 2
+
+
+def test_evaluate_calibration_error_matches_numpy():
+  """``train.evaluate``'s ECE: the top-class probability in 15 equal-width bins, sum_b |correct_b - confidence_b| / n over
+  the real (weight > 0) examples of every chunk; the padding does not count."""
+  from bn import models
+
+  m = models.MLP(widths=(8,), act="relu", norm=models.norm_spec("none"))
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(3, 20, 4)).astype(np.float32), rng.integers(0, 10, (3, 20))
+  w = np.ones((3, 20), np.float32)
+  w[2, 15:] = 0  # padding
+  v = jax.tree.map(lambda a: a * 5, m.init(jax.random.key(0), x[0], train=False))  # confident: spread over the bins
+  task = train.Task(model=m, direction=None, schedule=None, decoupled_wd=False, batch_size=20, sampling="epoch", augment=False)
+  r = train.evaluate(task, v["params"], {}, x, y, w)
+  logits = np.concatenate([np.asarray(m.apply(v, x[i], train=False), np.float64) for i in range(3)])
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  real = w.reshape(-1) > 0
+  conf, right = p.max(1)[real], (p.argmax(1) == y.reshape(-1))[real]
+  bins = np.minimum((conf * 15).astype(int), 14)
+  assert len(set(bins)) > 3
+  ece = sum(abs(right[bins == b].sum() - conf[bins == b].sum()) for b in range(15)) / real.sum()
+  np.testing.assert_allclose(float(r.calibration), ece, rtol=1e-5)
+  np.testing.assert_allclose(float(r.accuracy), right.mean(), rtol=1e-6)
