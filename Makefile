@@ -12,6 +12,8 @@ STAMP  := $(VENV)/.installed$(if $(ACCEL),-$(ACCEL))
 # Wheels of the core install only (jax, jaxlib, numpy, ...) for tests/test_packaging.py,
 # which installs `bn` without extras into a fresh venv from them, offline.
 WHEELS := $(VENV)/wheelhouse
+# ... and the [report] extra's wheels, kept apart: the same test then adds them and runs `bn report` offline.
+REPORT_WHEELS := $(VENV)/wheelhouse-report
 FMNIST := /usr/share/datasets/fashion-mnist
 # Test files run in parallel, one worker per core (a file stays on one worker, so its
 # module-scoped fixtures are built once); the tests are bound by XLA compile time.
@@ -34,6 +36,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip wheel -q -c $(CONSTRAINTS) -w $(WHEELS) . setuptools
 	rm -f $(WHEELS)/bn_lab-*.whl
+	$(BIN)/python -m pip wheel -q -c $(CONSTRAINTS) -w $(REPORT_WHEELS) matplotlib
 	touch $(STAMP)
 
 # Fashion-MNIST as IDX files: the Debian/Ubuntu package dataset-fashion-mnist (offline,

@@ -3,7 +3,9 @@ extra to install, and files that runs write get the umask's mode (not mkstemp's 
 
 The core-only install is real: a fresh venv (no system site-packages), ``pip install`` of the
 repository with ``--no-index`` from the core wheels that ``make install`` put in
-``.venv/wheelhouse`` -- offline, and a wheelhouse holding flax or matplotlib would show.
+``.venv/wheelhouse`` -- offline, and a wheelhouse holding flax or matplotlib would show. The same
+venv then gets the ``[report]`` extra from ``.venv/wheelhouse-report`` and runs ``bn report`` on a
+hand-written ledger: the report needs JSON and matplotlib, not the training engine.
 """
 
 import importlib.metadata
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 CONSTRAINTS = REPO / "requirements" / "constraints.txt"
 WHEELS = Path(sys.prefix) / "wheelhouse"  # filled by `make install`
+REPORT_WHEELS = Path(sys.prefix) / "wheelhouse-report"  # the [report] extra's wheels, also from `make install`
 
 
 def canonical(name: str) -> str:
@@ -180,7 +183,7 @@ except ModuleNotFoundError as e:
 """
 
 
-def test_core_install_needs_only_jax(tmp_path):
+def test_core_install_needs_only_jax_and_report_needs_only_matplotlib(tmp_path):
   if not (WHEELS.is_dir() and any(WHEELS.glob("jaxlib-*.whl"))):
     if os.environ.get("CI"):
       pytest.fail(f"{WHEELS} has no core wheels: `make install` builds it")
@@ -213,3 +216,22 @@ def test_core_install_needs_only_jax(tmp_path):
   assert r.returncode == 0 and r.stdout.split() == ["ml_collections"], r.stderr  # bn.restore needs [train]; the CLI names it
   r = run(str(venv / "bin" / "bn"), "data", "list")
   assert r.returncode == 0 and "fashion_mnist" in r.stdout, r.stderr
+  # Then the [report] extra alone (matplotlib's wheels, kept apart by `make install`): `bn report` turns a ledger's JSON into
+  # the report and its figures with no flax, optax, orbax or ml_collections installed.
+  if not (REPORT_WHEELS.is_dir() and any(REPORT_WHEELS.glob("matplotlib-*.whl"))):
+    if os.environ.get("CI"):
+      pytest.fail(f"{REPORT_WHEELS} has no matplotlib wheel: `make install` builds it")
+    return
+  subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-index", "--find-links", str(WHEELS),
+                  "--find-links", str(REPORT_WHEELS), "--no-cache-dir", "--no-compile", "--disable-pip-version-check", f"{src}[report]"],
+                 check=True, env=env, cwd=tmp_path)
+  assert not any(site.glob("flax*")) and not any(site.glob("optax*")) and not any(site.glob("ml_collections*"))
+  import test_claims  # the hand-written ledger of test_report_build_on_a_hand_written_ledger (C2', C6), written here
+
+  out = tmp_path / "ledger"
+  test_claims._ledger(out)
+  r = run(str(venv / "bin" / "bn"), "report", str(out))
+  assert r.returncode == 0, r.stderr
+  text = (out / "report.md").read_text()
+  assert "## C6 —" in text and "## C2' —" in text, text[:2000]
+  assert (out / "c6_depth.png").stat().st_size > 1000
