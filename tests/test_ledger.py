@@ -95,11 +95,13 @@ def test_unknown_experiment_is_a_clear_error(tmp_path, capsys):
 
 def test_deep_linear_stability_edge_matches_the_exact_hessian():
   """bn.measure.deep_linear.stability_edge (power iteration on HVPs) against 2 / the top eigenvalue of the
-  loss Hessian that jax.hessian builds for a tiny no-BN deep linear net; and a run at a quarter of it stays finite."""
+  loss Hessian that jax.hessian builds for a tiny no-BN deep linear net; and runs at 0.1, 0.25 and 0.5 of it (one
+  runner call) stay finite, each the same as that fraction's run alone."""
   import jax
   import jax.flatten_util
   import jax.numpy as jnp
 
+  from bn import config as bn_config
   from bn.measure import deep_linear as dl
 
   c = ledger.condition_configs("deep_linear", "tiny", seed_base=0)["none"]
@@ -113,3 +115,17 @@ def test_deep_linear_stability_edge_matches_the_exact_hessian():
     assert edge[i] == pytest.approx(2.0 / top, rel=1e-3)
   r = dl.measure_deep_linear(c)
   assert np.all(np.isfinite(np.array(r["loss"]))) and r["lr"] == pytest.approx(list(0.25 * edge), rel=1e-5)
+  # every fraction of the edge in one call (one batch of fractions x seeds), each sliced out as its own run
+  assert c.deep.lr_fractions == (0.1, 0.25, 0.5) and r["lr_fractions"] == [0.1, 0.25, 0.5] and sorted(r["by_fraction"]) == ["0.1", "0.25", "0.5"]
+  for key in ("lr", "steps", "cos_raw", "cos_matched", "loss"):
+    assert r[key] == r["by_fraction"]["0.25"][key]  # the top level is the run at deep.lr_fraction
+  for f in (0.1, 0.5):
+    run = r["by_fraction"][f"{f:g}"]
+    alone = dl.deep_linear(c, c.seeds, "none", f * edge)  # the same seeds at that fraction, without the other fractions
+    assert run["lr"] == pytest.approx(list(f * edge), rel=1e-5) and np.all(np.isfinite(np.array(run["loss"])))
+    np.testing.assert_allclose(run["loss"], [a["loss"] for a in alone], rtol=1e-4)
+    np.testing.assert_allclose(run["cos_matched"], [a["cos_matched"] for a in alone], rtol=1e-4, atol=1e-6)
+  assert r["by_fraction"]["0.5"]["loss"][0][-1] < r["by_fraction"]["0.1"]["loss"][0][-1]  # a larger LR: further in the same steps
+  c.deep.lr_fraction = 0.3
+  with pytest.raises(bn_config.ConfigError, match=r"deep.lr_fraction=0.3 must be one of deep.lr_fractions"):
+    dl.measure_deep_linear(c)

@@ -29,7 +29,7 @@ def get_config(mode: str = "quick"):
   c.data.update(name="synthetic", source="synthetic", synthetic_shape=(10, 1, 1))  # unused: the runner draws its own data
   c.model.update(name="mlp", widths=(10,) * 24, act="linear", init_std=None)
   c.deep = ml_collections.ConfigDict(dict(
-      depth=25, width=10, examples=256, lr_fraction=0.25, rho=1e-3,
+      depth=25, width=10, examples=256, lr_fraction=0.25, lr_fractions=(0.1, 0.25, 0.5), rho=1e-3,
       steps={"tiny": 20, "quick": 1000, "full": 5000}[mode], every={"tiny": 10, "quick": 100, "full": 250}[mode],
   ))
   if mode == "tiny":
