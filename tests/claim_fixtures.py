@@ -437,3 +437,19 @@ def deep_linear_result(log10_one_minus_cos, jit, *, points=3, layers=5) -> dict:
     cos[s, 1:, 1:] = 1.0 - 10 ** (log10_one_minus_cos + jit[s])
   return {"name": "deep_linear", "seeds": list(SEEDS), "steps": list(range(0, 100 * points, 100)), "cos_raw": cos.tolist(),
           "cos_matched": cos.tolist(), "loss": [[1.0] * points] * len(SEEDS), "depth": layers, "width": 10}
+
+
+def deep_linear_fractions(log10_by_fraction: dict, jit, *, main=0.25, diverge=None, points=3, layers=5) -> dict:
+  """``deep_linear``'s ``results.json`` with runs at several fractions of the stability edge (``by_fraction``,
+  as one runner call writes it): each fraction's run is :func:`deep_linear_result` at its own log10(1 - cos);
+  the top level repeats the run at ``main``. ``diverge``: {fraction: seed indices} whose loss ends 1e30 times
+  above where it started (diverged: their cos values stay finite, so only the loss tells)."""
+  by = {}
+  for f, e in log10_by_fraction.items():
+    r = deep_linear_result(e, jit, points=points, layers=layers)
+    loss = np.ones((len(SEEDS), points))
+    loss[list((diverge or {}).get(f, ())), -1] = 1e30
+    by[f"{f:g}"] = {"lr_fraction": f, "lr": [f * 0.01] * len(SEEDS), "steps": r["steps"], "cos_raw": r["cos_raw"],
+                    "cos_matched": r["cos_matched"], "loss": loss.tolist()}
+  return {"name": "deep_linear", "seeds": list(SEEDS), "depth": layers, "width": 10, "edge": [0.01] * len(SEEDS),
+          **by[f"{main:g}"], "lr_fractions": sorted(log10_by_fraction), "by_fraction": by}

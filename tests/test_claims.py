@@ -364,6 +364,78 @@ def test_c1p_supported(tmp_path):
   assert deep_t["outcome"] == "as predicted"
 
 
+# the deep linear net at three fractions of the no-BN net's stability edge: BN's log10 (1 - cos) above no BN's by
+# 1.5 and 2 decades at 0.1 and 0.25 (the fraction the original row reads), below it by 0.5 decades at 0.5
+DEEP_BN, DEEP_NONE = {0.1: -2.0, 0.25: -2.0, 0.5: -3.0}, {0.1: -3.5, 0.25: -4.0, 0.5: -2.5}
+
+
+def _deep_fractions(tmp_path, diverge_bn=None, diverge_none=None, bn=DEEP_BN, none=DEEP_NONE):
+  deep = {"bn": fx.measured(fx.config("deep_linear", {"norm.kind": "batch"}), fx.deep_linear_fractions(bn, A, diverge=diverge_bn)),
+          "none": fx.measured(fx.config("deep_linear", {"norm.kind": "none"}), fx.deep_linear_fractions(none, B, diverge=diverge_none))}
+  return {"ioffe": _ioffe_c1p(), **fx.roundtrip(tmp_path, {"deep_linear": deep})}
+
+
+def test_c1p_deep_linear_one_row_per_fraction_of_the_edge(tmp_path):
+  a = c1p_not_ics.analyze(_deep_fractions(tmp_path))
+  check(a, per_seed=design_auc("noisy_d2", D2) - design_auc("bn"), outcome="as predicted", verdict="supported",
+        sanity_outcomes=["as predicted", "as predicted"])  # the primary and its sanity checks do not move
+  main = named(a, "deep linear net (25 x 10")  # the original row reads the top level: fraction 0.25
+  np.testing.assert_allclose(main["per_seed"], 2.0 + A - B, atol=TOL)
+  assert main["outcome"] == "as predicted" and main["role"] == "secondary" and "0.25 of the no-BN net's stability edge" in main["note"]
+  low = named(a, "deep linear net at 0.1 of the no-BN net's stability edge: BN raises matched gradient ICS")
+  np.testing.assert_allclose(low["per_seed"], 1.5 + A - B, atol=TOL)
+  assert low["outcome"] == "as predicted" and low["role"] == "secondary" and low["kind"] == "higher" and low["unit"] == "decades"
+  high = named(a, "deep linear net at 0.5 of the no-BN net's stability edge")
+  np.testing.assert_allclose(high["per_seed"], -0.5 + A - B, atol=TOL)
+  assert high["outcome"] == "opposite" and high["role"] == "secondary"
+  assert not [t for t in a["tests"] if t["name"].startswith("deep linear net at 0.25")]  # not twice
+  assert len(a["tests"]) == 10 + 3
+  (note,) = [n for n in a["notes"] if n.startswith("deep linear net, runs diverged")]
+  assert "0.1: BN 0, none 0 of 6; 0.25: BN 0, none 0 of 6; 0.5: BN 0, none 0 of 6" in note
+  # the other direction at every fraction: BN lowers gradient ICS by 1 decade (0.25 reads it too)
+  flip = c1p_not_ics.analyze(_deep_fractions(tmp_path / "flip", bn={f: -4.0 for f in DEEP_BN}, none={f: -3.0 for f in DEEP_BN}))
+  for name in ("deep linear net (25 x 10", "deep linear net at 0.1 ", "deep linear net at 0.5 "):
+    np.testing.assert_allclose(named(flip, name)["per_seed"], -1.0 + A - B, atol=TOL)
+    assert named(flip, name)["outcome"] == "opposite"
+
+
+def test_c1p_deep_linear_diverged_runs_have_no_value(tmp_path):
+  a = c1p_not_ics.analyze(_deep_fractions(tmp_path, diverge_bn={0.1: [2]}, diverge_none={0.5: [1, 4]}))
+  low, high = named(a, "deep linear net at 0.1 "), named(a, "deep linear net at 0.5 ")
+  np.testing.assert_allclose(low["per_seed"], np.where(np.arange(N) == 2, np.nan, 1.5 + A - B), atol=TOL)
+  np.testing.assert_allclose(high["per_seed"], np.where(np.isin(np.arange(N), [1, 4]), np.nan, -0.5 + A - B), atol=TOL)
+  assert low["outcome"] == high["outcome"] == "unclear"
+  assert named(a, "deep linear net (25 x 10")["outcome"] == "as predicted"  # 0.25: nothing diverged
+  (note,) = [n for n in a["notes"] if n.startswith("deep linear net, runs diverged")]
+  assert "0.1: BN 1, none 0 of 6; 0.25: BN 0, none 0 of 6; 0.5: BN 0, none 2 of 6" in note
+
+
+def test_c1p_deep_linear_results_of_one_fraction_give_one_row(tmp_path):
+  """Results written before ``deep.lr_fractions`` (one run, its ``lr_fraction`` at the top level): the original row only."""
+  one = lambda e, jit: {**fx.deep_linear_result(e, jit), "lr_fraction": 0.25}  # noqa: E731
+  deep = {"bn": fx.measured(fx.config("deep_linear", {"norm.kind": "batch"}), one(-2.0, A)),
+          "none": fx.measured(fx.config("deep_linear", {"norm.kind": "none"}), one(-4.0, B))}
+  a = c1p_not_ics.analyze({"ioffe": _ioffe_c1p(), **fx.roundtrip(tmp_path, {"deep_linear": deep})})
+  np.testing.assert_allclose(named(a, "deep linear net")["per_seed"], 2.0 + A - B, atol=TOL)
+  (note,) = [n for n in a["notes"] if n.startswith("deep linear net, runs diverged")]
+  assert "0.25: BN 0, none 0 of 6" in note and len(a["tests"]) == 11
+
+
+def test_c1p_plot_shows_the_deep_linear_net_over_training_at_every_fraction(tmp_path, monkeypatch):
+  from bn import plotting
+
+  figs = []
+  monkeypatch.setattr(plotting, "save", lambda fig, out, name: figs.append(fig) or name)
+  results = _deep_fractions(tmp_path, diverge_none={0.5: [1]})
+  assert c1p_not_ics.plot(results, c1p_not_ics.analyze(results), tmp_path) == ["c1p_not_ics.png"]
+  lines = {ln.get_label(): ln for ln in figs[0].axes[3].get_lines()}
+  assert sorted(lines) == sorted(f"{c}, {f:g} of the edge" for c in ("bn", "none") for f in (0.1, 0.25, 0.5))
+  x, y = lines["bn, 0.1 of the edge"].get_data()
+  np.testing.assert_allclose(x, [100, 200])  # the points after step 0
+  np.testing.assert_allclose(y, 10 ** (-2.0 + A.mean()), rtol=1e-9)  # geometric mean over layers and seeds
+  np.testing.assert_allclose(lines["none, 0.5 of the edge"].get_data()[1], 10 ** (-2.5 + np.delete(B, 1).mean()), rtol=1e-9)  # seed 1 diverged: left out
+
+
 def test_c1p_noisy_bn_better_than_bn_is_not_a_contradiction():
   # non-inferiority: noisy BN faster and higher than BN (dose 2) is as predicted (an equivalence test would say opposite)
   fast = {f"noisy_d{d:g}": {"slope": -0.3 + SLOPE, "cap": 0.99} for d in fx.DOSES}

@@ -110,13 +110,26 @@ def analyze(results) -> dict:
         "not_lower", margin=ICS_MARGIN, unit="decades"),
   ]
   deep = results.get("deep_linear") or {}
+  deep_notes = []
   if deep.get("bn") and deep.get("none"):
-    d_bn, d_none = _deep_ics(deep["bn"]["results"]), _deep_ics(deep["none"]["results"])
+    r_bn, r_none = deep["bn"]["results"], deep["none"]["results"]
+    main = r_bn.get("lr_fraction")
     tests.append(t("deep linear net (25 x 10, full-batch GD): log10 (1 - cos) BN / none, matched update, mean over layers",
-                   d_bn - d_none, "higher", unit="decades"))
+                   _deep_ics(r_bn) - _deep_ics(r_none), "higher", unit="decades",
+                   note=f"LR {main:g} of the no-BN net's stability edge 2/λ_max per seed" if main is not None else ""))
+    runs = {k: _deep_runs(r) for k, r in (("bn", r_bn), ("none", r_none))}
+    fractions = sorted(set(runs["bn"]) & set(runs["none"]))
+    for f in fractions:
+      if main is None or f != float(main):
+        tests.append(t(f"deep linear net at {f:g} of the no-BN net's stability edge: BN raises matched gradient ICS, log10 (1 - cos) BN / none",
+                       _deep_ics(runs["bn"][f]) - _deep_ics(runs["none"][f]), "higher", unit="decades"))
+    deep_notes.append("deep linear net, runs diverged (a non-finite loss, or a final loss above the initial) per fraction of the no-BN net's "
+                      "stability edge: " + "; ".join(f"{f:g}: BN {int(np.sum(deep_diverged(runs['bn'][f])))}, none "
+                                                     f"{int(np.sum(deep_diverged(runs['none'][f])))} of {len(runs['bn'][f]['loss'])}"
+                                                     for f in fractions) + " (a diverged seed has no gradient-ICS value)")
   notes = [f"noise dose {d:g}{' (BN)' if d == 0 else ''}: mean test accuracy over training {mean_ci_text(auc(r))}, "
            f"input shift in training mode {mean_ci_text(mean_shift(analysis.probes_of(r, LR)))} (no BN: {mean_ci_text(mean_shift(rows['none']))}), "
-           f"steps to {target:.0%} {mean_ci_text(2.0 ** log2_steps(r, target, LR))}" for d, r in _doses(m)]
+           f"steps to {target:.0%} {mean_ci_text(2.0 ** log2_steps(r, target, LR))}" for d, r in _doses(m)] + deep_notes
   table = [
       ["setting", "VGG on CIFAR-10, batch 128, SGD LR 0.1, 15k steps (and a 25-layer deep linear net)",
        f"the Ioffe MLP on {factor(bn_, 'data', 'name')}, batch 60, SGD LR {LR:g}, {bn_['summary']['steps']} steps"],
@@ -130,10 +143,28 @@ def analyze(results) -> dict:
   return {"tests": tests, "table": table, "notes": notes}
 
 
+def _deep_runs(result) -> dict[float, dict]:
+  """The deep linear net's runs keyed by fraction of the no-BN net's stability edge: ``by_fraction`` (several
+  fractions in one runner call), else the single run at the top level (its ``lr_fraction``)."""
+  by = result.get("by_fraction")
+  if by:
+    return {float(k): v for k, v in by.items()}
+  return {float(result["lr_fraction"]): result} if "lr_fraction" in result else {}
+
+
+def deep_diverged(result) -> np.ndarray:
+  """Per seed: whether the deep linear net's run diverged -- a non-finite loss at any probe point, or a final loss
+  above the initial one."""
+  loss = np.asarray(result["loss"], float)  # (seeds, points)
+  return ~np.all(np.isfinite(loss), axis=1) | ~(loss[:, -1] <= loss[:, 0])
+
+
 def _deep_ics(result) -> np.ndarray:
-  """Per seed: mean over probe points (after step 0) and layers k >= 1 of log10(1 - cos) at the matched update."""
+  """Per seed: mean over probe points (after step 0) and layers k >= 1 of log10(1 - cos) at the matched update;
+  nan for a diverged run."""
   c = np.asarray(result["cos_matched"], float)  # (seeds, points, layers)
-  return np.mean(np.log10(np.maximum(1.0 - c[:, 1:, 1:], 1e-12)), axis=(1, 2))
+  v = np.mean(np.log10(np.maximum(1.0 - c[:, 1:, 1:], 1e-12)), axis=(1, 2))
+  return np.where(deep_diverged(result), np.nan, v)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -142,7 +173,7 @@ def _deep_ics(result) -> np.ndarray:
 def plot(results, a, out) -> list[str]:
   m = results["ioffe"]
   plt = plotting.plt()
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+  fig, axes = plt.subplots(1, 4, figsize=(21, 4))
   # (a) dose-response: mean test accuracy over training vs measured shift
   for d, r in _doses(m):
     sh, st = mean_shift(analysis.probes_of(r, LR)), auc(r)
@@ -170,6 +201,22 @@ def plot(results, a, out) -> list[str]:
       axes[2].errorbar(np.arange(1, v.shape[1] + 1), v.mean(0), yerr=v.std(0), fmt="o", color=plotting.COLORS[cond], label=cond, ms=3)
   axes[2].set(yscale="log", xlabel="layer k", ylabel="1 − cos (matched update)", title="(c) 25-layer deep linear net")
   axes[2].legend()
+  # (d) deep linear net over training, at every fraction of the no-BN net's stability edge
+  if deep.get("bn") and deep.get("none"):
+    runs = {cond: _deep_runs(deep[cond]["results"]) for cond in ("bn", "none")}
+    fractions = sorted(set(runs["bn"]) & set(runs["none"]))
+    for j, f in enumerate(fractions):
+      for cond in ("bn", "none"):
+        r = runs[cond][f]
+        steps = np.asarray(r["steps"])[1:]
+        c = np.asarray(r["cos_matched"], float)[:, 1:, 1:]  # (seeds, points after step 0, layers k >= 1)
+        v = np.mean(np.log10(np.maximum(1.0 - c, 1e-12)), axis=2)[~deep_diverged(r)]  # per seed and point; diverged seeds left out
+        if len(v):
+          axes[3].plot(steps, 10 ** v.mean(0), ls=("-", "--", ":", "-.")[j % 4], marker="o", ms=3, color=plotting.COLORS[cond],
+                       label=f"{cond}, {f:g} of the edge")
+  axes[3].set(yscale="log", xlabel="step", ylabel="1 − cos (matched), geometric mean over layers and seeds",
+              title="(d) deep linear net over training, per LR (fraction of no-BN's 2/λ_max)")
+  axes[3].legend(fontsize=7)
   return [plotting.save(fig, out, "c1p_not_ics.png")]
 
 
