@@ -21,7 +21,7 @@ FILE = "preregistration.json"
 # Confirmatory runs draw from CONFIRMATORY_SEED_BASE (v3 of the ledger; a design change made after
 # seeing results moves it to a fresh range, see docs/ledger.md); pilots use another base
 # (`bn reproduce --seed-base 0`, and `bn train`'s configs start at 0), so the ranges are disjoint.
-CONFIRMATORY_SEED_BASE = 5000  # 3000, then 4000 until designs changed after seeing their results (docs/ledger.md, log)
+CONFIRMATORY_SEED_BASE = 6000  # 3000, 4000, then 5000 until designs changed after seeing their results (docs/ledger.md, log)
 PILOT_SEED_BASE = 0
 
 

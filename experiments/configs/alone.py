@@ -35,7 +35,7 @@ def get_config(mode: str = "quick"):
   c.optimizer.update(name="sgd", lr=0.5)
   c.train.update(batch_size=60)
   c.alone = ml_collections.ConfigDict(dict(levels=(1.0, 0.6), every=5, max_steps=4000, batch=256, budget=10,
-                                           lrs=(1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0, 256.0)))
+                                           lrs=(1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0)))
   if mode == "tiny":
     c.seeds = (0, 1, 2)
     c.data.update(source="synthetic", synthetic_shape=(8, 8, 1))
