@@ -16,7 +16,8 @@ CPU_TARGETS = ("bn_layer_vs_flax", "bn_overhead_ioffe", "ioffe_vs_matmul_only", 
                "vmapped_seeds_shared", "compile_time", "runs_devices_vs_one_device", "runs_devices_vs_reference_scan")
 RETIRED_ON_CPU = ("ioffe_vs_reference_scan",)  # measured (a row of section 2), not a target on CPU (issue 24)
 FULL_ONLY = ("ledger_devices",)  # the quick ledger on one device and on all: only with the full bench
-TARGETS = set(CPU_TARGETS) | set(RETIRED_ON_CPU) | set(FULL_ONLY) | {"gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch"}
+NOT_TINY = ("ledger_slice_devices",)  # a slice of the quick ledger in two fresh processes: quick and full, not tiny (~40 s)
+TARGETS = set(CPU_TARGETS) | set(RETIRED_ON_CPU) | set(FULL_ONLY) | set(NOT_TINY) | {"gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def _is_timing(t):
 
 def test_json_sections_and_meta(tiny):
   res, _ = tiny
-  assert {"meta", "bn_layer", "train_step", "roofline", "seeds", "devices", "e2e", "gpu", "targets"} <= set(res)
+  assert {"meta", "bn_layer", "train_step", "roofline", "seeds", "devices", "ledger_slice", "e2e", "gpu", "targets"} <= set(res)
+  assert res["ledger_slice"]["status"] == "not run" and res["ledger_slice"]["note"] == bench_cases.TINY_SLICE_NOTE
   assert res["devices"]["status"] == "run" and res["devices"]["devices"] == 3  # 3 runs over 3 of the 8 devices (capped at the runs)
   m = res["meta"]
   assert m["mode"] == "tiny" and m["backend"] == "cpu" and m["jax"] and m["flax"] and m["runtime_s"] > 0
@@ -48,8 +50,9 @@ def test_every_target_has_a_status(tiny):
     assert (t["measured"] is None) == (t["status"] == "not run") or t["id"] in RETIRED_ON_CPU, t
   for tid in CPU_TARGETS:
     assert ts[tid]["status"] != "not run", ts[tid]
-  for tid in RETIRED_ON_CPU + FULL_ONLY:
+  for tid in RETIRED_ON_CPU + FULL_ONLY + NOT_TINY:
     assert ts[tid]["status"] == "not run", ts[tid]
+  assert "SLICE" in ts["ledger_slice_devices"]["target"] and "skipped in tiny mode" in ts["ledger_slice_devices"]["note"]
   assert ts["ioffe_vs_reference_scan"]["note"].startswith("retired on CPU")
   for tid in ("gpu_bn_bandwidth", "gpu_resnet20_vs_torch", "gpu_airbench_vs_torch"):  # no GPU in the tests
     assert ts[tid]["status"] == "not run" and "not run" in ts[tid]["note"]
@@ -98,7 +101,7 @@ def test_markdown_has_the_tables(tiny):
   res, md = tiny
   assert md.startswith("# bn bench (tiny)")
   for heading in ("## Targets", "## 1. One BN layer", "## 2. Training step", "## 3. Roofline", "## 4. Many runs at once",
-                  "## 5. End to end", "## 6. GPU"):
+                  "## 5a. A slice of the ledger", "## 5. End to end", "## 6. GPU"):
     assert heading in md, heading
   assert "| target | threshold | measured | status | note |" in md
   for t in res["targets"]:
@@ -139,7 +142,8 @@ def made_up_results(value: float) -> dict:
   modes = {m: {"ratio_at_target_n": _made_up(value)} for m in ("independent", "shared")}
   devices = {"runs": 8, "devices": 2, "ratios": {k: _made_up(value) for k in ("all_devices_vs_one_device", "all_devices_vs_reference_scan")}}
   return {"bn_layer": {"cases": layer}, "train_step": {"ioffe": {"ratios": ratios, "compile_s": {"engine": value}}},
-          "seeds": {"target_n": 8, "modes": modes}, "devices": devices, "e2e": {"devices": {"ratio": value, "note": ""}}}
+          "seeds": {"target_n": 8, "modes": modes}, "devices": devices, "e2e": {"devices": {"ratio": value, "note": ""}},
+          "ledger_slice": {"ratio": value, "note": ""}}
 
 
 def _expected(t: dict) -> str:
@@ -154,21 +158,22 @@ def _expected(t: dict) -> str:
 def test_every_cpu_target_status_follows_its_threshold(value):
   ts = {t["id"]: t for t in suite.targets(made_up_results(value))}
   assert set(ts) == TARGETS
-  for tid in CPU_TARGETS + FULL_ONLY:
+  for tid in CPU_TARGETS + FULL_ONLY + NOT_TINY:
     t = ts[tid]
     assert t["measured"] == pytest.approx(value), t
     assert t["status"] == _expected(t), t
   assert ts["ioffe_vs_reference_scan"]["status"] == "not run" and ts["ioffe_vs_reference_scan"]["measured"] == pytest.approx(value)
-  for tid in TARGETS - set(CPU_TARGETS) - set(FULL_ONLY) - set(RETIRED_ON_CPU):
+  for tid in TARGETS - set(CPU_TARGETS) - set(FULL_ONLY) - set(NOT_TINY) - set(RETIRED_ON_CPU):
     assert ts[tid]["status"] == "not run" and ts[tid]["measured"] is None
 
 
 def test_target_statuses_at_known_points():
   ts = {t["id"]: t for t in suite.targets(made_up_results(0.65))}
   assert ts["runs_devices_vs_one_device"]["status"] == ts["runs_devices_vs_reference_scan"]["status"] == "met"  # <= 0.65x, on the bound
-  assert ts["ledger_devices"]["status"] == "met"  # <= 0.70x
+  assert ts["ledger_devices"]["status"] == ts["ledger_slice_devices"]["status"] == "met"  # <= 0.70x
   ts = {t["id"]: t for t in suite.targets(made_up_results(0.9))}
   assert ts["runs_devices_vs_one_device"]["status"] == "not met" and ts["ledger_devices"]["status"] == "not met"
+  assert ts["ledger_slice_devices"]["status"] == "not met"
   assert ts["vmapped_seeds"]["status"] == "not met"  # <= 0.50x
   assert ts["bn_layer_vs_flax"]["status"] == "met" and ts["compile_time"]["status"] == "met"
   ts = {t["id"]: t for t in suite.targets(made_up_results(1.1))}
@@ -210,6 +215,35 @@ def test_meets_reads_the_operator():
   assert bench.meets(9.0, "<= 10 s on CPU") and not bench.meets(1.0, "< 1") and bench.meets(2.0, "> 1")
   with pytest.raises(ValueError, match="threshold"):
     bench.meets(1.0, "about 1")
+
+
+def test_ledger_slice_trains_the_ledger_conditions_and_compares_them(tmp_path):
+  """The slice's code in this process (8 host devices: the runs spread over them), on one tiny
+  condition cut to 20 steps: the ledger's workdir files, the timings, and the comparison --
+  equal to itself; a training metric changed in the last bit, or an accuracy by two images of
+  1,000, is a difference."""
+  from bn.bench import ledger_slice
+
+  cond = (("c1_speed", "bn", {"train.steps": 20}),)
+  t = ledger_slice.run_slice(tmp_path / "a", "tiny", cond)
+  assert t["devices"] == 8 and t["total"] >= t["c1_speed/bn"] > 0 and t["compile_s"] > 0 and len(t["load_avg_end"]) == 3
+  wd = tmp_path / "a" / "c1_speed" / "bn"
+  assert {"config.json", "metrics.jsonl", "summary.json"} <= {f.name for f in wd.iterdir()}
+  assert json.loads((wd / "summary.json").read_text())["steps"] == 20
+  same = ledger_slice.compare(tmp_path / "a", tmp_path / "a", cond)
+  assert same["same"] and same["checked"] > 0 and same["not_identical"] == 0
+  import shutil
+
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  for field, change, key in (("batch_loss", lambda v: float(np.nextafter(np.float32(v), np.float32(9))), "training_identical"),
+                             ("test_accuracy", lambda v: v + 0.002, "max_accuracy_diff")):
+    changed = [dict(r) for r in rows]
+    changed[-1][field] = change(changed[-1][field])
+    (tmp_path / "b" / "c1_speed" / "bn" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in changed))
+    diff = ledger_slice.compare(tmp_path / "a", tmp_path / "b", cond)
+    assert not diff["same"] and diff["not_identical"] == 1, (field, diff)
+    assert diff[key] is False if key == "training_identical" else diff[key] > ledger_slice.ACCURACY_ATOL
 
 
 def test_profile_categorizes_kernels_from_the_hlo():

@@ -478,6 +478,46 @@ def _per_run(t: dict, n: int) -> dict:
 # ----------------------------------------------------------------------------- 5. end to end
 
 
+TINY_SLICE_NOTE = ("skipped in tiny mode: two fresh processes compiling the slice's programs take ~40 s even on the tiny "
+                   "ledger's configs (tests/test_bench.py runs the slice's code in-process on one tiny condition instead)")
+
+
+def ledger_slice(s, res) -> dict:
+  """A slice of the quick ledger (:data:`bn.bench.ledger_slice.SLICE`: whole conditions through
+  :func:`bn.loop.train_workdir`) in a child process on every local device and in one on one device:
+  wall times, their ratio, and whether every evaluation's metrics agree. Not in tiny mode (see
+  :data:`TINY_SLICE_NOTE`)."""
+  from bn.bench import ledger_slice as sl
+
+  d = jax.local_device_count()
+  what = sl.describe()
+  if not s.ledger_slice:
+    return {"status": "not run", "note": TINY_SLICE_NOTE if s.mode == "tiny" else f"skipped in {s.mode} mode"}
+  if d < 2:
+    return {"status": "not run", "note": "one local device (on CPU: run `bn bench` without BN_HOST_DEVICES=1)"}
+  try:
+    with tempfile.TemporaryDirectory() as tmp:
+      t = {}
+      for name, n in (("all_devices", d), ("one_device", 1)):
+        log(f"ledger slice ({what}) on {n} device(s) ...")
+        t[name] = sl.on_devices(Path(tmp) / name, "quick", n)
+        log(f"ledger slice on {n} device(s): {t[name]['total']:.1f} s (compile {t[name]['compile_s']:.1f} s)")
+      same = sl.compare(Path(tmp) / "all_devices", Path(tmp) / "one_device")
+  except Exception as e:  # a broken slice must not lose the rest of the bench
+    return {"status": "failed", "note": f"{type(e).__name__}: {e}"}
+  r = t["all_devices"]["total"] / t["one_device"]["total"]
+  agree = (f"{same['checked']} evaluation points' metrics {'agree' if same['same'] else 'DIFFER'} ({same['not_identical']} not "
+           f"bit-identical: training {'identical' if same['training_identical'] else 'DIFFERS'}, losses within "
+           f"{same['max_loss_rel_diff']:.1e} relative, {same['accuracies_differing']} accuracies by <= {same['max_accuracy_diff']:.4f}; "
+           f"steps to target {'equal' if same['steps_to_target_same'] else 'DIFFER'})")
+  note = (f"SLICE of the quick ledger ({what}): {t['all_devices']['total']:.0f} s on {d} devices vs "
+          f"{t['one_device']['total']:.0f} s on one ({r:.2f}x); {agree}")
+  return {"status": "run", "mode": "quick", "conditions": what, "devices": d,
+          "timings_s": t, "ratio": r, "same_results": same, "note": note}
+
+
+
+
 def end_to_end(s, res) -> dict:
   """The quick claims ledger (``bn reproduce --quick``) timed by experiment."""
   if not s.ledger:

@@ -55,6 +55,7 @@ class Settings:
   ledger_timings: str = ""  # when the ledger is not run: report this quick ledger's timings.json instead (labelled)
   compiler_options: tuple[tuple[str, Any], ...] = ()  # passed to every compile (tiny: fast, unoptimized)
   devices_runs: int = 8  # runs per program in the runs-over-devices section
+  ledger_slice: bool = True  # time a slice of the quick ledger on every device vs one (bn.bench.ledger_slice); not in tiny
 
 
 FULL = Settings(
@@ -72,7 +73,7 @@ TINY = dataclasses.replace(  # for tests: structure only, numbers meaningless; n
     FULL, mode="tiny", repeats=2, min_time=0.0, layer_shapes=((6, 10),),
     ioffe_steps=3, ioffe_train_size=600, ioffe_widths=(16, 16), ioffe_image=8,
     resnet=False, resnet_steps=1, resnet_batch=8, resnet_image=8, resnet_widths=(4, 8, 8), resnet_blocks=1,
-    resnet_train_size=64, matmul_n=64, seeds=(1, 2), seeds_steps=3, ledger=False, gpu_steps=2, devices_runs=3,
+    resnet_train_size=64, matmul_n=64, seeds=(1, 2), seeds_steps=3, ledger=False, gpu_steps=2, devices_runs=3, ledger_slice=False,
     compiler_options=(("xla_backend_optimization_level", 0), ("xla_llvm_disable_expensive_passes", True)),
 )
 MODES = {"full": FULL, "quick": QUICK, "tiny": TINY}

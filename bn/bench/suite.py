@@ -19,6 +19,8 @@ settings and the timing method in :mod:`bn.bench.core`):
    one-run programs one after another.
 4b. ``devices``: N runs spread over every local device (the ``'runs'`` mesh axis) vs on one
    device, and vs one run of ``reference_scan``.
+5a. ``ledger_slice``: a slice of the quick ledger (two conditions) on every local device vs
+   one device, in fresh child processes (:mod:`bn.bench.ledger_slice`); with ``--quick`` too.
 5. ``e2e``: the quick claims ledger timed by experiment (not with ``--quick``).
 6. ``gpu``: only on a GPU backend.
 
@@ -39,7 +41,7 @@ import jax
 import numpy as np
 
 from bn import artifacts, provenance as bn_provenance
-from bn.bench import cases, core, gpu
+from bn.bench import cases, core, gpu, ledger_slice
 from bn.bench.core import MODES, Settings, load_avg, log, noise_note, target  # noqa: F401  (MODES: the command's choices)
 
 
@@ -88,6 +90,10 @@ def targets(res: dict) -> list[dict]:
   ):
     r = dv.get("ratios", {}).get(key)
     out.append(target(tid, what, "<= 0.65x", r["ratio"] if r else None, noise_note(r) if r else dv.get("note", "")))
+  sl = res.get("ledger_slice", {})
+  out.append(target("ledger_slice_devices", f"a SLICE of the quick ledger ({ledger_slice.describe()}), wall time, runs over every "
+                    "local device vs one device (same results)", "<= 0.70x",
+                    sl.get("ratio"), sl.get("note", "not run")))
   e = res.get("e2e", {}).get("devices", {})
   out.append(target("ledger_devices", "quick ledger wall time, runs over every local device vs one device (same results)", "<= 0.70x",
                     e.get("ratio"), e.get("note", "only with the full bench (runs the quick ledger twice)")))
@@ -195,6 +201,18 @@ def markdown(res: dict) -> str:
     L += [""] + _table(["ratio", "value"], [[k, _x(r)] for k, r in dv["ratios"].items()])
   else:
     L += [f"{dv.get('status', 'not run')}: {dv.get('note', '')}"]
+  sl = res.get("ledger_slice", {})
+  L += ["", "## 5a. A slice of the ledger, every device vs one", ""]
+  if sl.get("status") == "run":
+    L += [f"A SLICE, not the whole ledger: {sl['conditions']} of the {sl['mode']} ledger, trained by "
+          "`bn.loop.train_workdir` as `bn reproduce` trains them, each device count in its own fresh process (no compilation cache). "
+          "Compile and train+eval seconds are the summaries' (the rest: data loading, set-up, writing).", ""]
+    L += _table(["devices", "wall s", "compile s", "train+eval s", "load at start", "load at end"],
+                [[x["devices"], f"{x['total']:.1f}", f"{x['compile_s']:.1f}", f"{x['train_eval_s']:.1f}", x["load_avg_start"], x["load_avg_end"]]
+                 for x in sl["timings_s"].values()])
+    L += ["", sl["note"]]
+  else:
+    L += [f"{sl.get('status', 'not run')}: {sl.get('note', '')}"]
   e = res.get("e2e", {})
   L += ["", "## 5. End to end (quick ledger)", ""]
   if e.get("status") in ("run", "read"):
@@ -254,6 +272,7 @@ def run_bench(s: Settings, out: str | os.PathLike) -> dict:
       ("roofline", cases.roofline),
       ("seeds", cases.seeds),
       ("devices", cases.runs_over_devices),
+      ("ledger_slice", cases.ledger_slice),
       ("e2e", cases.end_to_end),
       ("gpu", gpu.gpu_section),
   ]

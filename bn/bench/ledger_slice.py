@@ -1,0 +1,139 @@
+"""A slice of the quick claims ledger, timed on every local device vs one device (``bn bench``'s
+``ledger_slice_devices``; the whole ledger is timed only by the full bench).
+
+    python -m bn.bench.ledger_slice MODE OUT   # the slice into OUT, its timings to OUT/slice.json
+
+The slice is :data:`SLICE`: two conditions of the ledger, their configs as ``bn reproduce``
+builds them (:func:`bn.ledger.condition_configs`, confirmatory seeds; c1_speed's cut to its first
+250 steps), each trained into
+``OUT/<experiment>/<condition>/`` by :func:`bn.loop.train_workdir` on the dataset loaded once,
+as :func:`bn.ledger.run_ledger` does -- so on several host devices every program splits its
+runs over the ``'runs'`` mesh axis (``parallel.runs_devices``). One condition is
+evaluation-bound (c1_speed/bn: 40 runs of the Ioffe MLP, an evaluation with precise BN every 10
+steps), one mostly training-bound (lr_sweep/bn: 60 runs of a 6 x 64 ReLU MLP, 1,000 steps, 5
+evaluations). ``bn bench`` runs it in two
+child processes, one per device count (:func:`on_devices`), so both start alike (nothing compiled,
+no persistent compilation cache), and compares their final metrics (:func:`compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (experiment, condition, overrides) of the ledger: c1_speed's BN condition for its first 250 of 500 steps (25 of its 50
+# evaluations; ~30 s on one device of the 2-core machine), lr_sweep's BN condition whole (~45 s)
+SLICE = (("c1_speed", "bn", {"train.steps": 250}), ("lr_sweep", "bn", {}))
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss", "val_accuracy", "batch_loss", "batch_accuracy")
+# One device vs several (bn.programs.over_runs): training is bit-identical; XLA compiles the evaluation for the per-device
+# shapes into other fusions, so its sums may differ in the last bits (measured <= 3.3e-7 relative on the losses) and a test
+# image whose top two logits nearly tie may flip class: at most one image of the smallest evaluation set (1,000 images).
+LOSS_RTOL = 1e-6
+ACCURACY_ATOL = 1e-3 + 1e-9
+
+
+def describe(conditions=SLICE) -> str:
+  """``"c1_speed/bn (train.steps=250), lr_sweep/bn"``."""
+  return ", ".join(f"{e}/{c}" + (" (" + ", ".join(f"{k}={v}" for k, v in o.items()) + ")" if o else "") for e, c, o in conditions)
+
+
+def run_slice(out: Path, mode: str = "quick", conditions=SLICE) -> dict:
+  """Trains ``conditions`` of the ledger in ``mode`` into ``out``; returns ``{"exp/cond": seconds,
+  "total": seconds, "compile_s": ..., "train_eval_s": ..., "devices": ...}`` (compile and
+  train+eval seconds from the summaries; the rest of the total is data loading, set-up, writing)."""
+  import jax
+
+  from bn import config as bn_config, data as bn_data, experiment, ledger, loop
+
+  out = Path(out)
+  t_all = time.perf_counter()
+  timings: dict = {"devices": jax.local_device_count(), "load_avg_start": [round(v, 2) for v in os.getloadavg()]}
+  data: dict = {}
+  compile_s = train_s = 0.0
+  for name, cond, overrides in conditions:
+    t0 = time.perf_counter()
+    c = ledger.condition_configs(name, mode)[cond]
+    for k, v in overrides.items():
+      bn_config.assign(c, k, v)
+    exp = experiment.from_config(c)
+    key = experiment.dataset_key(exp.data)
+    if key not in data:
+      d = exp.data
+      data[key] = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
+                               synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes)
+    s = loop.train_workdir(exp, out / name / cond, dataset=data[key], progress=False, startup=False)
+    timings[f"{name}/{cond}"] = time.perf_counter() - t0
+    compile_s += s.get("compile_time_s") or 0.0
+    train_s += s.get("wall_time_s") or 0.0
+  timings.update(total=time.perf_counter() - t_all, compile_s=compile_s, train_eval_s=train_s,
+                 load_avg_end=[round(v, 2) for v in os.getloadavg()])
+  return timings
+
+
+def on_devices(out: Path, mode: str, devices: int, timeout: float = 1800) -> dict:
+  """:func:`run_slice` in a child process with ``devices`` host devices (``XLA_FLAGS``; the other
+  XLA flags kept): its timings."""
+  env = dict(os.environ)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+  for k in ("BN_HOST_DEVICES", "JAX_COMPILATION_CACHE_DIR", "BN_COMPILE_CACHE"):
+    env.pop(k, None)
+  p = subprocess.run([sys.executable, "-m", "bn.bench.ledger_slice", mode, str(out)], env=env, capture_output=True, text=True, timeout=timeout)
+  if p.returncode:
+    raise RuntimeError(f"the ledger slice on {devices} device(s) failed (exit {p.returncode}): {p.stderr[-2000:]}")
+  return json.loads((Path(out) / "slice.json").read_text())
+
+
+def compare(a: Path, b: Path, conditions=SLICE) -> dict:
+  """Two slices' results, every number of every evaluation of every run (``metrics.jsonl``: the
+  curves the claims read): the training metrics (``batch_*``) bit-identical, the evaluation
+  losses to :data:`LOSS_RTOL` relative, the evaluation accuracies to :data:`ACCURACY_ATOL`, and
+  every run's steps to the target (``summary.json``) equal. Returns the counts, the largest
+  differences and ``same``."""
+  out = {"checked": 0, "not_identical": 0, "training_identical": True, "max_loss_rel_diff": 0.0, "max_accuracy_diff": 0.0,
+         "accuracies_differing": 0, "steps_to_target_same": True, "loss_rtol": LOSS_RTOL, "accuracy_atol": ACCURACY_ATOL}
+  for name, cond, _ in conditions:
+    da, db = Path(a) / name / cond, Path(b) / name / cond
+    ra, rb = _rows(da / "metrics.jsonl"), _rows(db / "metrics.jsonl")
+    if not ra or [(r["run"], r["step"]) for r in ra] != [(r["run"], r["step"]) for r in rb]:
+      return {**out, "same": False, "note": f"{name}/{cond}: the two runs evaluated at different points"}
+    for x, y in zip(ra, rb):
+      for k in METRICS:
+        if x.get(k) is None or y.get(k) is None:
+          continue
+        out["checked"] += 1
+        if x[k] == y[k]:
+          continue
+        out["not_identical"] += 1
+        if k.startswith("batch_"):
+          out["training_identical"] = False
+        elif k.endswith("_loss"):
+          out["max_loss_rel_diff"] = max(out["max_loss_rel_diff"], abs(x[k] - y[k]) / max(abs(y[k]), 1e-30))
+        else:
+          out["accuracies_differing"] += 1
+          out["max_accuracy_diff"] = max(out["max_accuracy_diff"], abs(x[k] - y[k]))
+    sa, sb = (json.loads((d / "summary.json").read_text())["runs"] for d in (da, db))
+    out["steps_to_target_same"] &= [r["steps_to_target"] for r in sa] == [r["steps_to_target"] for r in sb]
+  out["same"] = (out["checked"] > 0 and out["training_identical"] and out["steps_to_target_same"]
+                 and out["max_loss_rel_diff"] <= LOSS_RTOL and out["max_accuracy_diff"] <= ACCURACY_ATOL)
+  return out
+
+
+def _rows(f: Path) -> list[dict]:
+  return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def main(argv=None) -> int:
+  mode, out = (argv if argv is not None else sys.argv[1:])[:2]
+  t = run_slice(Path(out), mode)
+  (Path(out) / "slice.json").write_text(json.dumps(t, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
