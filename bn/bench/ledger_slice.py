@@ -2,6 +2,7 @@
 ``ledger_slice_devices``; the whole ledger is timed only by the full bench).
 
     python -m bn.bench.ledger_slice MODE OUT   # the slice into OUT, its timings to OUT/slice.json
+    python -m bn.bench.ledger_slice phases EXPERIMENT CONDITION [train.steps=N ...]   # where its time goes (:func:`phases`)
 
 The slice is :data:`SLICE`: two conditions of the ledger, their configs as ``bn reproduce``
 builds them (:func:`bn.ledger.condition_configs`, confirmatory seeds; c1_speed's cut to its first
@@ -128,8 +129,108 @@ def _rows(f: Path) -> list[dict]:
   return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
 
+def phases(name: str, cond: str, out: Path, overrides: dict | None = None, repeats: int = 5) -> dict:
+  """Where a ledger condition's wall time goes: ``{phase: seconds}`` of one
+  :func:`bn.loop.train_workdir` of the quick ledger's ``name/cond`` into ``out`` on this process's
+  devices, with timers around the trainer's programs (each call then waits for its result: one
+  more host sync per chunk), the checkpoints and the metric rows; the compile seconds apart.
+  With several devices also ``programs``: the condition's 10-step training chunk and its
+  evaluation on one device vs spread over every device, timed round-robin in this process
+  (:func:`bn.bench.core.measure`)."""
+  import collections
+  import dataclasses
+  import functools
+
+  import jax
+
+  from bn import config as bn_config, data as bn_data, experiment, ledger, loop, parallel, trainer as bn_trainer, workdir as bn_workdir
+  from bn.bench import core
+
+  c = ledger.condition_configs(name, "quick")[cond]
+  for k, v in (overrides or {}).items():
+    bn_config.assign(c, k, v)
+  exp = experiment.from_config(c)
+  d = exp.data
+  t0 = time.perf_counter()
+  ds = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
+                    synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes)
+  acc = collections.defaultdict(float, data_load=time.perf_counter() - t0)
+
+  def timed(owner, attr, key, block=True):
+    f = getattr(owner, attr)
+
+    @functools.wraps(f)
+    def g(*a, **kw):
+      comp = sum(t.compile_time for t in trainers)
+      t0 = time.perf_counter()
+      r = f(*a, **kw)
+      if block:
+        jax.block_until_ready(r)
+      acc[key] += time.perf_counter() - t0 - (sum(t.compile_time for t in trainers) - comp)
+      return r
+
+    return f, g
+
+  trainers: list = []
+  init = bn_trainer.Trainer.__init__
+
+  def keep(self, *a, **kw):
+    t0 = time.perf_counter()
+    init(self, *a, **kw)
+    trainers.append(self)
+    acc["trainer set-up (data placement)"] += time.perf_counter() - t0
+
+  patches = [(bn_trainer.Trainer, "__init__", None)] + [
+      (owner, attr, timed(owner, attr, key, block)) for owner, attr, key, block in (
+          (bn_trainer.Trainer, "init", "state init", True), (bn_trainer.Trainer, "chunk", "training chunks", True),
+          (bn_trainer.Trainer, "evaluate", "evaluation (precise BN + eval passes)", True),
+          (bn_workdir.Checkpoints, "save", "checkpoints", False), (loop._Outputs, "metrics", "metric rows (JSON)", False))]
+  saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+  try:
+    for owner, attr, fg in patches:
+      setattr(owner, attr, keep if fg is None else fg[1])
+    t0 = time.perf_counter()
+    s = loop.train_workdir(exp, Path(out), dataset=ds, progress=False, startup=False)
+    acc["train_workdir (all)"] = time.perf_counter() - t0
+  finally:
+    for owner, attr, f in saved:
+      setattr(owner, attr, f)
+  acc["compile"] = s["compile_time_s"]
+  res = {"condition": f"{name}/{cond}", "devices": jax.local_device_count(), "runs": len(exp.runs), "steps": s["steps"],
+         "seconds": {k: round(v, 2) for k, v in acc.items()}, "load_avg": core.load_avg()}
+  if jax.local_device_count() > 1:
+    p = exp.parallel
+    plan = parallel.make_plan(p.devices, p.bn_stats, exp.batch_size, exp.ghost_batch_size, runs=len(exp.runs), runs_devices="all")
+    trs = {"one_device": bn_trainer.Trainer(exp, ds, None), "all_devices": bn_trainer.Trainer(exp, ds, plan)}
+    states = {k: t.init() for k, t in trs.items()}
+
+    def chunk(k):
+      states[k], m = trs[k].chunk(states[k], exp.schedule.eval_every)
+      return m
+
+    fns = {f"{what}_{k}": (functools.partial(chunk, k) if what == "train" else functools.partial(lambda k: trs[k].evaluate(states[k]), k))
+           for k in trs for what in ("train", "eval")}
+    st = dataclasses.replace(core.FULL, repeats=repeats, min_time=0.3)
+    la = core.load_avg()
+    t = core.measure(fns, st)
+    res["programs"] = {"load_avg": la, "median_s": {k: v["median_s"] for k, v in t.items()},
+                       "train_chunk_all_vs_one": core.ratio(t["train_all_devices"], t["train_one_device"]),
+                       "evaluation_all_vs_one": core.ratio(t["eval_all_devices"], t["eval_one_device"]),
+                       "steps_per_chunk": exp.schedule.eval_every}
+  return res
+
+
 def main(argv=None) -> int:
-  mode, out = (argv if argv is not None else sys.argv[1:])[:2]
+  argv = list(argv if argv is not None else sys.argv[1:])
+  if argv and argv[0] == "phases":  # python -m bn.bench.ledger_slice phases EXPERIMENT CONDITION [KEY=VALUE ...]
+    import tempfile
+
+    overrides = dict(a.split("=", 1) for a in argv[3:])
+    overrides = {k: json.loads(v) for k, v in overrides.items()}
+    with tempfile.TemporaryDirectory() as d:
+      print(json.dumps(phases(argv[1], argv[2], Path(d) / "wd", overrides), indent=1))
+    return 0
+  mode, out = argv[:2]
   t = run_slice(Path(out), mode)
   (Path(out) / "slice.json").write_text(json.dumps(t, indent=1))
   return 0
