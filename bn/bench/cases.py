@@ -508,7 +508,7 @@ def ledger_slice(s, res) -> dict:
   r = t["all_devices"]["total"] / t["one_device"]["total"]
   agree = (f"{same['checked']} evaluation points' metrics {'agree' if same['same'] else 'DIFFER'} ({same['not_identical']} not "
            f"bit-identical: training {'identical' if same['training_identical'] else 'DIFFERS'}, losses within "
-           f"{same['max_loss_rel_diff']:.1e} relative, {same['accuracies_differing']} accuracies by <= {same['max_accuracy_diff']:.4f}; "
+           f"{same['max_loss_rel_diff']:.1e} relative, {same['accuracies_differing']} accuracies or ECEs by <= {same['max_accuracy_diff']:.4f}; "
            f"steps to target {'equal' if same['steps_to_target_same'] else 'DIFFER'})")
   note = (f"SLICE of the quick ledger ({what}): {t['all_devices']['total']:.0f} s on {d} devices vs "
           f"{t['one_device']['total']:.0f} s on one ({r:.2f}x); {agree}")

@@ -30,10 +30,11 @@ from pathlib import Path
 # (experiment, condition, overrides) of the ledger: c1_speed's BN condition for its first 250 of 500 steps (25 of its 50
 # evaluations; ~30 s on one device of the 2-core machine), lr_sweep's BN condition whole (~45 s)
 SLICE = (("c1_speed", "bn", {"train.steps": 250}), ("lr_sweep", "bn", {}))
-METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "val_loss", "val_accuracy", "batch_loss", "batch_accuracy")
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "test_ece", "val_loss", "val_accuracy", "batch_loss", "batch_accuracy")
 # One device vs several (bn.programs.over_runs): training is bit-identical; XLA compiles the evaluation for the per-device
 # shapes into other fusions, so its sums may differ in the last bits (measured <= 3.3e-7 relative on the losses) and a test
-# image whose top two logits nearly tie may flip class: at most one image of the smallest evaluation set (1,000 images).
+# image whose top two logits nearly tie may flip class (or cross a calibration bin's edge): accuracies and the calibration
+# error within one image of the smallest evaluation set (1,000 images).
 LOSS_RTOL = 1e-6
 ACCURACY_ATOL = 1e-3 + 1e-9
 
@@ -46,27 +47,26 @@ def describe(conditions=SLICE) -> str:
 def run_slice(out: Path, mode: str = "quick", conditions=SLICE) -> dict:
   """Trains ``conditions`` of the ledger in ``mode`` into ``out``; returns ``{"exp/cond": seconds,
   "total": seconds, "compile_s": ..., "train_eval_s": ..., "devices": ...}`` (compile and
-  train+eval seconds from the summaries; the rest of the total is data loading, set-up, writing)."""
+  train+eval seconds from the summaries, ``data_load_s``; the rest of the total is set-up and writing)."""
   import jax
 
-  from bn import config as bn_config, data as bn_data, experiment, ledger, loop
+  from bn import config as bn_config, experiment, ledger, loop
 
   out = Path(out)
   t_all = time.perf_counter()
   timings: dict = {"devices": jax.local_device_count(), "load_avg_start": [round(v, 2) for v in os.getloadavg()]}
-  data: dict = {}
   compile_s = train_s = 0.0
+  exps = {}
   for name, cond, overrides in conditions:
-    t0 = time.perf_counter()
     c = ledger.condition_configs(name, mode)[cond]
     for k, v in overrides.items():
       bn_config.assign(c, k, v)
-    exp = experiment.from_config(c)
+    exps[name, cond] = experiment.from_config(c)
+  data = ledger.load_datasets(exps.values())  # as bn reproduce: every dataset once, before training
+  timings["data_load_s"] = time.perf_counter() - t_all
+  for (name, cond), exp in exps.items():
+    t0 = time.perf_counter()
     key = experiment.dataset_key(exp.data)
-    if key not in data:
-      d = exp.data
-      data[key] = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
-                               synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes)
     s = loop.train_workdir(exp, out / name / cond, dataset=data[key], progress=False, startup=False)
     timings[f"{name}/{cond}"] = time.perf_counter() - t0
     compile_s += s.get("compile_time_s") or 0.0
@@ -93,7 +93,8 @@ def on_devices(out: Path, mode: str, devices: int, timeout: float = 1800) -> dic
 def compare(a: Path, b: Path, conditions=SLICE) -> dict:
   """Two slices' results, every number of every evaluation of every run (``metrics.jsonl``: the
   curves the claims read): the training metrics (``batch_*``) bit-identical, the evaluation
-  losses to :data:`LOSS_RTOL` relative, the evaluation accuracies to :data:`ACCURACY_ATOL`, and
+  losses to :data:`LOSS_RTOL` relative, the evaluation accuracies and calibration error (ECE) to
+  :data:`ACCURACY_ATOL`, and
   every run's steps to the target (``summary.json``) equal. Returns the counts, the largest
   differences and ``same``."""
   out = {"checked": 0, "not_identical": 0, "training_identical": True, "max_loss_rel_diff": 0.0, "max_accuracy_diff": 0.0,
@@ -143,17 +144,15 @@ def phases(name: str, cond: str, out: Path, overrides: dict | None = None, repea
 
   import jax
 
-  from bn import config as bn_config, data as bn_data, experiment, ledger, loop, parallel, trainer as bn_trainer, workdir as bn_workdir
+  from bn import config as bn_config, experiment, ledger, loop, parallel, trainer as bn_trainer, workdir as bn_workdir
   from bn.bench import core
 
   c = ledger.condition_configs(name, "quick")[cond]
   for k, v in (overrides or {}).items():
     bn_config.assign(c, k, v)
   exp = experiment.from_config(c)
-  d = exp.data
   t0 = time.perf_counter()
-  ds = bn_data.load(d.name, source=d.source, data_dir=d.data_dir, val_size=d.val_size, seed=d.split_seed,
-                    synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes, synthetic_sizes=d.synthetic_sizes)
+  ds = ledger.load_datasets([exp])[experiment.dataset_key(exp.data)]
   acc = collections.defaultdict(float, data_load=time.perf_counter() - t0)
 
   def timed(owner, attr, key, block=True):
