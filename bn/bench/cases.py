@@ -483,8 +483,8 @@ TINY_SLICE_NOTE = ("skipped in tiny mode: two fresh processes compiling the slic
 
 
 def ledger_slice(s, res) -> dict:
-  """A slice of the quick ledger (:data:`bn.bench.ledger_slice.SLICE`: whole conditions through
-  :func:`bn.loop.train_workdir`) in a child process on every local device and in one on one device:
+  """A slice of the quick ledger (:data:`bn.bench.ledger_slice.SLICE`: two conditions through
+  :func:`bn.loop.train_workdir`) in a child process on every local device, then in one on one device:
   wall times, their ratio, and whether every evaluation's metrics agree. Not in tiny mode (see
   :data:`TINY_SLICE_NOTE`)."""
   from bn.bench import ledger_slice as sl
@@ -514,8 +514,6 @@ def ledger_slice(s, res) -> dict:
           f"{t['one_device']['total']:.0f} s on one ({r:.2f}x); {agree}")
   return {"status": "run", "mode": "quick", "conditions": what, "devices": d,
           "timings_s": t, "ratio": r, "same_results": same, "note": note}
-
-
 
 
 def end_to_end(s, res) -> dict:

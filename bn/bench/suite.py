@@ -205,7 +205,8 @@ def markdown(res: dict) -> str:
   L += ["", "## 5a. A slice of the ledger, every device vs one", ""]
   if sl.get("status") == "run":
     L += [f"A SLICE, not the whole ledger: {sl['conditions']} of the {sl['mode']} ledger, trained by "
-          "`bn.loop.train_workdir` as `bn reproduce` trains them, each device count in its own fresh process (no compilation cache). "
+          "`bn.loop.train_workdir` as `bn reproduce` trains them, each device count in its own fresh process (no compilation cache; "
+          "every device first, then one: a load that changes between them biases the ratio). "
           "Compile and train+eval seconds are the summaries' (the rest: data loading, set-up, writing).", ""]
     L += _table(["devices", "wall s", "compile s", "train+eval s", "load at start", "load at end"],
                 [[x["devices"], f"{x['total']:.1f}", f"{x['compile_s']:.1f}", f"{x['train_eval_s']:.1f}", x["load_avg_start"], x["load_avg_end"]]
