@@ -128,9 +128,10 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
   return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
-def markdown(res: dict) -> str:
+def _head(res: dict) -> list[str]:
+  """The title, the machine, the load and the targets table."""
   m = res["meta"]
-  L = [f"# bn bench ({m['mode']})", ""]
+  L: list[str] = [f"# bn bench ({m['mode']})", ""]
   L += [f"{m['date']} - {m['backend']} ({m['device']}, {m['device_count']} device(s)); CPU {m['cpu']} x {m['cpu_count']}; "
         f"Python {m['python']}, jax {m['jax']}, flax {m['flax']}, optax {m['optax']}, numpy {m['numpy']}; commit {m['git_commit']}.", ""]
   L += [f"Load average (1/5/15 min) at start {m['load_avg_start']}, at end {m.get('load_avg_end')}; each group's own is in its table. "
@@ -140,6 +141,12 @@ def markdown(res: dict) -> str:
   L += ["## Targets", ""]
   L += _table(["target", "threshold", "measured", "status", "note"],
               [[t["target"], t["threshold"], "-" if t["measured"] is None else f"{t['measured']:.3g}", t["status"], t["note"]] for t in res["targets"]])
+  return L
+
+
+def _engine_sections(res: dict) -> list[str]:
+  """Sections 1-3: one BN layer, the training step, the roofline."""
+  L: list[str] = []
   b = res.get("bn_layer", {})
   if b.get("cases"):
     L += ["", "## 1. One BN layer", "", f"bn = `bn.batch_norm` with its default estimator (`variance={b.get('default_variance', '?')!r}`); "
@@ -178,6 +185,12 @@ def markdown(res: dict) -> str:
       L += [f"- {k} step: {f / 1e6:.2f} MFLOP (XLA cost analysis)" + ("" if frac is None else f", {100 * frac:.1f}% of the matmul peak")]
     if r.get("floor_at_peak_s"):
       L += [f"- floor at peak for the engine step: {r['floor_at_peak_s'] * 1e6:.0f} us; engine / matmul-only step: {_x(r.get('engine_vs_matmul_only'))}"]
+  return L
+
+
+def _scale_sections(res: dict) -> list[str]:
+  """Sections 4, 4b and 5a: many runs at once, runs over devices, the ledger slice."""
+  L: list[str] = []
   sd = res.get("seeds", {})
   if sd.get("modes"):
     seq = sd["sequential"]
@@ -214,6 +227,12 @@ def markdown(res: dict) -> str:
     L += ["", sl["note"]]
   else:
     L += [f"{sl.get('status', 'not run')}: {sl.get('note', '')}"]
+  return L
+
+
+def _end_sections(res: dict) -> list[str]:
+  """Section 5 (the quick ledger end to end) and the GPU section."""
+  L: list[str] = []
   e = res.get("e2e", {})
   L += ["", "## 5. End to end (quick ledger)", ""]
   if e.get("status") in ("run", "read"):
@@ -235,7 +254,12 @@ def markdown(res: dict) -> str:
       L += [""] + _table(["layer pass", "GB/s", "vs copy"], [[k, f"{v['gbps']:.1f}", f"{v['vs_copy']:.2f}x"] for k, v in bw.items()])
     if g.get("torch_note"):
       L += ["", g["torch_note"]]
-  return "\n".join(L) + "\n"
+  return L
+
+
+def markdown(res: dict) -> str:
+  """The bench report in Markdown (``bench.md``) from the results dict."""
+  return "\n".join(_head(res) + _engine_sections(res) + _scale_sections(res) + _end_sections(res)) + "\n"
 
 
 # ----------------------------------------------------------------------------- the run
