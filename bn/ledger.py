@@ -25,7 +25,7 @@ MODES = ("tiny", "quick", "full")
 CONFIRMATORY_SEED_BASE, PILOT_SEED_BASE = prereg.CONFIRMATORY_SEED_BASE, prereg.PILOT_SEED_BASE  # re-exported
 # What a user should expect, stated at start-up (measured numbers: docs/benchmarks.md).
 # A range: the quick ledger measured 15-22 min on the 2-core machine, up to ~2x that with other jobs on the same cores (README).
-EXPECTED = {"quick": "15-45 min on a 2-core CPU (15-22 measured on a shared machine, up to ~2x that when other jobs share the cores)",
+EXPECTED = {"quick": "15-45 min on a 2-core CPU (19 measured on a quiet machine, 32 with other jobs on the same cores)",
             "full": "6-20 h on a 2-core CPU (estimated: 6-8 h idle -- the Ioffe experiment at 50,000 steps ~4 h, C5's CNN ~1.5 h -- "
                     "up to ~2.8x that under load), far less on a GPU"}
 
