@@ -479,6 +479,13 @@ def selection_bootstrap(val_a, test_a, val_b, test_b, *, resamples: int = 2000, 
   return float(np.quantile(out, a)), float(np.quantile(out, 1 - a))
 
 
+def tuned(scores) -> np.ndarray:
+  """Per row of ``scores (settings_groups, settings, seeds)``: the index of the setting with the largest mean over seeds
+  (NaN counts as the worst), e.g. each variant's tuned LR from its loss drops."""
+  d = np.where(np.isfinite(scores), scores, -np.inf)
+  return np.argmax(np.mean(d, axis=-1), axis=-1)
+
+
 def best_lr(run, score, *, higher_is_better: bool = False) -> float:
   """The swept LR with the best mean over seeds of ``score(run, lr) -> per-seed values`` (NaN/inf
   count as the worst value); ties go to the smaller LR."""

@@ -253,3 +253,11 @@ def test_power_statement_of_a_margin_test_is_about_the_margin():
   text = analysis.power_statement(t)
   assert "the margin -0.01" in text and "non-inferior" in text and f"{t['mde']:.3g}" in text
   assert "non-inferior" not in analysis.power_statement(analysis.test("y", [0.1, 0.2, 0.15], "lower"))
+
+
+def test_tuned_picks_the_best_mean_and_counts_nan_as_worst():
+  """``analysis.tuned``: per group, the setting with the largest mean over seeds; a NaN (a diverged run) makes its
+  setting the worst, even where the other seeds are best there."""
+  scores = np.array([[[1.0, 1.0], [2.0, 0.5], [3.0, np.nan]],    # means 1, 1.25, NaN -> 1
+                     [[0.0, 0.1], [-1.0, -1.0], [0.2, 0.2]]])    # -> 2
+  np.testing.assert_array_equal(analysis.tuned(scores), [1, 2])

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bn import data as bn_data, experiment, models, parallel, programs, train
+from bn import analysis, data as bn_data, experiment, models, parallel, programs, train
 
 
 def _fixed_batch(c, x, y):
@@ -44,31 +44,27 @@ def branch_points(task, state, x, y, loss_fn, levels, every: int, max_steps: int
   return caught, at
 
 
-def descend(task, state, xb, yb, masks, lrs, budget: int, loss_fn):
-  """Phase 2 from ``state`` (runs = seeds): for every (variant, LR, seed), ``budget`` steps of full-batch gradient descent on
-  ``(xb, yb)`` with the layers outside the variant's mask frozen (per-layer LR multiplier 0). Returns the loss drop
-  ``(variants, lrs, seeds)``; a run that diverged gets NaN."""
+def descend(task, state, xb, yb, masks, lrs, loss_fn, gd):
+  """Phase 2 from ``state`` (runs = seeds): for every (variant, LR, seed), full-batch gradient descent on ``(xb, yb)`` by
+  ``gd`` (:func:`_descent`) with the layers outside the variant's mask frozen (per-layer LR multiplier 0). Returns the loss
+  drop ``(variants, lrs, seeds)`` (a run that diverged gets NaN) and the loss at the branch point."""
   n, v, k = int(np.asarray(state.step).shape[0]), len(masks), len(lrs)
   rep = programs.take_runs(state, np.tile(np.arange(n), v * k))
-  layer_lr = np.repeat(np.asarray(masks, np.float32), k * n, axis=0)
-  lr = np.tile(np.repeat(np.asarray(lrs, np.float32), n), v)
-  rep = rep._replace(hparams=rep.hparams._replace(lr=jnp.asarray(lr), layer_lr=jnp.asarray(layer_lr)),
-                     opt_state=jax.vmap(lambda p, h: train.update_rule(task, h).init(p))(rep.params, rep.hparams._replace(
-                         lr=jnp.asarray(lr), layer_lr=jnp.asarray(layer_lr))))
+  hp = rep.hparams._replace(lr=jnp.asarray(np.tile(np.repeat(np.asarray(lrs, np.float32), n), v)),
+                            layer_lr=jnp.asarray(np.repeat(np.asarray(masks, np.float32), k * n, axis=0)))
+  rep = rep._replace(hparams=hp, opt_state=jax.vmap(lambda p, h: train.update_rule(task, h).init(p))(rep.params, hp))
   before = np.asarray(loss_fn(rep))
-  idx = jnp.tile(jnp.arange(xb.shape[0])[None], (budget, 1))
-  gd = jax.jit(programs.map_runs(lambda s: train.steps_on(task, s, idx, xb, yb)[0], task.runs, (programs.STATE_AXES,), programs.STATE_AXES))
   rep = gd(rep)
-  after = np.asarray(loss_fn(rep))
-  drop = np.where(np.asarray(rep.diverged_step) >= 0, np.nan, before - after)
+  drop = np.where(np.asarray(rep.diverged_step) >= 0, np.nan, before - np.asarray(loss_fn(rep)))
   return drop.reshape(v, k, n), before.reshape(v, k, n)[0, 0]
 
 
-def tuned(drop) -> np.ndarray:
-  """Per variant: the index of the LR with the largest mean loss drop over seeds (NaN -- diverged or never branched -- counts
-  as the worst); ``drop`` is ``(variants, lrs, seeds)``."""
-  d = np.where(np.isfinite(drop), drop, -np.inf)
-  return np.argmax(np.mean(d, axis=2), axis=1)
+def _descent(task, xb, yb, budget: int):
+  """``budget`` full-batch gradient-descent steps on ``(xb, yb)`` of every stacked run: one jitted program for the whole
+  experiment (compiled once per number of runs, not once per branch level)."""
+  idx = jnp.tile(jnp.arange(xb.shape[0])[None], (budget, 1))
+  return jax.jit(programs.map_runs(lambda s: train.steps_on(task, s, idx, xb, yb)[0], task.runs, (programs.STATE_AXES,),
+                                   programs.STATE_AXES))
 
 
 def measure_alone(c, dataset: bn_data.Dataset) -> dict:
@@ -93,12 +89,13 @@ def measure_alone(c, dataset: bn_data.Dataset) -> dict:
   k = len(names) - 1
   masks = np.concatenate([np.ones((1, k)), np.eye(k)])
   lrs = np.asarray([float(v) for v in c.alone.lrs])
+  gd = _descent(task, xb, yb, int(c.alone.budget))
   drops, together, chosen, losses = [], [], [], []
   for lv in levels:
-    d, before = descend(task, caught[lv], xb, yb, masks, lrs, int(c.alone.budget), loss_fn)
+    d, before = descend(task, caught[lv], xb, yb, masks, lrs, loss_fn, gd)
     d[:, :, at[lv] < 0] = np.nan  # never reached the level: no branch point
-    best = lrs[tuned(d)[1:]]  # each layer's own tuned LR
-    j, _ = descend(task, caught[lv], xb, yb, best[None] / best.max(), [best.max()], int(c.alone.budget), loss_fn)
+    best = lrs[analysis.tuned(d)[1:]]  # each layer's own tuned LR
+    j, _ = descend(task, caught[lv], xb, yb, best[None] / best.max(), [best.max()], loss_fn, gd)
     j[:, :, at[lv] < 0] = np.nan
     drops.append(d)
     together.append(j[0, 0])
