@@ -9,10 +9,16 @@ import numpy as np
 from bn import analysis
 
 
-def factor(run, *path):
-  """A config value of a finished condition, e.g. ``factor(run, "norm", "kind")``."""
+_REQUIRED = object()
+
+
+def factor(run, *path, default=_REQUIRED):
+  """A config value of a finished condition, e.g. ``factor(run, "norm", "kind")``; ``default`` where the config has
+  no such key (a condition written before the key existed), else a KeyError."""
   node = run["config"]["config"]
   for p in path:
+    if default is not _REQUIRED and (not isinstance(node, dict) or p not in node):
+      return default
     node = node[p]
   return node
 

@@ -75,17 +75,10 @@ def analyze(results) -> dict:
   return {"tests": tests, "table": table, "notes": notes, "untested": untested}
 
 
-def tuned(drop) -> np.ndarray:
-  """Per variant: the index of the LR with the largest mean loss drop over seeds (NaN counts as the worst); ``drop`` is
-  ``(variants, lrs, seeds)`` -- the choice the runner made for the *together* run, redone from its JSON."""
-  d = np.where(np.isfinite(drop), drop, -np.inf)
-  return np.argmax(np.mean(d, axis=2), axis=1)
-
-
 def solo_drops(r, level: int) -> np.ndarray:
   """``(variants, seeds)``: each variant's loss drop at its own tuned LR, at loss level index ``level``."""
   d = np.asarray(r["drop"], float)[level]
-  return d[np.arange(d.shape[0]), tuned(d)]
+  return d[np.arange(d.shape[0]), analysis.tuned(d)]
 
 
 def alone_advantage(r) -> np.ndarray:
@@ -114,7 +107,7 @@ def tuned_inside(r) -> list[str]:
   lrs = r["lrs"]
   out = []
   for lv, level in enumerate(r["levels"]):
-    for v, i in zip(r["variants"], tuned(np.asarray(r["drop"], float)[lv])):
+    for v, i in zip(r["variants"], analysis.tuned(np.asarray(r["drop"], float)[lv])):
       if i in (0, len(lrs) - 1):
         out.append(f"{r['norm']} loss {level:g} {v}: LR {lrs[i]:g}")
   return out
@@ -186,7 +179,7 @@ CLAIM = Claim(
                 primary="cross-layer share of the second-order loss change when every weight column takes the same relative step "
                         f"down its own gradient (invariant to BN's weight-scale symmetry), mean over probe points, BN − none < 0 "
                         f"(Ioffe MLP, LR {LR:g}, paired by seed)", kind="lower", unit="share"),
-           Part("alone", says="so a hidden layer trained alone gains more, against all layers trained together, than without BN "
+           Part("alone", says="a hidden layer trained alone gains more, against all layers trained together, than without BN "
                                "(from matched training loss, each at its own tuned LR)",
                 primary="(loss drop of a hidden layer trained alone − the all-layer drop) / the loss at the branch point, each "
                         "variant at its own tuned LR, 10 full-batch gradient-descent steps from branch points at matched training "

@@ -42,16 +42,6 @@ from bn.claims.base import Claim, Part
 EXPERIMENT = "c3_grid"
 
 
-def _get(run, default, *path):
-  """A config value of a condition, ``default`` where its config has no such key (written before the key existed)."""
-  node = run["config"]["config"]
-  for p in path:
-    if not isinstance(node, dict) or p not in node:
-      return default
-    node = node[p]
-  return node
-
-
 def cells(runs) -> dict:
   """``{(B, kind, g): run}`` with kind in {"bn", "none", "population", "population_noise", "stopgrad", "frozen", "bn_long",
   "reference", "reference_noise", "wd", "dropout"} (g = statistics batch; for "reference_noise" the noise's batch, for
@@ -61,12 +51,12 @@ def cells(runs) -> dict:
     b, kind = factor(r, "train", "batch_size"), factor(r, "norm", "kind")
     if name.endswith("_long"):  # the fading cells, trained until they stop improving
       out[b, "bn_long", factor(r, "norm", "ghost_batch_size")] = r
-    elif _get(r, 0, "norm", "reference"):  # full-batch BN over a fixed reference set, with or without matched noise
+    elif factor(r, "norm", "reference", default=0):  # full-batch BN over a fixed reference set, with or without matched noise
       noise = factor(r, "norm", "population_noise")
       out[b, "reference_noise" if noise else "reference", noise or b] = r
-    elif _get(r, 0.0, "model", "dropout"):
-      out[b, "dropout", _get(r, 0.0, "model", "dropout")] = r
-    elif tuple(_get(r, (), "sweep", "weight_decay")):
+    elif factor(r, "model", "dropout", default=0.0):
+      out[b, "dropout", factor(r, "model", "dropout", default=0.0)] = r
+    elif tuple(factor(r, "sweep", "weight_decay", default=())):
       out[b, "wd", b] = r
     elif not factor(r, "norm", "stats_gradient") or not factor(r, "norm", "affine"):
       out[b, "stopgrad" if not factor(r, "norm", "stats_gradient") else "frozen", b] = r  # C7's rows
@@ -337,8 +327,8 @@ FADES = Part(
             "neither cell is still improving at its last evaluation nor best at its first)",
     kind="lower", unit="nats")
 NOISE_ALONE = Part(
-    "noise_alone", says="at total batch 64, the sampling noise of 8-example statistics alone, added to noise-free BN, lowers "
-                        "the early-stopped test loss",
+    "noise_alone", says="at total batch 64, simulated sampling noise of 8-example statistics (independent per value), added "
+                        "alone to noise-free full-batch BN, lowers the early-stopped test loss",
     primary="early-stopped test loss at B = 64: full-batch BN (statistics of 512 fixed training images, gradient through them) "
             "plus the sampling noise of ghost-8 statistics (Luo et al. 2019's matched noise) − without it, < 0 (paired by seed; "
             "sanity: the noise-free control trains as well as BN, overfits, and neither cell is still improving)",
