@@ -18,7 +18,7 @@ the loss at the branch point (mean over hidden layers and levels), BN - none > 0
 drops: the additivity gap 1 - together / sum is 0; secondary tests read it. Pilot (seeds 0-9): the
 primary +0.13 [+0.07, +0.19]; additivity gap BN 1.18, none 0.93 (both nets' layers interfere: the
 together run gains little or loses).
-Runtime on a 2-core CPU: quick ~2-3 min (pilot under load: 100 s BN + 44 s none), full ~5 min (20 seeds).
+Runtime on a 2-core CPU: quick ~45 s (42 s and 45 s measured in the ledger, both conditions), full ~2 min (20 seeds).
 """
 
 import ml_collections

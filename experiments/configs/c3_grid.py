@@ -26,7 +26,7 @@ Every other cell is evaluated about 10 times; the analysis takes each run's test
 with the lowest loss on 1,000 held-out training images (early stopping without the test set).
 Expected by the claim: at a fixed B, test loss falls as g shrinks, ghost 64 regularizes more
 than ghost 512, the matched noise alone lowers full-batch BN's test loss, and a tuned weight decay
-or dropout does more than ghost 8 ("a little"). Runtime on a 2-core CPU: quick ~4 min (218-253 s measured), full ~10 min (estimated).
+or dropout does more than ghost 8 ("a little"). Runtime on a 2-core CPU: quick ~3-4 min (186 s quiet, 201 s loaded, measured in v3.1 ledgers), full ~12 min (estimated).
 """
 
 import math
